@@ -1,0 +1,130 @@
+# llmux - plain GNU make with pkg-config.
+#   make            release build of bin/llmux, bin/llmux-sim
+#   make run        start three llmux-sim nodes and llmux on :8000
+#   make test       unit + end-to-end tests (installs Debian deps when root)
+#   make help       every target
+
+MODE ?= release
+BUILD := build/$(MODE)
+PKGS := libuv jansson
+PYTHON := /usr/bin/python3
+
+CC ?= cc
+ifeq ($(origin CC),default)
+CC := gcc
+endif
+
+WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 -Wvla \
+        -Wno-unused-parameter
+ifeq ($(CI),true)
+WARN += -Werror
+endif
+CFLAGS_release := -O2 -g -DNDEBUG
+CFLAGS_debug := -O0 -g3
+CFLAGS_asan := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS_asan := -fsanitize=address,undefined
+
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lhttp_parser -lpthread -lm
+CFLAGS := -std=gnu11 -pthread -D_GNU_SOURCE $(WARN) $(CFLAGS_$(MODE)) $(PKG_CFLAGS) -MMD -MP \
+          $(EXTRA_CFLAGS)
+LDFLAGS := -pthread $(LDFLAGS_$(MODE)) $(EXTRA_LDFLAGS)
+
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
+LIB_SRC := $(filter-out src/main.c,$(wildcard src/*/*.c))
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
+LIB := $(BUILD)/liblx.a
+MAIN_OBJ := $(BUILD)/src/main.o
+SIM_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard sim/*.c))
+UNIT_SRC := $(wildcard tests/unit/test_*.c)
+UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+
+# Release binaries land in bin/; other modes keep theirs under build/<mode>/bin.
+ifeq ($(MODE),release)
+BINDIR := bin
+else
+BINDIR := $(BUILD)/bin
+endif
+BINS := $(BINDIR)/llmux $(BINDIR)/llmux-sim
+
+.PHONY: all run test test-unit test-e2e asan asan-test fuzz fuzz-smoke bench format lint deps clean help
+.SECONDARY:
+
+all: $(BINS)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
+
+$(LIB): $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(BINDIR)/llmux: $(MAIN_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+
+$(BINDIR)/llmux-sim: $(SIM_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+
+$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lcmocka
+
+deps:
+	@scripts/deps.sh
+
+test: deps
+	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory test-unit
+	@$(MAKE) --no-print-directory test-e2e
+
+test-unit: $(UNIT_BIN)
+	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
+
+test-e2e: $(BINS)
+	LLMUX_BIN_DIR=$(abspath $(BINDIR)) $(PYTHON) -m pytest -q tests/e2e $(PYTEST_ARGS)
+
+# The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer.
+asan-test: deps
+	@$(MAKE) --no-print-directory MODE=asan test-unit test-e2e
+
+asan:
+	@$(MAKE) --no-print-directory MODE=asan all
+
+run: deps all
+	@scripts/run.sh
+
+format:
+	clang-format -i $(wildcard src/*.c src/*/*.c src/*/*.h sim/*.c sim/*.h tests/unit/*.c)
+
+lint:
+	cppcheck --quiet --enable=warning,performance,portability --error-exitcode=1 \
+	    --suppress=missingIncludeSystem -Isrc src sim
+	clang-tidy $(LIB_SRC) src/main.c -- $(CFLAGS)
+
+clean:
+	rm -rf build bin
+
+help:
+	@echo "make [MODE=release|debug|asan] [V=1] TARGET"
+	@echo "  all         build bin/llmux and bin/llmux-sim (default)"
+	@echo "  run         build, start 3 llmux-sim nodes and llmux on :8000"
+	@echo "  test        install deps, build, run unit and end-to-end tests"
+	@echo "  test-unit   cmocka unit tests"
+	@echo "  test-e2e    pytest end-to-end tests against real processes"
+	@echo "  asan        build with ASan+UBSan under build/asan"
+	@echo "  asan-test   unit + e2e tests under ASan+UBSan"
+	@echo "  deps        install missing Debian packages (root) or say what to install"
+	@echo "  format lint clean"
+
+-include $(shell find build -name '*.d' 2>/dev/null)

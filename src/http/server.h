@@ -1,0 +1,136 @@
+/*
+ * server.h - the HTTP/1.1 server side, shared by llmux and llmux-sim.
+ *
+ * One lx_http_server per event loop (per worker thread). It accepts on its own
+ * SO_REUSEPORT listener, parses requests with http-parser, and calls the
+ * handler once a request's head and whole body have arrived (chunked bodies are
+ * decoded, `Expect: 100-continue` is answered). Requests on a keep-alive
+ * connection are handled one at a time: pipelined requests wait in the
+ * connection's input buffer and are answered in order.
+ *
+ * Limits answered by the server itself: head over head_max -> 431, body over
+ * body_max -> 413, head or body not received in time -> 408 (then close),
+ * malformed request -> 400. All in OpenAI's error JSON.
+ *
+ * Lifetimes: a struct lx_http_req belongs to its connection. The handler
+ * borrows it from the handler call until it calls lx_http_resp_end(), or until
+ * the server calls req->on_abort (client gone), whichever is first; after
+ * either the handler must not touch it again. Threading: everything here runs
+ * on the server's loop thread only.
+ */
+#ifndef LX_HTTP_SERVER_H
+#define LX_HTTP_SERVER_H
+
+#include <sys/socket.h>
+#include <uv.h>
+
+#include "../core/buf.h"
+
+struct lx_http_header {
+    const char *name;
+    size_t name_len;
+    const char *value;
+    size_t value_len;
+};
+
+struct lx_http_limits {
+    size_t head_max;          /* bytes of request line + headers; over -> 431 */
+    size_t body_max;          /* bytes of (decoded) body; over -> 413 */
+    uint64_t head_timeout_ms; /* head must arrive within this -> else 408; 0 = off */
+    uint64_t body_timeout_ms; /* longest gap while reading a body -> else 408; 0 = off */
+    uint64_t idle_timeout_ms; /* keep-alive idle time before close; 0 = off */
+};
+
+struct lx_http_conn; /* opaque */
+struct lx_http_req;
+
+typedef void (*lx_http_handler_cb)(struct lx_http_req *req, void *ctx);
+typedef void (*lx_http_req_cb)(struct lx_http_req *req);
+
+struct lx_http_req {
+    /* Parsed request: valid until resp_end or on_abort. Strings are not
+     * NUL-terminated unless said. */
+    int method;                       /* enum http_method */
+    const char *path;                 /* request target, NUL-terminated */
+    size_t path_len;
+    struct lx_http_header *headers;   /* n_headers entries */
+    size_t n_headers;
+    struct lx_buf body;               /* decoded body */
+    unsigned short http_major, http_minor;
+    bool keep_alive;                  /* client wants keep-alive; handler may clear */
+    struct sockaddr_storage peer;     /* client address */
+    uv_loop_t *loop;
+
+    /* Set by the handler. */
+    void *data;                       /* handler state */
+    lx_http_req_cb on_abort;          /* client gone before resp_end; req dies after */
+    lx_http_req_cb on_drain;          /* output queue fell below the low watermark */
+
+    struct lx_http_conn *conn;        /* private */
+};
+
+struct lx_http_server;
+
+/*
+ * Creates a server on <loop> listening on <host>:<port> with SO_REUSEPORT (so
+ * each worker can bind the same port). <port> 0 binds an ephemeral port;
+ * lx_http_server_port() tells which. Returns 0 or -errno; on success *out is
+ * owned by the caller and released with lx_http_server_close().
+ */
+int lx_http_server_new(uv_loop_t *loop, const char *host, int port,
+                       const struct lx_http_limits *limits, lx_http_handler_cb handler,
+                       void *ctx, struct lx_http_server **out);
+int lx_http_server_port(const struct lx_http_server *srv);
+/* Number of open client connections and of requests being handled. */
+size_t lx_http_server_conns(const struct lx_http_server *srv);
+size_t lx_http_server_busy(const struct lx_http_server *srv);
+/*
+ * Stops accepting and closes idle connections; busy ones close after their
+ * current response. <cb> runs on the loop once every connection is closed;
+ * then the server is freed. <force> closes busy connections too (aborting
+ * their requests).
+ */
+void lx_http_server_close(struct lx_http_server *srv, bool force,
+                          void (*cb)(void *arg), void *arg);
+
+/* Case-insensitive header lookup; returns NULL when absent. */
+const struct lx_http_header *lx_http_req_header(const struct lx_http_req *req, const char *name);
+/* Client address as text, e.g. "127.0.0.1"; writes into <out>. */
+void lx_http_req_peer_str(const struct lx_http_req *req, char *out, size_t len);
+
+/*
+ * Starts the response. <content_length> >= 0 sends Content-Length; -1 streams
+ * the body chunked (HTTP/1.1) or close-delimited (HTTP/1.0). The server adds
+ * Content-Length / Transfer-Encoding and Connection; <hdrs> must not.
+ * Returns 0, or a negative error when the connection is gone.
+ */
+int lx_http_resp_start(struct lx_http_req *req, int status, const struct lx_http_header *hdrs,
+                       size_t n_hdrs, int64_t content_length);
+/* Sends body bytes (framed as one chunk when chunked). Copies what the
+ * socket does not take at once. */
+int lx_http_resp_write(struct lx_http_req *req, const void *data, size_t len);
+/* Bytes queued for the client and not yet written (for backpressure). */
+size_t lx_http_resp_pending(const struct lx_http_req *req);
+/* Ends the response (the terminating chunk when chunked). Gives up <req>. */
+void lx_http_resp_end(struct lx_http_req *req);
+/* Ends the response abnormally: closes the connection without a clean end,
+ * so the client sees a truncated body. Gives up <req>. */
+void lx_http_resp_abort(struct lx_http_req *req);
+/* A whole response in one call, then end. */
+void lx_http_resp_send(struct lx_http_req *req, int status, const char *content_type,
+                       const struct lx_http_header *hdrs, size_t n_hdrs, const void *body,
+                       size_t len);
+/*
+ * An error in OpenAI's shape {"error":{"message","type","code"}}; <code> may be
+ * NULL (sent as null). Ends the response.
+ */
+void lx_http_resp_error(struct lx_http_req *req, int status, const char *type, const char *code,
+                        const struct lx_http_header *hdrs, size_t n_hdrs, const char *fmt, ...)
+    __attribute__((format(printf, 7, 8)));
+
+/* Reason phrase for a status code ("OK", "Not Found", ...). */
+const char *lx_http_reason(int status);
+/* Appends <s> JSON-escaped (without quotes) to <b>. */
+int lx_json_escape(struct lx_buf *b, const char *s, size_t len);
+
+#endif /* LX_HTTP_SERVER_H */
