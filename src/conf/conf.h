@@ -1,0 +1,112 @@
+/*
+ * conf.h - llmux configuration: built-in defaults, then the JSON file
+ * (LLMUX_CONFIG or --config), then the environment (a .env file in the working
+ * directory first, real variables win over it), then command-line flags.
+ * Later layers win. Validation names the key (or JSON path) and the reason;
+ * a bad config never half-applies: lx_conf_load() fills <out> only on success.
+ *
+ * The result is immutable after load and may be read from any thread.
+ */
+#ifndef LX_CONF_H
+#define LX_CONF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct lx_conf_server {
+    char *url;              /* "http://host:port" (http only); trailing '/' stripped */
+    char *name;             /* defaults to the url */
+    char *host;             /* parsed from url */
+    int port;               /* parsed from url; 80 when absent */
+    char *base_path;        /* path prefix from the url ("" when none) */
+    int weight;             /* >= 1, default 1 */
+    int max_concurrency;    /* 0 = unlimited */
+    char *api_key;          /* sent as "Authorization: Bearer"; NULL = none */
+};
+
+struct lx_conf_pool {
+    char *model;            /* the model name clients ask for; "*" = any model */
+    char *strategy;         /* canonical strategy name, e.g. "round_robin" */
+    char *upstream_model;   /* replaces "model" in the forwarded body; NULL = keep */
+    double metrics_update_interval_s; /* per pool; 0 = use the global one */
+    struct lx_conf_server *servers;
+    size_t n_servers;
+};
+
+struct lx_conf {
+    /* listener and process */
+    char *listen_host;                  /* GATEWAY_HOST, default "0.0.0.0" */
+    int listen_port;                    /* GATEWAY_PORT, default 8000 */
+    int workers;                        /* WORKERS, default: CPU count */
+
+    /* pools */
+    struct lx_conf_pool *pools;
+    size_t n_pools;
+    char *strategy;                     /* ROUTING_STRATEGY, default "round_robin" */
+    char *model_name;                   /* MODEL_NAME; NULL = any model */
+
+    /* timeouts, seconds (double: fractions allowed) */
+    double connect_timeout_s;           /* CONNECT_TIMEOUT_SECONDS, default 10 */
+    double node_timeout_s;              /* NODE_TIMEOUT_SECONDS (to first byte), default 120 */
+    double stream_idle_timeout_s;       /* STREAM_IDLE_TIMEOUT_SECONDS, default 0 = off */
+    double queue_timeout_s;             /* QUEUE_TIMEOUT_SECONDS, default 30 */
+    double request_timeout_s;           /* REQUEST_TIMEOUT_SECONDS head+body read, default 30 */
+    double keepalive_timeout_s;         /* KEEPALIVE_TIMEOUT_SECONDS, idle client conns, default 75 */
+    double shutdown_timeout_s;          /* SHUTDOWN_TIMEOUT_SECONDS, graceful stop bound, default 30 */
+
+    /* retries, health */
+    int max_retries;                    /* MAX_RETRIES, default 2 */
+    double health_check_interval_s;     /* HEALTH_CHECK_INTERVAL_SECONDS, default 15 */
+    int health_failure_threshold;       /* HEALTH_FAILURE_THRESHOLD, default 3 */
+    int health_recovery_threshold;      /* HEALTH_RECOVERY_THRESHOLD, default 1 */
+    char *health_check_path;            /* HEALTH_CHECK_PATH, default "/health" */
+    double metrics_update_interval_s;   /* METRICS_UPDATE_INTERVAL_SECONDS / "metrics_update_interval", default 10 */
+
+    /* admission */
+    int max_concurrent_requests;        /* MAX_CONCURRENT_REQUESTS, default 256 */
+    int max_queue_size;                 /* MAX_QUEUE_SIZE, default 1024 */
+
+    /* limits */
+    uint64_t max_body_bytes;            /* MAX_BODY_BYTES, default 32 MiB */
+    uint64_t max_header_bytes;          /* MAX_HEADER_BYTES, default 64 KiB */
+
+    /* security */
+    char *auth_token;                   /* AUTH_TOKEN; NULL = no client auth */
+    char *admin_token;                  /* ADMIN_TOKEN; NULL = admin API disabled */
+
+    /* logging */
+    char *log_level;                    /* LOG_LEVEL: debug|info|warn|error, default "info" */
+    char *access_log;                   /* ACCESS_LOG: path or "-"; NULL = off */
+
+    char *config_path;                  /* the JSON file used, NULL if none */
+};
+
+enum lx_conf_result {
+    LX_CONF_OK = 0,      /* run */
+    LX_CONF_EXIT = 1,    /* --help / --version printed; exit 0 */
+    LX_CONF_CHECK = 2,   /* --check-config: valid; caller prints and exits 0 */
+    LX_CONF_ERROR = -1,  /* invalid; message in err */
+};
+
+/*
+ * Loads the configuration from all layers. <envp> is the environment to use
+ * (NULL = the process environment); <dotenv_path> the .env file to read (NULL
+ * = "./.env"; a missing file is fine). On LX_CONF_ERROR, <err> holds one line
+ * naming the key and the reason and <out> is untouched. On success <out> is
+ * owned by the caller, released with lx_conf_free().
+ */
+enum lx_conf_result lx_conf_load(struct lx_conf *out, int argc, char **argv, char **envp,
+                                 const char *dotenv_path, char *err, size_t errlen);
+void lx_conf_free(struct lx_conf *conf);
+/* The effective config as pretty JSON, secrets masked; caller frees. */
+char *lx_conf_dump(const struct lx_conf *conf);
+/* Canonical strategy name for <name> (aliases resolved), NULL if unknown. */
+const char *lx_conf_strategy_canonical(const char *name);
+/* Finds the pool serving <model> ("*" pools match anything); NULL if none. */
+const struct lx_conf_pool *lx_conf_pool_find(const struct lx_conf *conf, const char *model,
+                                             size_t model_len);
+/* The --help text. */
+const char *lx_conf_usage(void);
+
+#endif /* LX_CONF_H */
