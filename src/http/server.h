@@ -84,11 +84,14 @@ int lx_http_server_port(const struct lx_http_server *srv);
 /* Number of open client connections and of requests being handled. */
 size_t lx_http_server_conns(const struct lx_http_server *srv);
 size_t lx_http_server_busy(const struct lx_http_server *srv);
+/* Connections accepted since the server started. */
+size_t lx_http_server_accepted(const struct lx_http_server *srv);
 /*
  * Stops accepting and closes idle connections; busy ones close after their
  * current response. <cb> runs on the loop once every connection is closed;
  * then the server is freed. <force> closes busy connections too (aborting
- * their requests).
+ * their requests); calling again with <force> after a graceful close
+ * closes what is left (the first call's <cb> still runs).
  */
 void lx_http_server_close(struct lx_http_server *srv, bool force,
                           void (*cb)(void *arg), void *arg);

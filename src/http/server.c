@@ -1,0 +1,932 @@
+/*
+ * server.c - HTTP/1.1 server connections over libuv and http-parser.
+ *
+ * Connection states:
+ *   IDLE  keep-alive, waiting for the first byte of a request (idle timer)
+ *   HEAD  receiving the request line and headers (head timer -> 408)
+ *   BODY  receiving the body (gap timer -> 408)
+ *   BUSY  the handler owns the request until resp_end / resp_abort; bytes of
+ *         pipelined requests wait in c->in, unparsed
+ * A connection closes after a response when either side did not ask for
+ * keep-alive, when the server is closing, or on any error.
+ *
+ * Input: every read lands in the server's one read buffer (the loop is
+ * single-threaded, and libuv pairs each alloc_cb with its read_cb), is parsed
+ * there, and only bytes left unparsed (pipelining) are copied to c->in, so an
+ * idle connection holds no buffer.
+ *
+ * Output: uv_try_write first; only what the socket does not take is copied
+ * into a write request. c->write_pending counts those bytes for backpressure.
+ *
+ * Handler callbacks never run inside a call the handler made: a write error
+ * inside lx_http_resp_write() defers the close (and on_abort) to a 0 ms timer.
+ */
+#include "server.h"
+
+#include <arpa/inet.h>
+#include <http_parser.h>
+#include <netdb.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "../core/log.h"
+
+#define READ_BUF_SIZE (64 * 1024)
+#define IN_HIGH_WATER (256 * 1024)     /* pipelined input held before we stop reading */
+#define DRAIN_LOW_WATER (64 * 1024)     /* on_drain fires once pending falls below this */
+#define LINGER_MS 2000                  /* read-and-discard after a rejected request */
+#define MAX_HEADERS 256
+
+enum conn_state { C_IDLE, C_HEAD, C_BODY, C_BUSY, C_CLOSING };
+
+struct hdr_off {
+    uint32_t name_off, name_len, value_off, value_len;
+};
+
+struct lx_http_conn {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    struct lx_http_server *srv;
+    struct lx_http_conn *prev, *next;  /* srv->conns list */
+    http_parser parser;
+    enum conn_state state;
+    int handles_open;                  /* tcp + timer, freed when 0 */
+
+    struct lx_buf in;                  /* unparsed input (pipelining) */
+    struct lx_buf url;                 /* request target, NUL-terminated when complete */
+    struct lx_buf head;                /* header names and values, back to back */
+    struct hdr_off *hoff;              /* MAX_HEADERS offsets into head */
+    size_t n_hdr;
+    bool in_value;                     /* last header callback was a value */
+    size_t head_bytes;                 /* bytes seen in the current head */
+
+    struct lx_http_req req;
+    int reject;                        /* status to answer and close with, 0 = none */
+    bool message_done;                 /* parser finished a request; handler not yet called */
+    int in_parse;                      /* > 0 while parsing: resp_end must not re-enter */
+    bool read_stopped;                 /* input over high water while BUSY */
+    bool eof;                          /* client closed its side */
+
+    /* Response state. */
+    bool resp_started;
+    bool resp_chunked;
+    bool resp_no_body;                 /* HEAD request */
+    bool close_after;                  /* close once the response is flushed */
+    bool dead;                         /* write failed; close from the timer */
+    bool lingering;                    /* shut down, discarding input until EOF */
+    size_t write_pending;              /* bytes in uv_write requests */
+    struct lx_buf hbuf;                /* response head being built */
+};
+
+struct lx_http_server {
+    uv_loop_t *loop;
+    uv_tcp_t listener;
+    struct lx_http_limits limits;
+    lx_http_handler_cb handler;
+    void *ctx;
+    int port;
+    size_t n_conns, n_busy, accepted;
+    struct lx_http_conn *conns;        /* doubly linked, for close */
+    bool closing;
+    bool listener_closed;
+    void (*close_cb)(void *arg);
+    void *close_arg;
+    char rbuf[READ_BUF_SIZE];
+};
+
+struct write_req {
+    uv_write_t w;
+    struct lx_http_conn *conn;
+    size_t len;
+    char data[];
+};
+
+static http_parser_settings parser_settings;
+static uv_once_t settings_once = UV_ONCE_INIT;
+
+static void conn_close(struct lx_http_conn *c);
+static void conn_drain_input(struct lx_http_conn *c);
+static void conn_send_reject(struct lx_http_conn *c, int status);
+static void server_maybe_done(struct lx_http_server *srv);
+
+/* ---- timers ---------------------------------------------------------- */
+
+static void on_timer(uv_timer_t *t)
+{
+    struct lx_http_conn *c = container_of(t, struct lx_http_conn, timer);
+
+    if (c->dead || c->lingering) {
+        conn_close(c);
+        return;
+    }
+    switch (c->state) {
+    case C_HEAD:
+    case C_BODY:
+        conn_send_reject(c, 408);
+        break;
+    case C_IDLE:
+        conn_close(c);
+        break;
+    default:
+        break;
+    }
+}
+
+static void timer_set(struct lx_http_conn *c, uint64_t ms)
+{
+    if (ms)
+        uv_timer_start(&c->timer, on_timer, ms, 0);
+    else
+        uv_timer_stop(&c->timer);
+}
+
+/* ---- close ----------------------------------------------------------- */
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    struct lx_http_conn *c = h->data;
+    struct lx_http_server *srv = c->srv;
+
+    if (--c->handles_open > 0)
+        return;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        srv->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    lx_buf_deinit(&c->in);
+    lx_buf_deinit(&c->url);
+    lx_buf_deinit(&c->head);
+    lx_buf_deinit(&c->hbuf);
+    lx_buf_deinit(&c->req.body);
+    free(c->req.headers);
+    free(c->hoff);
+    free(c);
+    srv->n_conns--;
+    server_maybe_done(srv);
+}
+
+/* Closes at once. A request the handler still owns is aborted first. */
+static void conn_close(struct lx_http_conn *c)
+{
+    if (c->state == C_CLOSING)
+        return;
+    if (c->state == C_BUSY) {
+        c->srv->n_busy--;
+        c->state = C_CLOSING;
+        if (c->req.on_abort)
+            c->req.on_abort(&c->req);
+    }
+    c->state = C_CLOSING;
+    uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+    uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+}
+
+static void on_shutdown(uv_shutdown_t *sr, int status)
+{
+    struct lx_http_conn *c = sr->data;
+
+    free(sr);
+    if (c->state == C_CLOSING)
+        return;
+    if (status < 0 || c->eof) {
+        conn_close(c);
+        return;
+    }
+    /* Keep reading and discarding until the client closes, so that unread
+     * input does not make the kernel reset the connection and destroy the
+     * response before the client has read it. */
+    c->lingering = true;
+    timer_set(c, LINGER_MS);
+}
+
+/* Closes after the response is flushed: FIN first, then a short linger. */
+static void conn_finish(struct lx_http_conn *c)
+{
+    uv_shutdown_t *sr;
+
+    if (c->state == C_CLOSING || c->lingering)
+        return;
+    if (c->write_pending > 0) {
+        c->close_after = true;
+        return;
+    }
+    sr = lx_malloc(sizeof(*sr));
+    sr->data = c;
+    if (uv_shutdown(sr, (uv_stream_t *)&c->tcp, on_shutdown) < 0) {
+        free(sr);
+        conn_close(c);
+        return;
+    }
+    c->state = C_IDLE;
+    c->close_after = false;
+    /* A shut-down connection is only drained; mark it lingering right away
+     * so no further request is parsed from it. */
+    c->lingering = true;
+    timer_set(c, LINGER_MS);
+}
+
+/* ---- output ---------------------------------------------------------- */
+
+static void on_write(uv_write_t *w, int status)
+{
+    struct write_req *wr = container_of(w, struct write_req, w);
+    struct lx_http_conn *c = wr->conn;
+    size_t before = c->write_pending;
+
+    c->write_pending -= wr->len;
+    free(wr);
+    if (c->state == C_CLOSING)
+        return;
+    if (status < 0) {
+        conn_close(c);
+        return;
+    }
+    if (c->write_pending == 0 && c->close_after) {
+        conn_finish(c);
+        return;
+    }
+    if (c->state == C_BUSY && c->req.on_drain && before >= DRAIN_LOW_WATER &&
+        c->write_pending < DRAIN_LOW_WATER)
+        c->req.on_drain(&c->req);
+}
+
+/* Writes <bufs>; what the socket does not take now is copied and queued. */
+static int conn_write(struct lx_http_conn *c, uv_buf_t *bufs, unsigned int nbufs)
+{
+    struct write_req *wr;
+    size_t total = 0, off = 0;
+    unsigned int i = 0;
+    ssize_t n = 0;
+
+    if (c->state == C_CLOSING || c->dead || c->lingering)
+        return -EPIPE;
+    for (unsigned int k = 0; k < nbufs; k++)
+        total += bufs[k].len;
+    if (total == 0)
+        return 0;
+    if (c->write_pending == 0) {
+        n = uv_try_write((uv_stream_t *)&c->tcp, bufs, nbufs);
+        if (n == UV_EAGAIN || n == UV_ENOSYS)
+            n = 0;
+        if (n < 0) {
+            /* Close from the timer: never call back into the handler from
+             * inside one of its own calls. */
+            c->dead = true;
+            uv_timer_start(&c->timer, on_timer, 0, 0);
+            return (int)n;
+        }
+        if ((size_t)n == total)
+            return 0;
+    }
+    wr = lx_malloc(sizeof(*wr) + total - (size_t)n);
+    wr->conn = c;
+    wr->len = total - (size_t)n;
+    /* Skip what uv_try_write took, copy the rest. */
+    for (size_t skip = (size_t)n; i < nbufs; i++) {
+        size_t len = bufs[i].len;
+        const char *p = bufs[i].base;
+
+        if (skip >= len) {
+            skip -= len;
+            continue;
+        }
+        p += skip;
+        len -= skip;
+        skip = 0;
+        memcpy(wr->data + off, p, len);
+        off += len;
+    }
+    uv_buf_t b = uv_buf_init(wr->data, (unsigned int)wr->len);
+    if (uv_write(&wr->w, (uv_stream_t *)&c->tcp, &b, 1, on_write) < 0) {
+        free(wr);
+        c->dead = true;
+        uv_timer_start(&c->timer, on_timer, 0, 0);
+        return -EPIPE;
+    }
+    c->write_pending += wr->len;
+    return 0;
+}
+
+/* ---- request parsing ---------------------------------------------------- */
+
+static struct lx_http_conn *parser_conn(http_parser *p)
+{
+    return container_of(p, struct lx_http_conn, parser);
+}
+
+static int head_grow(struct lx_http_conn *c, size_t len)
+{
+    c->head_bytes += len;
+    if (c->head_bytes > c->srv->limits.head_max) {
+        c->reject = 431;
+        return -1;
+    }
+    return 0;
+}
+
+static int on_message_begin(http_parser *p)
+{
+    struct lx_http_conn *c = parser_conn(p);
+
+    c->state = C_HEAD;
+    c->head_bytes = 0;
+    c->n_hdr = 0;
+    c->in_value = false;
+    lx_buf_reset(&c->url);
+    lx_buf_reset(&c->head);
+    lx_buf_reset(&c->req.body);
+    timer_set(c, c->srv->limits.head_timeout_ms);
+    return 0;
+}
+
+static int on_url(http_parser *p, const char *at, size_t len)
+{
+    struct lx_http_conn *c = parser_conn(p);
+
+    if (head_grow(c, len) || lx_buf_append(&c->url, at, len)) {
+        c->reject = 431;
+        return -1;
+    }
+    return 0;
+}
+
+static int on_header_field(http_parser *p, const char *at, size_t len)
+{
+    struct lx_http_conn *c = parser_conn(p);
+    struct hdr_off *h;
+
+    if (head_grow(c, len))
+        return -1;
+    if (c->n_hdr == 0 || c->in_value) {
+        if (c->n_hdr == MAX_HEADERS) {
+            c->reject = 431;
+            return -1;
+        }
+        h = &c->hoff[c->n_hdr++];
+        h->name_off = (uint32_t)c->head.len;
+        h->name_len = 0;
+        h->value_off = 0;
+        h->value_len = 0;
+        c->in_value = false;
+    }
+    h = &c->hoff[c->n_hdr - 1];
+    if (lx_buf_append(&c->head, at, len)) {
+        c->reject = 431;
+        return -1;
+    }
+    h->name_len += (uint32_t)len;
+    return 0;
+}
+
+static int on_header_value(http_parser *p, const char *at, size_t len)
+{
+    struct lx_http_conn *c = parser_conn(p);
+    struct hdr_off *h;
+
+    if (head_grow(c, len))
+        return -1;
+    h = &c->hoff[c->n_hdr - 1];
+    if (!c->in_value) {
+        h->value_off = (uint32_t)c->head.len;
+        c->in_value = true;
+    }
+    if (lx_buf_append(&c->head, at, len)) {
+        c->reject = 431;
+        return -1;
+    }
+    h->value_len += (uint32_t)len;
+    return 0;
+}
+
+static bool header_is(const struct lx_http_header *h, const char *name)
+{
+    return strlen(name) == h->name_len && strncasecmp(h->name, name, h->name_len) == 0;
+}
+
+static int on_headers_complete(http_parser *p)
+{
+    struct lx_http_conn *c = parser_conn(p);
+    struct lx_http_req *req = &c->req;
+    const struct lx_http_header *expect;
+
+    if (lx_buf_append(&c->url, "", 1)) {
+        c->reject = 431;
+        return -1;
+    }
+    req->path = c->url.data;
+    req->path_len = c->url.len - 1;
+    req->method = p->method;
+    req->http_major = p->http_major;
+    req->http_minor = p->http_minor;
+    req->keep_alive = http_should_keep_alive(p) != 0;
+    req->n_headers = c->n_hdr;
+    for (size_t i = 0; i < c->n_hdr; i++) {
+        req->headers[i].name = c->head.data + c->hoff[i].name_off;
+        req->headers[i].name_len = c->hoff[i].name_len;
+        req->headers[i].value = c->head.data + c->hoff[i].value_off;
+        req->headers[i].value_len = c->hoff[i].value_len;
+    }
+    if ((p->flags & F_CONTENTLENGTH) && p->content_length > c->srv->limits.body_max) {
+        c->reject = 413;
+        return -1;
+    }
+    expect = lx_http_req_header(req, "expect");
+    if (expect && expect->value_len == 12 &&
+        strncasecmp(expect->value, "100-continue", 12) == 0 && p->http_minor >= 1) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        uv_buf_t b = uv_buf_init((char *)cont, sizeof(cont) - 1);
+
+        conn_write(c, &b, 1);
+    }
+    c->state = C_BODY;
+    timer_set(c, c->srv->limits.body_timeout_ms);
+    return 0;
+}
+
+static int on_body(http_parser *p, const char *at, size_t len)
+{
+    struct lx_http_conn *c = parser_conn(p);
+
+    if (c->req.body.len + len > c->srv->limits.body_max) {
+        c->reject = 413;
+        return -1;
+    }
+    if (lx_buf_append(&c->req.body, at, len)) {
+        c->reject = 503;
+        return -1;
+    }
+    timer_set(c, c->srv->limits.body_timeout_ms);
+    return 0;
+}
+
+static int on_message_complete(http_parser *p)
+{
+    struct lx_http_conn *c = parser_conn(p);
+
+    c->message_done = true;
+    http_parser_pause(p, 1);
+    return 0;
+}
+
+static void settings_init(void)
+{
+    http_parser_settings_init(&parser_settings);
+    parser_settings.on_message_begin = on_message_begin;
+    parser_settings.on_url = on_url;
+    parser_settings.on_header_field = on_header_field;
+    parser_settings.on_header_value = on_header_value;
+    parser_settings.on_headers_complete = on_headers_complete;
+    parser_settings.on_body = on_body;
+    parser_settings.on_message_complete = on_message_complete;
+}
+
+static void conn_send_reject(struct lx_http_conn *c, int status)
+{
+    static const struct {
+        int status;
+        const char *type, *code, *msg;
+    } rejects[] = {
+        {400, "invalid_request_error", "bad_request", "malformed HTTP request"},
+        {408, "invalid_request_error", "request_timeout", "request not received in time"},
+        {413, "invalid_request_error", "request_too_large", "request body too large"},
+        {431, "invalid_request_error", "header_too_large", "request header fields too large"},
+        {503, "server_error", "overloaded", "out of memory reading the request"},
+    };
+    struct lx_http_req *req = &c->req;
+    size_t i;
+
+    for (i = 0; i < ARRAY_SIZE(rejects) - 1; i++)
+        if (rejects[i].status == status)
+            break;
+    /* The request is not handed to the handler: answer and close. */
+    c->state = C_BUSY;
+    c->resp_started = false;
+    c->resp_no_body = false;
+    c->srv->n_busy++;
+    req->keep_alive = false;
+    req->on_abort = NULL;
+    req->on_drain = NULL;
+    req->http_minor = 1;
+    if (!c->url.len)
+        req->method = HTTP_POST;
+    lx_http_resp_error(req, status, rejects[i].type, rejects[i].code, NULL, 0, "%s",
+                       rejects[i].msg);
+}
+
+/*
+ * Parses <len> bytes of input. Returns the bytes consumed; fewer than <len>
+ * when a request is complete (the rest belongs to the next request) or the
+ * connection is done.
+ */
+static size_t conn_parse(struct lx_http_conn *c, const char *data, size_t len)
+{
+    size_t n;
+    enum http_errno err;
+
+    c->in_parse++;
+    n = http_parser_execute(&c->parser, &parser_settings, data, len);
+    err = HTTP_PARSER_ERRNO(&c->parser);
+    if (err == HPE_PAUSED) {
+        http_parser_pause(&c->parser, 0);
+    } else if (err != HPE_OK || c->reject) {
+        int status = c->reject ? c->reject : 400;
+
+        if (err == HPE_HEADER_OVERFLOW)
+            status = 431;
+        if (c->state != C_CLOSING)
+            conn_send_reject(c, status);
+        c->in_parse--;
+        return len;
+    }
+    if (c->message_done && c->state != C_CLOSING) {
+        c->message_done = false;
+        c->state = C_BUSY;
+        c->srv->n_busy++;
+        timer_set(c, 0);
+        c->req.data = NULL;
+        c->req.on_abort = NULL;
+        c->req.on_drain = NULL;
+        c->resp_started = false;
+        c->resp_no_body = c->req.method == HTTP_HEAD;
+        c->srv->handler(&c->req, c->srv->ctx);
+    }
+    c->in_parse--;
+    return n;
+}
+
+/* Parses what waits in c->in while the connection can take a new request. */
+static void conn_drain_input(struct lx_http_conn *c)
+{
+    c->in_parse++;
+    while (c->in.len > 0 && (c->state == C_IDLE || c->state == C_HEAD || c->state == C_BODY) &&
+           !c->lingering) {
+        size_t n = conn_parse(c, c->in.data, c->in.len);
+
+        lx_buf_consume(&c->in, n);
+        if (n == 0)
+            break;
+    }
+    c->in_parse--;
+    if (c->eof && c->state != C_BUSY && c->state != C_CLOSING)
+        conn_close(c);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct lx_http_conn *c = h->data;
+
+    buf->base = c->srv->rbuf;
+    buf->len = sizeof(c->srv->rbuf);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct lx_http_conn *c = s->data;
+    size_t n;
+
+    if (nread == 0 || c->state == C_CLOSING)
+        return;
+    if (nread < 0) {
+        c->eof = true;
+        uv_read_stop(s);
+        /* A client that closes while its request is handled aborts it (the
+         * proxy then cancels the node's work, as nginx does by default). */
+        conn_close(c);
+        return;
+    }
+    if (c->lingering)
+        return;
+    if (c->in.len > 0 || c->state == C_BUSY) {
+        /* Pipelined input, or a request is in progress: keep it for later. */
+        lx_buf_append(&c->in, buf->base, (size_t)nread);
+        if (c->state == C_BUSY && c->in.len >= IN_HIGH_WATER) {
+            uv_read_stop(s);
+            c->read_stopped = true;
+        }
+        if (c->state != C_BUSY)
+            conn_drain_input(c);
+        return;
+    }
+    c->in_parse++;
+    n = conn_parse(c, buf->base, (size_t)nread);
+    if (n < (size_t)nread && c->state != C_CLOSING)
+        lx_buf_append(&c->in, buf->base + n, (size_t)nread - n);
+    c->in_parse--;
+    if (c->state != C_BUSY && c->state != C_CLOSING && c->in.len > 0)
+        conn_drain_input(c);
+}
+
+/* ---- accept and listen ------------------------------------------------ */
+
+static void on_connection(uv_stream_t *ls, int status)
+{
+    struct lx_http_server *srv = ls->data;
+    struct lx_http_conn *c;
+    int len;
+
+    if (status < 0) {
+        lx_warn("accept failed: %s", uv_strerror(status));
+        return;
+    }
+    c = lx_calloc(1, sizeof(*c));
+    c->srv = srv;
+    uv_tcp_init(srv->loop, &c->tcp);
+    uv_timer_init(srv->loop, &c->timer);
+    c->tcp.data = c;
+    c->timer.data = c;
+    c->handles_open = 2;
+    srv->n_conns++;
+    c->next = srv->conns;
+    if (srv->conns)
+        srv->conns->prev = c;
+    srv->conns = c;
+    if (uv_accept(ls, (uv_stream_t *)&c->tcp) < 0) {
+        c->state = C_CLOSING;
+        uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+        uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+        return;
+    }
+    srv->accepted++;
+    uv_tcp_nodelay(&c->tcp, 1);
+    len = sizeof(c->req.peer);
+    uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&c->req.peer, &len);
+    http_parser_init(&c->parser, HTTP_REQUEST);
+    lx_buf_init(&c->in, IN_HIGH_WATER + 2 * READ_BUF_SIZE);
+    lx_buf_init(&c->url, srv->limits.head_max + 1);
+    lx_buf_init(&c->head, srv->limits.head_max);
+    lx_buf_init(&c->hbuf, 0);
+    lx_buf_init(&c->req.body, srv->limits.body_max);
+    c->hoff = lx_malloc(MAX_HEADERS * sizeof(*c->hoff));
+    c->req.headers = lx_malloc(MAX_HEADERS * sizeof(*c->req.headers));
+    c->req.loop = srv->loop;
+    c->req.conn = c;
+    c->state = C_IDLE;
+    timer_set(c, srv->limits.idle_timeout_ms);
+    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+}
+
+static int bind_reuseport(const char *host, int port, struct sockaddr_storage *ss, int *fd_out)
+{
+    struct addrinfo hints = {0}, *res = NULL;
+    char portstr[16];
+    int fd, one = 1, rc;
+
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    snprintf(portstr, sizeof(portstr), "%d", port);
+    rc = getaddrinfo(host, portstr, &hints, &res);
+    if (rc != 0 || !res)
+        return -EADDRNOTAVAIL;
+    fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        rc = -errno;
+        goto out_free;
+    }
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
+        bind(fd, res->ai_addr, res->ai_addrlen) < 0) {
+        rc = -errno;
+        close(fd);
+        goto out_free;
+    }
+    memcpy(ss, res->ai_addr, res->ai_addrlen);
+    *fd_out = fd;
+    rc = 0;
+out_free:
+    freeaddrinfo(res);
+    return rc;
+}
+
+int lx_http_server_new(uv_loop_t *loop, const char *host, int port,
+                       const struct lx_http_limits *limits, lx_http_handler_cb handler,
+                       void *ctx, struct lx_http_server **out)
+{
+    struct lx_http_server *srv;
+    struct sockaddr_storage ss;
+    int fd = -1, rc, len = sizeof(ss);
+
+    uv_once(&settings_once, settings_init);
+    rc = bind_reuseport(host, port, &ss, &fd);
+    if (rc < 0)
+        return rc;
+    srv = lx_calloc(1, sizeof(*srv));
+    srv->loop = loop;
+    srv->limits = *limits;
+    srv->handler = handler;
+    srv->ctx = ctx;
+    uv_tcp_init(loop, &srv->listener);
+    srv->listener.data = srv;
+    rc = uv_tcp_open(&srv->listener, fd);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&srv->listener, 4096, on_connection);
+    if (rc == 0)
+        rc = uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&ss, &len);
+    if (rc < 0) {
+        /* The loop is not running yet; close and let the caller run it. */
+        srv->closing = true;
+        srv->listener_closed = true;
+        uv_close((uv_handle_t *)&srv->listener, NULL);
+        return rc;
+    }
+    srv->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                : ((struct sockaddr_in *)&ss)->sin_port);
+    *out = srv;
+    return 0;
+}
+
+int lx_http_server_port(const struct lx_http_server *srv)
+{
+    return srv->port;
+}
+
+size_t lx_http_server_conns(const struct lx_http_server *srv)
+{
+    return srv->n_conns;
+}
+
+size_t lx_http_server_busy(const struct lx_http_server *srv)
+{
+    return srv->n_busy;
+}
+
+size_t lx_http_server_accepted(const struct lx_http_server *srv)
+{
+    return srv->accepted;
+}
+
+static void server_maybe_done(struct lx_http_server *srv)
+{
+    if (!srv->closing || !srv->listener_closed || srv->n_conns > 0)
+        return;
+    if (srv->close_cb) {
+        void (*cb)(void *) = srv->close_cb;
+        void *arg = srv->close_arg;
+
+        free(srv);
+        cb(arg);
+        return;
+    }
+    free(srv);
+}
+
+static void on_listener_closed(uv_handle_t *h)
+{
+    struct lx_http_server *srv = h->data;
+
+    srv->listener_closed = true;
+    server_maybe_done(srv);
+}
+
+void lx_http_server_close(struct lx_http_server *srv, bool force, void (*cb)(void *arg),
+                          void *arg)
+{
+    struct lx_http_conn *c, *next;
+
+    if (!srv->closing) {
+        srv->closing = true;
+        srv->close_cb = cb;
+        srv->close_arg = arg;
+        uv_close((uv_handle_t *)&srv->listener, on_listener_closed);
+    }
+    for (c = srv->conns; c; c = next) {
+        next = c->next;
+        if (c->state == C_BUSY && !force)
+            c->req.keep_alive = false;
+        else
+            conn_close(c);
+    }
+}
+
+/* ---- requests and responses ------------------------------------------- */
+
+const struct lx_http_header *lx_http_req_header(const struct lx_http_req *req, const char *name)
+{
+    for (size_t i = 0; i < req->n_headers; i++)
+        if (header_is(&req->headers[i], name))
+            return &req->headers[i];
+    return NULL;
+}
+
+void lx_http_req_peer_str(const struct lx_http_req *req, char *out, size_t len)
+{
+    const struct sockaddr_storage *ss = &req->peer;
+
+    if (ss->ss_family == AF_INET6)
+        uv_ip6_name((const struct sockaddr_in6 *)ss, out, len);
+    else if (ss->ss_family == AF_INET)
+        uv_ip4_name((const struct sockaddr_in *)ss, out, len);
+    else
+        snprintf(out, len, "-");
+}
+
+int lx_http_resp_start(struct lx_http_req *req, int status, const struct lx_http_header *hdrs,
+                       size_t n_hdrs, int64_t content_length)
+{
+    struct lx_http_conn *c = req->conn;
+    struct lx_buf *b = &c->hbuf;
+    uv_buf_t ub;
+
+    LX_ASSERT(c->state == C_BUSY && !c->resp_started);
+    c->resp_started = true;
+    if (c->srv->closing)
+        req->keep_alive = false;
+    c->resp_chunked = false;
+    if (content_length < 0) {
+        if (req->http_major == 1 && req->http_minor >= 1)
+            c->resp_chunked = true;
+        else
+            req->keep_alive = false; /* HTTP/1.0: the close ends the body */
+    }
+    lx_buf_reset(b);
+    lx_buf_appendf(b, "HTTP/1.1 %d %s\r\n", status, lx_http_reason(status));
+    for (size_t i = 0; i < n_hdrs; i++) {
+        lx_buf_append(b, hdrs[i].name, hdrs[i].name_len);
+        lx_buf_append(b, ": ", 2);
+        lx_buf_append(b, hdrs[i].value, hdrs[i].value_len);
+        lx_buf_append(b, "\r\n", 2);
+    }
+    if (content_length >= 0)
+        lx_buf_appendf(b, "Content-Length: %lld\r\n", (long long)content_length);
+    else if (c->resp_chunked)
+        lx_buf_append(b, "Transfer-Encoding: chunked\r\n", 28);
+    if (!req->keep_alive)
+        lx_buf_append(b, "Connection: close\r\n", 19);
+    else if (req->http_minor == 0)
+        lx_buf_append(b, "Connection: keep-alive\r\n", 24);
+    lx_buf_append(b, "\r\n", 2);
+    ub = uv_buf_init(b->data, (unsigned int)b->len);
+    return conn_write(c, &ub, 1);
+}
+
+int lx_http_resp_write(struct lx_http_req *req, const void *data, size_t len)
+{
+    struct lx_http_conn *c = req->conn;
+    char size_line[24];
+    uv_buf_t bufs[3];
+
+    LX_ASSERT(c->resp_started);
+    if (len == 0 || c->resp_no_body)
+        return 0;
+    if (!c->resp_chunked) {
+        bufs[0] = uv_buf_init((char *)data, (unsigned int)len);
+        return conn_write(c, bufs, 1);
+    }
+    bufs[0] = uv_buf_init(size_line, (unsigned int)snprintf(size_line, sizeof(size_line),
+                                                            "%zx\r\n", len));
+    bufs[1] = uv_buf_init((char *)data, (unsigned int)len);
+    bufs[2] = uv_buf_init((char *)"\r\n", 2);
+    return conn_write(c, bufs, 3);
+}
+
+size_t lx_http_resp_pending(const struct lx_http_req *req)
+{
+    return req->conn->write_pending;
+}
+
+void lx_http_resp_end(struct lx_http_req *req)
+{
+    struct lx_http_conn *c = req->conn;
+
+    LX_ASSERT(c->state == C_BUSY && c->resp_started);
+    if (c->resp_chunked && !c->resp_no_body) {
+        uv_buf_t b = uv_buf_init((char *)"0\r\n\r\n", 5);
+
+        conn_write(c, &b, 1);
+    }
+    c->srv->n_busy--;
+    c->state = C_IDLE;
+    req->on_abort = NULL;
+    req->on_drain = NULL;
+    req->data = NULL;
+    if (c->dead)
+        return; /* the timer closes it */
+    if (!req->keep_alive || c->srv->closing) {
+        conn_finish(c);
+        return;
+    }
+    timer_set(c, c->srv->limits.idle_timeout_ms);
+    if (c->read_stopped) {
+        c->read_stopped = false;
+        uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    }
+    if (!c->in_parse && c->in.len > 0)
+        conn_drain_input(c);
+    else if (!c->in_parse && c->eof)
+        conn_close(c);
+}
+
+void lx_http_resp_abort(struct lx_http_req *req)
+{
+    struct lx_http_conn *c = req->conn;
+
+    LX_ASSERT(c->state == C_BUSY);
+    c->srv->n_busy--;
+    c->state = C_IDLE; /* not BUSY: conn_close must not call on_abort */
+    req->on_abort = NULL;
+    req->on_drain = NULL;
+    conn_close(c);
+}

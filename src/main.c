@@ -1,0 +1,101 @@
+/*
+ * main.c - llmux: parse the configuration, build the node registry, start
+ * the workers, wait for SIGINT/SIGTERM, stop gracefully. Nothing else.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <uv.h>
+
+#include "conf/conf.h"
+#include "core/log.h"
+#include "nodes/node.h"
+#include "proxy/gateway.h"
+
+struct main_ctx {
+    struct lx_gateway *gw;
+    uv_signal_t sigint, sigterm;
+    bool stopping;
+};
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    struct main_ctx *m = s->data;
+
+    if (m->stopping) {
+        lx_warn("second signal: exiting now");
+        exit(1);
+    }
+    m->stopping = true;
+    lx_info("received %s: finishing in-flight requests, then exiting",
+            signum == SIGINT ? "SIGINT" : "SIGTERM");
+    lx_gateway_stop(m->gw);
+    /* Keep watching for a second signal, but do not keep the loop alive. */
+    uv_unref((uv_handle_t *)&m->sigint);
+    uv_unref((uv_handle_t *)&m->sigterm);
+}
+
+int main(int argc, char **argv)
+{
+    struct lx_conf conf;
+    struct lx_gateway gw;
+    struct lx_registry *reg;
+    struct main_ctx m = {0};
+    uv_loop_t *loop = uv_default_loop();
+    char err[512];
+    size_t n_nodes = 0;
+
+    signal(SIGPIPE, SIG_IGN);
+    switch (lx_conf_load(&conf, argc, argv, NULL, NULL, err, sizeof(err))) {
+    case LX_CONF_OK:
+        break;
+    case LX_CONF_EXIT:
+        return 0;
+    case LX_CONF_CHECK: {
+        char *dump = lx_conf_dump(&conf);
+
+        printf("%s\n", dump);
+        free(dump);
+        lx_conf_free(&conf);
+        return 0;
+    }
+    default:
+        fprintf(stderr, "llmux: %s\n", err);
+        return 1;
+    }
+    lx_log_set_level((enum lx_log_level)lx_log_level_parse(conf.log_level));
+    reg = lx_registry_new(&conf, err, sizeof(err));
+    if (!reg) {
+        fprintf(stderr, "llmux: %s\n", err);
+        lx_conf_free(&conf);
+        return 1;
+    }
+    if (lx_gateway_init(&gw, &conf, reg, err, sizeof(err)) < 0) {
+        fprintf(stderr, "llmux: %s\n", err);
+        return 1;
+    }
+    m.gw = &gw;
+    uv_signal_init(loop, &m.sigint);
+    uv_signal_init(loop, &m.sigterm);
+    m.sigint.data = m.sigterm.data = &m;
+    uv_signal_start(&m.sigint, on_signal, SIGINT);
+    uv_signal_start(&m.sigterm, on_signal, SIGTERM);
+    if (lx_gateway_start(&gw) < 0) {
+        fprintf(stderr, "llmux: cannot start worker threads\n");
+        return 1;
+    }
+    for (size_t i = 0; i < reg->n_pools; i++)
+        n_nodes += reg->pools[i].n_nodes;
+    lx_info("llmux %s listening on http://%s:%d (%d workers, %zu pools, %zu nodes)", LX_VERSION,
+            conf.listen_host, gw.port, gw.n_workers, reg->n_pools, n_nodes);
+    uv_run(loop, UV_RUN_DEFAULT);
+    lx_gateway_join(&gw);
+    uv_close((uv_handle_t *)&m.sigint, NULL);
+    uv_close((uv_handle_t *)&m.sigterm, NULL);
+    uv_run(loop, UV_RUN_DEFAULT);
+    uv_loop_close(loop);
+    lx_registry_unref(reg);
+    lx_conf_free(&conf);
+    lx_info("llmux stopped");
+    return 0;
+}

@@ -1,0 +1,113 @@
+/*
+ * endpoints.c - GET /health and GET /v1/models; see endpoints.h.
+ * Not on the hot path: JSON is built with jansson.
+ */
+#include "endpoints.h"
+
+#include <http_parser.h>
+#include <jansson.h>
+#include <string.h>
+
+#include "../proxy/proxy.h"
+#include "../route/router.h"
+
+static void send_json(struct lx_http_req *req, int status, json_t *j, const char *rid)
+{
+    struct lx_http_header h[] = {{"X-Request-Id", 12, rid, strlen(rid)},
+                                 {"Cache-Control", 13, "no-store", 8}};
+    char *text = json_dumps(j, JSON_COMPACT);
+    size_t len = strlen(text);
+
+    /* One trailing newline, as curl users expect. */
+    text = lx_realloc(text, len + 2);
+    text[len++] = '\n';
+    text[len] = '\0';
+    lx_http_resp_send(req, status, "application/json", h, ARRAY_SIZE(h), text, len);
+    free(text);
+    json_decref(j);
+}
+
+void lx_obs_health(struct lx_worker *w, struct lx_http_req *req, const char *rid)
+{
+    const struct lx_gateway *gw = w->gw;
+    struct lx_registry *reg = gw->reg;
+    json_t *root = json_object(), *pools = json_array(), *nodes = json_array();
+    size_t pools_down = 0, nodes_down = 0, n_nodes = 0;
+    const char *status;
+
+    for (size_t i = 0; i < reg->n_pools; i++) {
+        const struct lx_pool *p = &reg->pools[i];
+        json_t *jp = json_object(), *jn = json_array();
+        size_t up = 0;
+
+        for (size_t k = 0; k < p->n_nodes; k++) {
+            struct lx_node *n = p->nodes[k];
+            bool healthy = atomic_load(&n->healthy);
+            json_t *o = json_object();
+
+            json_object_set_new(o, "name", json_string(n->name));
+            json_object_set_new(o, "url", json_string(n->url));
+            json_object_set_new(o, "model", json_string(p->model));
+            json_object_set_new(o, "healthy", json_boolean(healthy));
+            json_object_set_new(o, "drained", json_boolean(atomic_load(&n->drained)));
+            json_object_set_new(o, "in_flight", json_integer(atomic_load(&n->in_flight)));
+            json_object_set_new(o, "requests_total",
+                                json_integer((json_int_t)atomic_load(&n->requests_total)));
+            json_object_set_new(o, "failures_total",
+                                json_integer((json_int_t)atomic_load(&n->failures_total)));
+            json_array_append(jn, o);
+            json_array_append_new(nodes, o);
+            up += healthy;
+            nodes_down += !healthy;
+            n_nodes++;
+        }
+        json_object_set_new(jp, "model", json_string(p->model));
+        json_object_set_new(jp, "strategy", json_string(p->strategy->name));
+        if (p->upstream_model)
+            json_object_set_new(jp, "upstream_model", json_string(p->upstream_model));
+        json_object_set_new(jp, "healthy_nodes", json_integer((json_int_t)up));
+        json_object_set_new(jp, "nodes", jn);
+        json_array_append_new(pools, jp);
+        pools_down += up == 0;
+    }
+    status = pools_down ? "down" : nodes_down ? "degraded" : "ok";
+    json_object_set_new(root, "status", json_string(status));
+    json_object_set_new(root, "version", json_string(LX_VERSION));
+    json_object_set_new(root, "uptime_seconds",
+                        json_real((double)(uv_hrtime() - gw->start_hr_ns) / 1e9));
+    json_object_set_new(root, "strategy", json_string(gw->conf->strategy));
+    json_object_set_new(root, "workers", json_integer(gw->n_workers));
+    json_object_set_new(root, "pools", pools);
+    json_object_set_new(root, "nodes", nodes);
+    json_object_set_new(root, "total_nodes", json_integer((json_int_t)n_nodes));
+    json_object_set_new(root, "healthy_nodes", json_integer((json_int_t)(n_nodes - nodes_down)));
+    send_json(req, pools_down ? 503 : 200, root, rid);
+}
+
+void lx_obs_models(struct lx_worker *w, struct lx_http_req *req, const char *rid)
+{
+    struct lx_registry *reg = w->gw->reg;
+    json_t *root, *data;
+
+    for (size_t i = 0; i < reg->n_pools; i++) {
+        if (strcmp(reg->pools[i].model, "*") == 0) {
+            /* Any model goes to this pool: its nodes know what they serve. */
+            lx_proxy_start(w, req, &reg->pools[i], NULL, req->path, rid);
+            return;
+        }
+    }
+    root = json_object();
+    data = json_array();
+    for (size_t i = 0; i < reg->n_pools; i++) {
+        json_t *m = json_object();
+
+        json_object_set_new(m, "id", json_string(reg->pools[i].model));
+        json_object_set_new(m, "object", json_string("model"));
+        json_object_set_new(m, "created", json_integer((json_int_t)w->gw->start_unix));
+        json_object_set_new(m, "owned_by", json_string("llmux"));
+        json_array_append_new(data, m);
+    }
+    json_object_set_new(root, "object", json_string("list"));
+    json_object_set_new(root, "data", data);
+    send_json(req, 200, root, rid);
+}

@@ -1,0 +1,286 @@
+/*
+ * gateway.c - worker threads and the per-request dispatch: path, method,
+ * client auth, body scan, model lookup, then the proxy or a local endpoint.
+ */
+#include "gateway.h"
+
+#include <http_parser.h>
+#include <jansson.h>
+#include <string.h>
+#include <time.h>
+
+#include "../core/log.h"
+#include "../http/body_scan.h"
+#include "../obs/endpoints.h"
+#include "proxy.h"
+
+#define UPSTREAM_KEEPALIVE_MS 4000 /* below uvicorn's (vLLM's) 5 s keep-alive timeout */
+
+uint64_t lx_worker_rand(struct lx_worker *w)
+{
+    /* xorshift64*: fast and good enough for ids and random picks. */
+    uint64_t x = w->rng;
+
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    w->rng = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+
+/* A gateway error, with the request id echoed. Ends the response. */
+static void gw_error(struct lx_http_req *req, const char *rid, int status, const char *type,
+                     const char *code, const char *msg)
+{
+    struct lx_http_header h[2] = {{"X-Request-Id", 12, rid, strlen(rid)}};
+    size_t n = 1;
+
+    if (status == 401)
+        h[n++] = (struct lx_http_header){"WWW-Authenticate", 16, "Bearer", 6};
+    lx_http_resp_error(req, status, type, code, h, n, "%s", msg);
+}
+
+static bool client_authorized(const struct lx_gateway *gw, const struct lx_http_req *req)
+{
+    const char *token = gw->conf->auth_token;
+    const struct lx_http_header *h;
+
+    if (!token || !*token)
+        return true;
+    h = lx_http_req_header(req, "authorization");
+    if (!h || h->value_len < 7 || strncasecmp(h->value, "Bearer ", 7) != 0)
+        return false;
+    return lx_secure_equal(h->value + 7, h->value_len - 7, token, strlen(token));
+}
+
+static bool path_is(const char *path, size_t len, const char *want)
+{
+    return strlen(want) == len && memcmp(path, want, len) == 0;
+}
+
+/* The model name, decoded when written with JSON escapes; NULL if invalid. */
+static char *model_decode(const struct lx_body_scan *scan)
+{
+    char *raw = lx_malloc(scan->model.len + 3);
+    json_t *j;
+    char *out = NULL;
+
+    raw[0] = '"';
+    memcpy(raw + 1, scan->model.p, scan->model.len);
+    raw[scan->model.len + 1] = '"';
+    raw[scan->model.len + 2] = '\0';
+    j = json_loads(raw, JSON_DECODE_ANY, NULL);
+    if (j && json_is_string(j))
+        out = lx_strdup(json_string_value(j));
+    json_decref(j);
+    free(raw);
+    return out;
+}
+
+static void handle_inference(struct lx_worker *w, struct lx_http_req *req, const char *rid)
+{
+    struct lx_body_scan scan;
+    struct lx_pool *pool;
+    int rc;
+
+    if (req->method != HTTP_POST) {
+        gw_error(req, rid, 405, "invalid_request_error", "method_not_allowed",
+                 "this endpoint accepts POST only");
+        return;
+    }
+    rc = lx_body_scan(req->body.data ? req->body.data : "", req->body.len, &scan);
+    if (rc != LX_SCAN_OK) {
+        char msg[160];
+
+        snprintf(msg, sizeof(msg), "the request body must be a JSON object: %s",
+                 lx_body_scan_strerror(rc));
+        gw_error(req, rid, 400, "invalid_request_error", "invalid_json", msg);
+        return;
+    }
+    if (scan.model_present && !scan.model_is_string) {
+        gw_error(req, rid, 400, "invalid_request_error", "invalid_model",
+                 "\"model\" must be a string");
+        return;
+    }
+    if (!scan.model_present) {
+        pool = lx_registry_find(w->gw->reg, "", 0);
+        if (!pool || strcmp(pool->model, "*") != 0) {
+            gw_error(req, rid, 400, "invalid_request_error", "missing_model",
+                     "the request body needs a string \"model\"");
+            return;
+        }
+    } else if (scan.model_has_escape) {
+        char *name = model_decode(&scan);
+
+        pool = name ? lx_registry_find(w->gw->reg, name, strlen(name)) : NULL;
+        free(name);
+    } else {
+        pool = lx_registry_find(w->gw->reg, scan.model.p, scan.model.len);
+    }
+    if (!pool) {
+        char msg[300];
+
+        snprintf(msg, sizeof(msg), "The model `%.*s` does not exist.",
+                 (int)LX_MIN(scan.model.len, 200), scan.model.p);
+        gw_error(req, rid, 404, "invalid_request_error", "model_not_found", msg);
+        return;
+    }
+    lx_proxy_start(w, req, pool, &scan, req->path, rid);
+}
+
+void lx_gateway_handle(struct lx_http_req *req, void *arg)
+{
+    struct lx_worker *w = arg;
+    const char *q = strchr(req->path, '?');
+    size_t plen = q ? (size_t)(q - req->path) : req->path_len;
+    char rid[80];
+
+    lx_request_id(w, req, rid, sizeof(rid));
+    if (path_is(req->path, plen, "/health")) {
+        lx_obs_health(w, req, rid);
+        return;
+    }
+    if (plen >= 4 && memcmp(req->path, "/v1/", 4) == 0) {
+        if (!client_authorized(w->gw, req)) {
+            gw_error(req, rid, 401, "invalid_request_error", "invalid_api_key",
+                     "missing or invalid bearer token");
+            return;
+        }
+        if (path_is(req->path, plen, "/v1/chat/completions") ||
+            path_is(req->path, plen, "/v1/completions")) {
+            handle_inference(w, req, rid);
+            return;
+        }
+        if (path_is(req->path, plen, "/v1/models")) {
+            if (req->method != HTTP_GET) {
+                gw_error(req, rid, 405, "invalid_request_error", "method_not_allowed",
+                         "this endpoint accepts GET only");
+                return;
+            }
+            lx_obs_models(w, req, rid);
+            return;
+        }
+    }
+    gw_error(req, rid, 404, "invalid_request_error", "not_found", "no such endpoint");
+}
+
+/* ---- workers -------------------------------------------------------- */
+
+static void on_worker_handle_closed(uv_handle_t *h)
+{
+    LX_UNUSED(h);
+}
+
+static void on_server_closed(void *arg)
+{
+    struct lx_worker *w = arg;
+
+    w->srv = NULL;
+    uv_close((uv_handle_t *)&w->grace_timer, on_worker_handle_closed);
+    uv_close((uv_handle_t *)&w->stop_async, on_worker_handle_closed);
+    lx_upstream_pool_close(w->pool);
+    w->pool = NULL;
+}
+
+static void on_grace_expired(uv_timer_t *t)
+{
+    struct lx_worker *w = container_of(t, struct lx_worker, grace_timer);
+
+    if (w->srv) {
+        lx_warn("worker %d: shutdown timeout, closing %zu busy connection(s)", w->index,
+                lx_http_server_busy(w->srv));
+        lx_http_server_close(w->srv, true, on_server_closed, w);
+    }
+}
+
+static void on_stop(uv_async_t *a)
+{
+    struct lx_worker *w = container_of(a, struct lx_worker, stop_async);
+
+    if (w->stopping)
+        return;
+    w->stopping = true;
+    uv_timer_start(&w->grace_timer, on_grace_expired,
+                   (uint64_t)(w->gw->conf->shutdown_timeout_s * 1000) + 1, 0);
+    lx_http_server_close(w->srv, false, on_server_closed, w);
+}
+
+static void worker_main(void *arg)
+{
+    struct lx_worker *w = arg;
+
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+}
+
+int lx_gateway_init(struct lx_gateway *gw, const struct lx_conf *conf, struct lx_registry *reg,
+                    char *err, size_t errlen)
+{
+    struct lx_http_limits limits = {
+        .head_max = conf->max_header_bytes,
+        .body_max = conf->max_body_bytes,
+        .head_timeout_ms = (uint64_t)(conf->request_timeout_s * 1000),
+        .body_timeout_ms = (uint64_t)(conf->request_timeout_s * 1000),
+        .idle_timeout_ms = (uint64_t)(conf->keepalive_timeout_s * 1000),
+    };
+    int port = conf->listen_port;
+
+    memset(gw, 0, sizeof(*gw));
+    gw->conf = conf;
+    gw->reg = reg;
+    gw->start_unix = (uint64_t)time(NULL);
+    gw->start_hr_ns = uv_hrtime();
+    gw->n_workers = conf->workers;
+    gw->workers = lx_calloc((size_t)conf->workers, sizeof(*gw->workers));
+    for (int i = 0; i < conf->workers; i++) {
+        struct lx_worker *w = &gw->workers[i];
+        int rc;
+
+        w->gw = gw;
+        w->index = i;
+        w->rng = (uv_hrtime() ^ ((uint64_t)(i + 1) * 0x9E3779B97F4A7C15ULL)) | 1;
+        uv_loop_init(&w->loop);
+        /* Worker 0 binds first; with port 0 the others then share its port. */
+        rc = lx_http_server_new(&w->loop, conf->listen_host, port, &limits, lx_gateway_handle, w,
+                                &w->srv);
+        if (rc < 0) {
+            snprintf(err, errlen, "cannot listen on %s:%d: %s", conf->listen_host, port,
+                     strerror(-rc));
+            return rc;
+        }
+        port = lx_http_server_port(w->srv);
+        w->pool = lx_upstream_pool_new(&w->loop, UPSTREAM_KEEPALIVE_MS);
+        uv_async_init(&w->loop, &w->stop_async, on_stop);
+        uv_timer_init(&w->loop, &w->grace_timer);
+    }
+    gw->port = port;
+    return 0;
+}
+
+int lx_gateway_start(struct lx_gateway *gw)
+{
+    for (int i = 0; i < gw->n_workers; i++) {
+        int rc = uv_thread_create(&gw->workers[i].thread, worker_main, &gw->workers[i]);
+
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+void lx_gateway_stop(struct lx_gateway *gw)
+{
+    for (int i = 0; i < gw->n_workers; i++)
+        uv_async_send(&gw->workers[i].stop_async);
+}
+
+void lx_gateway_join(struct lx_gateway *gw)
+{
+    for (int i = 0; i < gw->n_workers; i++) {
+        struct lx_worker *w = &gw->workers[i];
+
+        uv_thread_join(&w->thread);
+        uv_loop_close(&w->loop);
+    }
+    free(gw->workers);
+    gw->workers = NULL;
+}

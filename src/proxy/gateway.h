@@ -1,0 +1,59 @@
+/*
+ * gateway.h - the gateway's shared state and its worker threads.
+ *
+ * struct lx_gateway is built once by main (config, node registry, start time)
+ * and read by every worker. Each struct lx_worker runs one libuv loop on its
+ * own thread with its own SO_REUSEPORT listener and its own upstream pool;
+ * nothing on a request's path takes a lock.
+ */
+#ifndef LX_GATEWAY_H
+#define LX_GATEWAY_H
+
+#include <uv.h>
+
+#include "../conf/conf.h"
+#include "../http/server.h"
+#include "../nodes/node.h"
+#include "upstream.h"
+
+struct lx_gateway {
+    const struct lx_conf *conf;      /* borrowed, immutable */
+    struct lx_registry *reg;         /* reference */
+    uint64_t start_unix;             /* seconds since epoch at start */
+    uint64_t start_hr_ns;            /* uv_hrtime() at start */
+    int port;                        /* the port actually bound */
+    struct lx_worker *workers;
+    int n_workers;
+};
+
+struct lx_worker {
+    struct lx_gateway *gw;
+    int index;
+    uv_loop_t loop;
+    uv_thread_t thread;
+    uv_async_t stop_async;
+    uv_timer_t grace_timer;
+    struct lx_http_server *srv;
+    struct lx_upstream_pool *pool;
+    uint64_t rng;                    /* xorshift state, per worker */
+    bool stopping;
+};
+
+/* Binds every worker's listener (so errors show before anything runs);
+ * 0 or -errno with <err> filled. */
+int lx_gateway_init(struct lx_gateway *gw, const struct lx_conf *conf, struct lx_registry *reg,
+                    char *err, size_t errlen);
+/* Starts the worker threads. */
+int lx_gateway_start(struct lx_gateway *gw);
+/* Asks every worker to stop gracefully (thread-safe, async-signal-safe is not
+ * required: call it from the main loop). */
+void lx_gateway_stop(struct lx_gateway *gw);
+/* Joins the workers and frees their resources. */
+void lx_gateway_join(struct lx_gateway *gw);
+
+/* The per-request handler behind every worker's server. */
+void lx_gateway_handle(struct lx_http_req *req, void *worker);
+/* A random 64-bit number from the worker's generator. */
+uint64_t lx_worker_rand(struct lx_worker *w);
+
+#endif /* LX_GATEWAY_H */

@@ -1,0 +1,86 @@
+/*
+ * upstream.h - HTTP/1.1 exchanges with nodes over per-worker keep-alive pools.
+ *
+ * Each worker owns one lx_upstream_pool: idle connections per node, reused
+ * before any new connect. An exchange (struct lx_upstream_req) is embedded in
+ * its caller's request; it sends the caller's bytes, parses the response and
+ * reports it through callbacks. A pooled connection that turns out to be
+ * closed by the node before any response byte (a keep-alive race) is replaced
+ * by a fresh connection once, transparently.
+ *
+ * Callbacks never run inside the call that started the operation. After
+ * on_done or on_error, or after lx_upstream_cancel(), no callback runs again
+ * and the exchange may be reused or freed. Threading: one loop only.
+ */
+#ifndef LX_UPSTREAM_H
+#define LX_UPSTREAM_H
+
+#include <uv.h>
+
+#include "../http/server.h"
+#include "../nodes/node.h"
+
+enum lx_upstream_err {
+    LX_UP_CONNECT = 1,  /* connect failed, or connect timed out */
+    LX_UP_TIMEOUT,      /* no response byte within first_byte_ms */
+    LX_UP_IDLE,         /* gap between body chunks over idle_ms */
+    LX_UP_PROTOCOL,     /* malformed response */
+    LX_UP_CLOSED,       /* the node closed or reset the connection mid-response */
+};
+
+struct lx_upstream_cbs {
+    /* The response head; <hdrs> valid during the call only. <content_length>
+     * is -1 when the body is chunked or ends with the connection. */
+    void (*on_head)(void *ctx, int status, const struct lx_http_header *hdrs, size_t n_hdrs,
+                    int64_t content_length);
+    /* Decoded body bytes, valid during the call only. */
+    void (*on_body)(void *ctx, const char *data, size_t len);
+    void (*on_done)(void *ctx);
+    /* <got_head>: on_head already ran for this exchange. */
+    void (*on_error)(void *ctx, enum lx_upstream_err kind, bool got_head);
+};
+
+struct lx_upstream_timeouts {
+    uint64_t connect_ms;     /* 0 = no limit */
+    uint64_t first_byte_ms;  /* from send to the first response byte; 0 = no limit */
+    uint64_t idle_ms;        /* longest gap between body reads; 0 = no limit */
+};
+
+struct up_conn;
+
+struct lx_upstream_req {
+    /* Set by the caller before lx_upstream_send(); borrowed until the end. */
+    const struct lx_upstream_cbs *cbs;
+    void *ctx;
+    uv_buf_t bufs[4];        /* request bytes: head, body... */
+    unsigned int nbufs;
+    struct lx_upstream_timeouts timeouts;
+
+    /* Private. */
+    struct up_conn *conn;
+    struct lx_node *node;
+    bool fresh_retry_done;
+    bool paused;
+};
+
+struct lx_upstream_pool;
+
+struct lx_upstream_pool *lx_upstream_pool_new(uv_loop_t *loop, uint64_t idle_keepalive_ms);
+/* Closes idle connections and frees the pool once no exchange uses it; the
+ * caller must have cancelled or finished every exchange first. */
+void lx_upstream_pool_close(struct lx_upstream_pool *pool);
+/* Connections opened to nodes since start (for stats and tests). */
+uint64_t lx_upstream_pool_connects(const struct lx_upstream_pool *pool);
+
+/* Starts an exchange with <node> (borrowed for its duration). Returns 0; the
+ * outcome arrives through the callbacks. */
+int lx_upstream_send(struct lx_upstream_pool *pool, struct lx_node *node,
+                     struct lx_upstream_req *ur);
+/* Ends an exchange early: its connection is closed (a node such as vLLM then
+ * stops generating). No callback runs afterwards. */
+void lx_upstream_cancel(struct lx_upstream_req *ur);
+/* Stops / resumes reading the response (client backpressure). */
+void lx_upstream_pause(struct lx_upstream_req *ur);
+void lx_upstream_resume(struct lx_upstream_req *ur);
+
+#endif /* LX_UPSTREAM_H */
