@@ -126,7 +126,12 @@ static void on_timer(uv_timer_t *t)
         conn_send_reject(c, 408);
         break;
     case C_IDLE:
-        conn_close(c);
+        /* A 0 ms timer set by resp_end resumes pipelined input; otherwise
+         * the keep-alive idle limit has passed. */
+        if (c->in.len > 0)
+            conn_drain_input(c);
+        else
+            conn_close(c);
         break;
     default:
         break;
@@ -913,8 +918,10 @@ void lx_http_resp_end(struct lx_http_req *req)
         c->read_stopped = false;
         uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
     }
+    /* Pipelined input is parsed on the next loop turn, so the handler is
+     * never re-entered from inside its own call. */
     if (!c->in_parse && c->in.len > 0)
-        conn_drain_input(c);
+        uv_timer_start(&c->timer, on_timer, 0, 0);
     else if (!c->in_parse && c->eof)
         conn_close(c);
 }

@@ -316,9 +316,11 @@ static void up_on_done(void *ctx)
     struct lx_proxy *p = ctx;
     struct lx_http_req *req = p->client;
 
+    /* Release the node before the client connection moves on to a
+     * pipelined request. */
     p->client = NULL;
-    lx_http_resp_end(req);
     proxy_free(p);
+    lx_http_resp_end(req);
 }
 
 static void up_on_error(void *ctx, enum lx_upstream_err kind, bool got_head)
