@@ -14,10 +14,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifndef LX_VERSION
+#define LX_VERSION "0.1.0"
+#endif
+
+struct json_t;
+
 struct lx_conf_server {
     char *url;              /* "http://host:port" (http only); trailing '/' stripped */
     char *name;             /* defaults to the url */
-    char *host;             /* parsed from url */
+    char *host;             /* parsed from url; IPv6 without brackets */
     int port;               /* parsed from url; 80 when absent */
     char *base_path;        /* path prefix from the url ("" when none) */
     int weight;             /* >= 1, default 1 */
@@ -36,7 +42,7 @@ struct lx_conf_pool {
 
 struct lx_conf {
     /* listener and process */
-    char *listen_host;                  /* GATEWAY_HOST, default "0.0.0.0" */
+    char *listen_host;                  /* GATEWAY_HOST, default "0.0.0.0"; IPv6 unbracketed */
     int listen_port;                    /* GATEWAY_PORT, default 8000 */
     int workers;                        /* WORKERS, default: CPU count */
 
@@ -108,5 +114,20 @@ const struct lx_conf_pool *lx_conf_pool_find(const struct lx_conf *conf, const c
                                              size_t model_len);
 /* The --help text. */
 const char *lx_conf_usage(void);
+
+/*
+ * Parses one pool for <model> from <obj>, a JSON object shaped like an entry
+ * of the file's "models" map ({"servers": [...], "strategy", "upstream_model",
+ * "metrics_update_interval"}), with the file's validation; for the admin API.
+ * A missing "strategy" becomes <default_strategy> (NULL: stays NULL). <who> prefixes error
+ * messages (e.g. "models.gpt-4"). Returns 0, or LX_EINVAL with one line in
+ * <err> and <out> untouched. <obj> is borrowed; <out> is released with
+ * lx_conf_pool_free().
+ */
+int lx_conf_pool_from_json(struct lx_conf_pool *out, const char *model, const struct json_t *obj,
+                           const char *default_strategy, const char *who, char *err,
+                           size_t errlen);
+/* Frees what a pool owns (not <pool> itself) and zeroes it. */
+void lx_conf_pool_free(struct lx_conf_pool *pool);
 
 #endif /* LX_CONF_H */

@@ -5,11 +5,16 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
+#include <uv.h>
 
+#include "../core/log.h"
 #include "../core/lx.h"
 #include "../route/router.h"
 
 static atomic_uint next_node_id;
+
+static uint64_t wall_ms(void);
 
 uint32_t lx_node_id_limit(void)
 {
@@ -41,6 +46,7 @@ static struct lx_node *node_new(const struct lx_conf_server *s)
     n->max_concurrency = s->max_concurrency;
     atomic_init(&n->healthy, true);
     atomic_init(&n->drained, false);
+    atomic_init(&n->state_since_ms, wall_ms());
     return n;
 }
 
@@ -63,9 +69,128 @@ void lx_node_unref(struct lx_node *node)
     free(node);
 }
 
+/* Process-wide health policy, set once before workers start. */
+static uint64_t slow_start_ms = 10000;
+static uint64_t eject_base_ms = 5000;
+static uint64_t eject_max_ms = 60000;
+static int eject_threshold = 3;
+
+void lx_node_set_policy(uint64_t slow_start, uint64_t eject_base, uint64_t eject_max,
+                        int threshold)
+{
+    slow_start_ms = slow_start;
+    eject_base_ms = eject_base;
+    eject_max_ms = eject_max;
+    eject_threshold = threshold > 0 ? threshold : 1;
+}
+
+uint64_t lx_now_ms(void)
+{
+    return uv_hrtime() / 1000000;
+}
+
+static uint64_t wall_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+bool lx_node_is_up(const struct lx_node *node, uint64_t now_ms)
+{
+    return atomic_load_explicit(&node->healthy, memory_order_relaxed) &&
+           atomic_load_explicit(&node->ejected_until_ms, memory_order_relaxed) <= now_ms;
+}
+
+double lx_node_effective_weight(const struct lx_node *node, uint64_t now_ms)
+{
+    uint64_t since = atomic_load_explicit(&node->up_since_ms, memory_order_relaxed);
+    double ramp = 1.0;
+
+    if (slow_start_ms && since && now_ms < since + slow_start_ms)
+        ramp = now_ms <= since ? 0.0 : (double)(now_ms - since) / (double)slow_start_ms;
+    if (ramp < 0.05)
+        ramp = 0.05;
+    return node->weight * ramp;
+}
+
+void lx_node_report_success(struct lx_node *node, uint64_t ttfb_us)
+{
+    uint64_t old = atomic_load_explicit(&node->ewma_ttfb_us, memory_order_relaxed), next;
+
+    /* EWMA with alpha 0.3: reacts within a few requests, smooths single outliers. */
+    do {
+        next = old ? (old * 7 + ttfb_us * 3) / 10 : ttfb_us;
+        if (next == 0)
+            next = 1;
+    } while (!atomic_compare_exchange_weak_explicit(&node->ewma_ttfb_us, &old, next,
+                                                    memory_order_relaxed, memory_order_relaxed));
+    atomic_store_explicit(&node->ttfb_sample_ms, lx_now_ms(), memory_order_relaxed);
+    atomic_store_explicit(&node->consecutive_failures, 0, memory_order_relaxed);
+    if (atomic_exchange_explicit(&node->ejections, 0, memory_order_relaxed) > 0)
+        atomic_store_explicit(&node->last_error, NULL, memory_order_relaxed);
+}
+
+void lx_node_report_failure(struct lx_node *node, const char *why)
+{
+    uint64_t old = atomic_load_explicit(&node->ewma_ttfb_us, memory_order_relaxed), next;
+    uint64_t now = lx_now_ms();
+    int fails;
+
+    /* A failing node loses its good average: double it, at least 100 ms. */
+    do {
+        next = old ? old * 2 : 100000;
+        if (next < 100000)
+            next = 100000;
+        if (next > 60000000)
+            next = 60000000;
+    } while (!atomic_compare_exchange_weak_explicit(&node->ewma_ttfb_us, &old, next,
+                                                    memory_order_relaxed, memory_order_relaxed));
+    atomic_store_explicit(&node->ttfb_sample_ms, now, memory_order_relaxed);
+    atomic_fetch_add_explicit(&node->failures_total, 1, memory_order_relaxed);
+    atomic_store_explicit(&node->last_error, why, memory_order_relaxed);
+    fails = atomic_fetch_add_explicit(&node->consecutive_failures, 1, memory_order_relaxed) + 1;
+    if (fails >= eject_threshold && atomic_load(&node->ejected_until_ms) <= now) {
+        int n = atomic_fetch_add_explicit(&node->ejections, 1, memory_order_relaxed);
+        uint64_t cool = eject_base_ms << (n < 16 ? n : 16);
+
+        if (cool > eject_max_ms)
+            cool = eject_max_ms;
+        atomic_store_explicit(&node->ejected_until_ms, now + cool, memory_order_relaxed);
+        atomic_store_explicit(&node->up_since_ms, now + cool, memory_order_relaxed);
+        atomic_store_explicit(&node->state_since_ms, wall_ms(), memory_order_relaxed);
+        lx_warn("node %s ejected for %llu ms after %d failures in a row (%s)", node->name,
+                (unsigned long long)cool, fails, why);
+    }
+}
+
+void lx_node_set_healthy(struct lx_node *node, bool healthy, const char *why)
+{
+    bool was = atomic_exchange_explicit(&node->healthy, healthy, memory_order_relaxed);
+
+    if (was == healthy) {
+        if (!healthy)
+            atomic_store_explicit(&node->last_error, why, memory_order_relaxed);
+        return;
+    }
+    atomic_store_explicit(&node->state_since_ms, wall_ms(), memory_order_relaxed);
+    if (healthy) {
+        atomic_store_explicit(&node->up_since_ms, lx_now_ms(), memory_order_relaxed);
+        atomic_store_explicit(&node->ejected_until_ms, 0, memory_order_relaxed);
+        atomic_store_explicit(&node->consecutive_failures, 0, memory_order_relaxed);
+        atomic_store_explicit(&node->ejections, 0, memory_order_relaxed);
+        atomic_store_explicit(&node->last_error, NULL, memory_order_relaxed);
+        lx_info("node %s is healthy again", node->name);
+    } else {
+        atomic_store_explicit(&node->last_error, why, memory_order_relaxed);
+        lx_warn("node %s marked unhealthy: %s", node->name, why);
+    }
+}
+
 bool lx_node_is_eligible(const struct lx_node *node)
 {
-    if (!atomic_load_explicit(&node->healthy, memory_order_relaxed) ||
+    if (!lx_node_is_up(node, lx_now_ms()) ||
         atomic_load_explicit(&node->drained, memory_order_relaxed))
         return false;
     return node->max_concurrency == 0 ||
@@ -79,6 +204,7 @@ static void pool_deinit(struct lx_pool *p)
     for (size_t i = 0; i < p->n_nodes; i++)
         lx_node_unref(p->nodes[i]);
     free(p->nodes);
+    lx_waitq_deinit(&p->parked);
     free(p->model);
     free(p->upstream_model);
 }
@@ -95,6 +221,7 @@ struct lx_registry *lx_registry_new(const struct lx_conf *conf, char *err, size_
 
         reg->n_pools++;
         p->model = lx_strdup(cp->model);
+        lx_waitq_init(&p->parked);
         p->upstream_model = cp->upstream_model ? lx_strdup(cp->upstream_model) : NULL;
         p->nodes = lx_calloc(cp->n_servers, sizeof(*p->nodes));
         for (size_t k = 0; k < cp->n_servers; k++)

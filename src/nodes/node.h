@@ -16,6 +16,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "../admit/admit.h"
 #include "../conf/conf.h"
 
 struct lx_strategy;
@@ -33,12 +34,29 @@ struct lx_node {
     int weight;                /* >= 1 */
     int max_concurrency;       /* 0 = unlimited */
 
-    /* Load and health, updated by workers (relaxed atomics). */
+    /* Load, updated by workers (relaxed atomics). */
     atomic_int in_flight;                 /* requests being served now */
     atomic_uint_fast64_t requests_total;  /* requests sent to this node */
     atomic_uint_fast64_t failures_total;  /* connect errors, timeouts, 5xx */
-    atomic_bool healthy;                  /* eligible for traffic */
+    atomic_uint_fast64_t ewma_ttfb_us;    /* EWMA of time to first byte, 0 = no sample */
+    atomic_uint_fast64_t ttfb_sample_ms;  /* lx_now_ms() of the last sample */
+
+    /* Health. Active probes set `healthy`; proxied failures eject the node
+     * for a cooldown that doubles while it keeps failing. */
+    atomic_bool healthy;                  /* last probe verdict */
     atomic_bool drained;                  /* admin drain: no new requests */
+    atomic_int consecutive_failures;      /* proxied failures in a row */
+    atomic_int ejections;                 /* ejections in a row (cooldown exponent) */
+    atomic_uint_fast64_t ejected_until_ms;/* lx_now_ms() before which it gets no traffic */
+    atomic_uint_fast64_t up_since_ms;     /* back in service since (slow start) */
+    atomic_uint_fast64_t state_since_ms;  /* wall-clock ms of the last health change */
+    _Atomic(const char *) last_error;     /* static string: why it is down, or NULL */
+
+    /* Scraped from the node's vLLM /metrics (real_time_metrics). */
+    atomic_int scraped_waiting;           /* vllm:num_requests_waiting, summed over engines */
+    atomic_int scraped_running;           /* vllm:num_requests_running, summed */
+    atomic_int scraped_kv_milli;          /* KV-cache usage 0..1000, averaged over engines */
+    atomic_uint_fast64_t scraped_at_ms;   /* lx_now_ms() of the last good scrape, 0 = never */
 };
 
 struct lx_pool {
@@ -48,6 +66,7 @@ struct lx_pool {
     void *strategy_state;        /* owned by the strategy */
     struct lx_node **nodes;      /* n_nodes references */
     size_t n_nodes;
+    struct lx_waitq parked;      /* requests waiting for a node below max_concurrency */
 };
 
 struct lx_registry {
@@ -68,7 +87,25 @@ uint32_t lx_node_id_limit(void);
 
 struct lx_node *lx_node_ref(struct lx_node *node);
 void lx_node_unref(struct lx_node *node);
-/* Healthy, not drained and below max_concurrency. */
+/* Healthy, not ejected, not drained and below max_concurrency. */
 bool lx_node_is_eligible(const struct lx_node *node);
+/* Healthy and not ejected (drain and capacity aside). */
+bool lx_node_is_up(const struct lx_node *node, uint64_t now_ms);
+
+/* Monotonic milliseconds (for all *_ms timestamps above). */
+uint64_t lx_now_ms(void);
+/* Slow-start settings (process-wide, set once at start). */
+void lx_node_set_policy(uint64_t slow_start_ms, uint64_t eject_base_ms, uint64_t eject_max_ms,
+                        int eject_threshold);
+/* The node's weight scaled by its slow-start ramp: weight * min(1, up_for/slow_start),
+ * never below 5% of the weight. */
+double lx_node_effective_weight(const struct lx_node *node, uint64_t now_ms);
+/* A proxied request to <node> succeeded with this time to first byte. */
+void lx_node_report_success(struct lx_node *node, uint64_t ttfb_us);
+/* A proxied request failed (connect, timeout, 5xx): <why> is a static string.
+ * After eject_threshold failures in a row the node is ejected for a cooldown. */
+void lx_node_report_failure(struct lx_node *node, const char *why);
+/* Active probe verdicts. */
+void lx_node_set_healthy(struct lx_node *node, bool healthy, const char *why);
 
 #endif /* LX_NODE_H */

@@ -28,6 +28,40 @@ uint64_t lx_worker_rand(struct lx_worker *w)
     return x * 0x2545F4914F6CDD1DULL;
 }
 
+void lx_worker_wake(struct lx_worker *w, struct lx_proxy *p)
+{
+    uv_mutex_lock(&w->wake_lock);
+    *lx_proxy_next(p) = w->wake_head;
+    w->wake_head = p;
+    uv_mutex_unlock(&w->wake_lock);
+    uv_async_send(&w->wake_async);
+}
+
+static void on_wake(uv_async_t *a)
+{
+    struct lx_worker *w = container_of(a, struct lx_worker, wake_async);
+    struct lx_proxy *list, *rev = NULL;
+
+    uv_mutex_lock(&w->wake_lock);
+    list = w->wake_head;
+    w->wake_head = NULL;
+    uv_mutex_unlock(&w->wake_lock);
+    /* The mailbox is a stack: reverse it to resume in wake order (FIFO). */
+    while (list) {
+        struct lx_proxy *next = *lx_proxy_next(list);
+
+        *lx_proxy_next(list) = rev;
+        rev = list;
+        list = next;
+    }
+    while (rev) {
+        struct lx_proxy *next = *lx_proxy_next(rev);
+
+        lx_proxy_resume(rev);
+        rev = next;
+    }
+}
+
 /* A gateway error, with the request id echoed. Ends the response. */
 static void gw_error(struct lx_http_req *req, const char *rid, int status, const char *type,
                      const char *code, const char *msg)
@@ -176,8 +210,12 @@ static void on_server_closed(void *arg)
     struct lx_worker *w = arg;
 
     w->srv = NULL;
+    /* Wakes that arrived for requests whose clients are gone free them. */
+    on_wake(&w->wake_async);
     uv_close((uv_handle_t *)&w->grace_timer, on_worker_handle_closed);
     uv_close((uv_handle_t *)&w->stop_async, on_worker_handle_closed);
+    uv_close((uv_handle_t *)&w->wake_async, on_worker_handle_closed);
+    uv_close((uv_handle_t *)&w->wait_timer, on_worker_handle_closed);
     lx_upstream_pool_close(w->pool);
     w->pool = NULL;
 }
@@ -230,6 +268,7 @@ int lx_gateway_init(struct lx_gateway *gw, const struct lx_conf *conf, struct lx
     gw->start_unix = (uint64_t)time(NULL);
     gw->start_hr_ns = uv_hrtime();
     gw->n_workers = conf->workers;
+    lx_admit_init(&gw->admit, conf->max_concurrent_requests, conf->max_queue_size);
     gw->workers = lx_calloc((size_t)conf->workers, sizeof(*gw->workers));
     for (int i = 0; i < conf->workers; i++) {
         struct lx_worker *w = &gw->workers[i];
@@ -250,7 +289,10 @@ int lx_gateway_init(struct lx_gateway *gw, const struct lx_conf *conf, struct lx
         port = lx_http_server_port(w->srv);
         w->pool = lx_upstream_pool_new(&w->loop, UPSTREAM_KEEPALIVE_MS);
         uv_async_init(&w->loop, &w->stop_async, on_stop);
+        uv_async_init(&w->loop, &w->wake_async, on_wake);
+        uv_mutex_init(&w->wake_lock);
         uv_timer_init(&w->loop, &w->grace_timer);
+        uv_timer_init(&w->loop, &w->wait_timer);
     }
     gw->port = port;
     return 0;
@@ -280,7 +322,9 @@ void lx_gateway_join(struct lx_gateway *gw)
 
         uv_thread_join(&w->thread);
         uv_loop_close(&w->loop);
+        uv_mutex_destroy(&w->wake_lock);
     }
     free(gw->workers);
     gw->workers = NULL;
+    lx_admit_deinit(&gw->admit);
 }

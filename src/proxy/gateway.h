@@ -11,6 +11,7 @@
 
 #include <uv.h>
 
+#include "../admit/admit.h"
 #include "../conf/conf.h"
 #include "../http/server.h"
 #include "../nodes/node.h"
@@ -22,6 +23,7 @@ struct lx_gateway {
     uint64_t start_unix;             /* seconds since epoch at start */
     uint64_t start_hr_ns;            /* uv_hrtime() at start */
     int port;                        /* the port actually bound */
+    struct lx_admit admit;           /* global in-flight limit and queue */
     struct lx_worker *workers;
     int n_workers;
 };
@@ -37,7 +39,17 @@ struct lx_worker {
     struct lx_upstream_pool *pool;
     uint64_t rng;                    /* xorshift state, per worker */
     bool stopping;
+
+    /* Mailbox: requests woken by other threads (admission granted, a node
+     * freed capacity) are handed over here and resumed on this loop. */
+    uv_async_t wake_async;
+    uv_mutex_t wake_lock;
+    struct lx_proxy *wake_head;      /* under wake_lock */
+    struct lx_proxy *waiting;        /* requests in a queue, for timeouts */
+    uv_timer_t wait_timer;           /* sweeps `waiting` while it is not empty */
 };
+
+struct lx_proxy;
 
 /* Binds every worker's listener (so errors show before anything runs);
  * 0 or -errno with <err> filled. */
@@ -53,6 +65,8 @@ void lx_gateway_join(struct lx_gateway *gw);
 
 /* The per-request handler behind every worker's server. */
 void lx_gateway_handle(struct lx_http_req *req, void *worker);
+/* Hands <p> to its worker's loop (any thread); lx_proxy_resume runs there. */
+void lx_worker_wake(struct lx_worker *w, struct lx_proxy *p);
 /* A random 64-bit number from the worker's generator. */
 uint64_t lx_worker_rand(struct lx_worker *w);
 

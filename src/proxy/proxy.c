@@ -7,6 +7,14 @@
  * last attempt relays a node's error answer as it is; when no node answered
  * at all the client gets 502 (unreachable) or 504 (timed out).
  *
+ * Admission: every request takes a slot of the global limit first
+ * (MAX_CONCURRENT_REQUESTS), or waits in the global FIFO (MAX_QUEUE_SIZE; full:
+ * 429). It is bound to a node only when it has a slot. When every node that is
+ * up is at its max_concurrency, it parks in its pool's queue until a node of
+ * the pool frees capacity. Waiting in either queue is bounded by
+ * QUEUE_TIMEOUT_SECONDS (then 503). The slot is held until the response ends
+ * and released on every path (proxy_free).
+ *
  * Relay: response bytes go to the client in the pieces they arrive in. When
  * the client's socket backs up past a high watermark the node connection is
  * paused, and resumed when it drains. A stream (text/event-stream) that
@@ -25,9 +33,17 @@
 #define RELAY_HIGH_WATER (256 * 1024)
 
 enum proxy_fail { FAIL_NONE, FAIL_CONNECT, FAIL_TIMEOUT, FAIL_STATUS, FAIL_PROTOCOL };
+enum proxy_wait { WAIT_NONE, WAIT_ADMIT, WAIT_PARK };
 
 struct lx_proxy {
     struct lx_worker *w;
+    struct lx_waiter waiter;        /* in the admission queue or the pool's parked queue */
+    enum proxy_wait waiting;        /* which queue, if any */
+    bool zombie;                    /* client gone while a wake is on its way */
+    bool has_slot;                  /* holds an admission slot */
+    uint64_t wait_deadline_ms;      /* queue timeout, lx_now_ms() based; 0 = none yet */
+    struct lx_proxy *wprev, *wnext; /* the worker's list of waiting requests */
+    struct lx_proxy *mb_next;       /* the worker's mailbox */
     struct lx_http_req *client;     /* NULL once the client is gone */
     struct lx_registry *reg;        /* reference: keeps pool alive */
     struct lx_pool *pool;
@@ -55,23 +71,68 @@ static uint64_t now_ns(void)
     return uv_hrtime();
 }
 
-static void node_release(struct lx_proxy *p, bool ok)
+/* Ends the current attempt's hold on its node; a request parked for
+ * capacity in the pool may now go. */
+static void node_release(struct lx_proxy *p)
 {
     if (!p->node)
         return;
     if (p->in_flight) {
         atomic_fetch_sub_explicit(&p->node->in_flight, 1, memory_order_relaxed);
         p->in_flight = false;
+        if (lx_waitq_len(&p->pool->parked) > 0)
+            lx_waitq_wake_one(&p->pool->parked);
     }
-    if (!ok)
-        atomic_fetch_add_explicit(&p->node->failures_total, 1, memory_order_relaxed);
     lx_node_unref(p->node);
     p->node = NULL;
 }
 
+struct lx_proxy **lx_proxy_next(struct lx_proxy *p)
+{
+    return &p->mb_next;
+}
+
+/* ---- the worker's list of waiting requests (queue timeouts) ----------- */
+
+static void wait_list_add(struct lx_proxy *p)
+{
+    struct lx_worker *w = p->w;
+
+    if (p->wprev || w->waiting == p)
+        return;
+    p->wnext = w->waiting;
+    if (w->waiting)
+        w->waiting->wprev = p;
+    w->waiting = p;
+    if (!uv_is_active((uv_handle_t *)&w->wait_timer))
+        uv_timer_start(&w->wait_timer, lx_proxy_sweep, 50, 50);
+}
+
+static void wait_list_remove(struct lx_proxy *p)
+{
+    struct lx_worker *w = p->w;
+
+    if (!p->wprev && w->waiting != p)
+        return;
+    if (p->wprev)
+        p->wprev->wnext = p->wnext;
+    else
+        w->waiting = p->wnext;
+    if (p->wnext)
+        p->wnext->wprev = p->wprev;
+    p->wprev = p->wnext = NULL;
+    if (!w->waiting)
+        uv_timer_stop(&w->wait_timer);
+}
+
 static void proxy_free(struct lx_proxy *p)
 {
-    node_release(p, true);
+    node_release(p);
+    wait_list_remove(p);
+    if (p->has_slot) {
+        p->has_slot = false;
+        lx_admit_release(&p->w->gw->admit);
+    }
     for (size_t i = 0; i < p->pick.n_tried; i++)
         lx_node_unref(p->pick.tried[i]);
     lx_registry_unref(p->reg);
@@ -80,12 +141,31 @@ static void proxy_free(struct lx_proxy *p)
     free(p);
 }
 
+/* Takes the request out of the queue it waits in; false if it was already
+ * woken (the wake is on its way to this worker). */
+static bool dequeue(struct lx_proxy *p)
+{
+    bool removed = p->waiting == WAIT_ADMIT ? lx_admit_cancel(&p->w->gw->admit, &p->waiter)
+                                            : lx_waitq_remove(&p->pool->parked, &p->waiter);
+
+    if (removed) {
+        p->waiting = WAIT_NONE;
+        wait_list_remove(p);
+    }
+    return removed;
+}
+
 static void on_client_abort(struct lx_http_req *req)
 {
     struct lx_proxy *p = req->data;
 
     lx_debug("[%s] client went away; cancelling node request", p->request_id);
     p->client = NULL;
+    if (p->waiting != WAIT_NONE && !dequeue(p)) {
+        /* A wake is already on its way to this request: free it then. */
+        p->zombie = true;
+        return;
+    }
     lx_upstream_cancel(&p->up);
     proxy_free(p);
 }
@@ -103,6 +183,7 @@ static void proxy_fail(struct lx_proxy *p, int status, const char *type, const c
 {
     struct lx_http_header h[3];
     size_t n = 0;
+    char retry_after[16];
 
     h[n++] = (struct lx_http_header){"X-Request-Id", 12, p->request_id, strlen(p->request_id)};
     if (p->pick.n_tried) {
@@ -111,8 +192,13 @@ static void proxy_fail(struct lx_proxy *p, int status, const char *type, const c
 
         h[n++] = (struct lx_http_header){"X-Routed-Node", 13, last->name, strlen(last->name)};
     }
-    if (status == 503 || status == 429)
-        h[n++] = (struct lx_http_header){"Retry-After", 11, "1", 1};
+    if (status == 503 || status == 429) {
+        int ra = lx_admit_retry_after(&p->w->gw->admit);
+
+        h[n++] = (struct lx_http_header){"Retry-After", 11, retry_after,
+                                         (size_t)snprintf(retry_after, sizeof(retry_after),
+                                                          "%d", ra)};
+    }
     if (p->client) {
         p->client->on_abort = NULL;
         lx_http_resp_error(p->client, status, type, code, h, n, "%s", msg);
@@ -207,16 +293,15 @@ static void rewrite_model(struct lx_proxy *p)
     lx_buf_append(&p->body, in->data + pre, in->len - pre);
 }
 
+static bool pool_is_full(struct lx_proxy *p);
+
+/* A retry is allowed and some other node could take it (or will have
+ * capacity for it soon). */
 static bool can_retry(struct lx_proxy *p)
 {
-    const struct lx_conf *conf = p->w->gw->conf;
-
-    if (p->attempts > conf->max_retries)
+    if (p->attempts > p->w->gw->conf->max_retries)
         return false;
-    for (size_t i = 0; i < p->pool->n_nodes; i++)
-        if (lx_router_is_candidate(&p->pick, p->pool->nodes[i]))
-            return true;
-    return false;
+    return lx_router_is_any_candidate(p->pool, &p->pick) || pool_is_full(p);
 }
 
 /* No node (left) to try: the final answer follows the last failure. */
@@ -237,16 +322,60 @@ static void proxy_give_up(struct lx_proxy *p)
     }
 }
 
+/* Some node that is up, not drained and not yet tried is at its
+ * max_concurrency: worth waiting for. */
+static bool pool_is_full(struct lx_proxy *p)
+{
+    uint64_t now = lx_now_ms();
+
+    for (size_t i = 0; i < p->pool->n_nodes; i++) {
+        struct lx_node *n = p->pool->nodes[i];
+        bool tried = false;
+
+        for (size_t k = 0; k < p->pick.n_tried; k++)
+            tried |= p->pick.tried[k] == n;
+        if (!tried && n->max_concurrency > 0 && lx_node_is_up(n, now) &&
+            !atomic_load_explicit(&n->drained, memory_order_relaxed) &&
+            atomic_load_explicit(&n->in_flight, memory_order_relaxed) >= n->max_concurrency)
+            return true;
+    }
+    return false;
+}
+
+static void wait_start(struct lx_proxy *p, enum proxy_wait kind)
+{
+    p->waiting = kind;
+    if (!p->wait_deadline_ms)
+        p->wait_deadline_ms =
+            lx_now_ms() + (uint64_t)(p->w->gw->conf->queue_timeout_s * 1000);
+    wait_list_add(p);
+}
+
 static void proxy_attempt(struct lx_proxy *p)
 {
     const struct lx_conf *conf = p->w->gw->conf;
     struct lx_node *node;
 
-    p->pick.rand = lx_worker_rand(p->w);
-    node = lx_router_pick(p->pool, &p->pick);
-    if (!node) {
-        proxy_give_up(p);
-        return;
+    for (;;) {
+        p->pick.rand = lx_worker_rand(p->w);
+        p->pick.now_ms = lx_now_ms();
+        node = lx_router_pick(p->pool, &p->pick);
+        if (node)
+            break;
+        if (!pool_is_full(p)) {
+            proxy_give_up(p);
+            return;
+        }
+        /* Wait in llmux, not in an overloaded node's queue. Once visible in
+         * the parked queue, look again: capacity freed just before is not
+         * announced twice. */
+        wait_start(p, WAIT_PARK);
+        lx_waitq_push(&p->pool->parked, &p->waiter, p->attempts > 0 || p->pick.n_tried > 0);
+        p->pick.rand = lx_worker_rand(p->w);
+        if (!lx_router_is_any_candidate(p->pool, &p->pick))
+            return;
+        if (!dequeue(p))
+            return; /* woken meanwhile: resume comes through the mailbox */
     }
     p->node = node;
     p->attempts++;
@@ -276,12 +405,18 @@ static void up_on_head(void *ctx, int status, const struct lx_http_header *hdrs,
     struct lx_proxy *p = ctx;
     struct lx_http_header out[132];
     size_t n = 0;
+    uint64_t ttfb_us = (now_ns() - p->t_send_ns) / 1000;
 
+    /* 429 is the node protecting itself, not a fault; 5xx is a fault. */
+    if (status >= 500)
+        lx_node_report_failure(p->node, "answered 5xx");
+    else if (status != 429)
+        lx_node_report_success(p->node, ttfb_us);
     if (is_retryable_status(status) && can_retry(p)) {
         lx_info("[%s] node %s answered %d; retrying on another node", p->request_id,
                 p->node->name, status);
         lx_upstream_cancel(&p->up);
-        node_release(p, status == 429);
+        node_release(p);
         p->last_fail = FAIL_STATUS;
         proxy_attempt(p);
         return;
@@ -298,8 +433,6 @@ static void up_on_head(void *ctx, int status, const struct lx_http_header *hdrs,
     out[n++] = (struct lx_http_header){"X-Routed-Node", 13, p->node->name, strlen(p->node->name)};
     out[n++] = (struct lx_http_header){"X-Request-Id", 12, p->request_id, strlen(p->request_id)};
     lx_http_resp_start(p->client, status, out, n, content_length);
-    if (status >= 500)
-        atomic_fetch_add_explicit(&p->node->failures_total, 1, memory_order_relaxed);
 }
 
 static void up_on_body(void *ctx, const char *data, size_t len)
@@ -331,8 +464,13 @@ static void up_on_error(void *ctx, enum lx_upstream_err kind, bool got_head)
 
     lx_warn("[%s] node %s: %s error%s", p->request_id, p->node ? p->node->name : "-",
             kinds[kind], got_head ? " mid-response" : "");
+    lx_node_report_failure(p->node, kind == LX_UP_CONNECT   ? "connect error"
+                                    : kind == LX_UP_TIMEOUT ? "timeout before first byte"
+                                    : kind == LX_UP_IDLE    ? "stream idle timeout"
+                                    : kind == LX_UP_PROTOCOL ? "malformed response"
+                                                             : "connection closed mid-response");
     if (!p->relaying) {
-        node_release(p, false);
+        node_release(p);
         p->last_fail = kind == LX_UP_TIMEOUT ? FAIL_TIMEOUT
                        : kind == LX_UP_CONNECT ? FAIL_CONNECT
                                                : FAIL_PROTOCOL;
@@ -343,7 +481,7 @@ static void up_on_error(void *ctx, enum lx_upstream_err kind, bool got_head)
         return;
     }
     /* The client already has the head: end the body as cleanly as we can. */
-    node_release(p, false);
+    node_release(p);
     if (p->sse) {
         static const char ev[] =
             "data: {\"error\":{\"message\":\"the node's stream broke before it finished\","
@@ -396,11 +534,52 @@ void lx_request_id(struct lx_worker *w, const struct lx_http_req *req, char *out
     LX_UNUSED(n);
 }
 
+static void on_waiter_wake(struct lx_waiter *wt)
+{
+    struct lx_proxy *p = container_of(wt, struct lx_proxy, waiter);
+
+    lx_worker_wake(p->w, p);
+}
+
+void lx_proxy_resume(struct lx_proxy *p)
+{
+    enum proxy_wait was = p->waiting;
+
+    p->waiting = WAIT_NONE;
+    wait_list_remove(p);
+    if (was == WAIT_ADMIT)
+        p->has_slot = true;
+    if (p->zombie) {
+        proxy_free(p);
+        return;
+    }
+    proxy_attempt(p);
+}
+
+void lx_proxy_sweep(uv_timer_t *t)
+{
+    struct lx_worker *w = container_of(t, struct lx_worker, wait_timer);
+    uint64_t now = lx_now_ms();
+    struct lx_proxy *p = w->waiting, *next;
+
+    for (; p; p = next) {
+        next = p->wnext;
+        if (p->zombie || now < p->wait_deadline_ms)
+            continue;
+        if (!dequeue(p))
+            continue; /* woken meanwhile: the mailbox has it */
+        atomic_fetch_add(&w->gw->admit.timeouts_total, 1);
+        proxy_fail(p, 503, "server_error", "queue_timeout",
+                   "the request waited longer than the queue timeout");
+    }
+}
+
 void lx_proxy_start(struct lx_worker *w, struct lx_http_req *req, struct lx_pool *pool,
                     const struct lx_body_scan *scan, const char *upstream_path,
                     const char *request_id)
 {
     struct lx_proxy *p = lx_calloc(1, sizeof(*p));
+    const struct lx_http_header *session = lx_http_req_header(req, "x-session-id");
 
     p->w = w;
     p->client = req;
@@ -408,9 +587,14 @@ void lx_proxy_start(struct lx_worker *w, struct lx_http_req *req, struct lx_pool
     p->pool = pool;
     p->path = upstream_path;
     p->t_start_ns = now_ns();
+    p->waiter.wake = on_waiter_wake;
     if (scan)
         p->scan = *scan;
     p->pick.scan = &p->scan;
+    if (session && session->value_len) {
+        p->pick.affinity = session->value;
+        p->pick.affinity_len = session->value_len;
+    }
     snprintf(p->request_id, sizeof(p->request_id), "%s", request_id);
     lx_buf_init(&p->head, 0);
     lx_buf_init(&p->body, 0);
@@ -419,5 +603,17 @@ void lx_proxy_start(struct lx_worker *w, struct lx_http_req *req, struct lx_pool
     req->data = p;
     req->on_abort = on_client_abort;
     req->on_drain = on_client_drain;
-    proxy_attempt(p);
+    switch (lx_admit_enter(&w->gw->admit, &p->waiter)) {
+    case LX_ADMIT_GRANTED:
+        p->has_slot = true;
+        proxy_attempt(p);
+        break;
+    case LX_ADMIT_QUEUED:
+        wait_start(p, WAIT_ADMIT);
+        break;
+    case LX_ADMIT_FULL:
+        proxy_fail(p, 429, "rate_limit_error", "queue_full",
+                   "too many requests are waiting; try again later");
+        break;
+    }
 }

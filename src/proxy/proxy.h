@@ -26,6 +26,13 @@ void lx_proxy_start(struct lx_worker *w, struct lx_http_req *req, struct lx_pool
                     const struct lx_body_scan *scan, const char *upstream_path,
                     const char *request_id);
 
+/* On the owner's loop: a request woken from a queue continues. */
+void lx_proxy_resume(struct lx_proxy *p);
+/* The worker's queue-timeout sweep (a repeating timer while requests wait). */
+void lx_proxy_sweep(uv_timer_t *t);
+/* Links for the worker mailbox. */
+struct lx_proxy **lx_proxy_next(struct lx_proxy *p);
+
 /* Writes a sanitised client X-Request-Id, or a new one, into <out> (>= 33 bytes). */
 void lx_request_id(struct lx_worker *w, const struct lx_http_req *req, char *out, size_t len);
 

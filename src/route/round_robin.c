@@ -1,11 +1,18 @@
 /*
- * round_robin.c - weighted round robin over a shared atomic ticket.
+ * round_robin.c - rotation over the current candidates, weighted.
  *
- * Each pick takes the next ticket; the ticket modulo the pool's total weight
- * lands on a node in proportion to its weight. When that node is not a
- * candidate (unhealthy, drained, full, already tried) the pick walks forward
- * to the next candidate, so the rotation continues where it was instead of
- * restarting.
+ * Each pick takes the next ticket of a shared atomic counter. With equal
+ * weights, ticket mod (number of candidates) picks the node: a strict
+ * rotation. The rotation is over the candidates of this pick, so when a node
+ * leaves or joins, or a retry excludes the node already tried, the others
+ * keep equal shares instead of the next node in line taking the missing
+ * node's share.
+ *
+ * With unequal weights (or nodes in slow start), the ticket is turned into a
+ * point of a low-discrepancy sequence (the golden-ratio sequence) and the
+ * point selects a node by cumulative weight: shares follow the weights closely
+ * after a few picks and the nodes interleave, with no lock and no per-node
+ * counters.
  */
 #include <stdatomic.h>
 
@@ -14,41 +21,40 @@
 
 struct rr_state {
     atomic_uint_fast64_t ticket;
-    uint64_t total_weight;
 };
 
 static void *rr_init(struct lx_pool *pool)
 {
-    struct rr_state *st = lx_calloc(1, sizeof(*st));
-
-    for (size_t i = 0; i < pool->n_nodes; i++)
-        st->total_weight += (uint64_t)pool->nodes[i]->weight;
-    return st;
+    return lx_calloc(1, sizeof(struct rr_state));
 }
 
 static int rr_pick(struct lx_pool *pool, void *state, const struct lx_pick *ctx)
 {
     struct rr_state *st = state;
-    uint64_t t = atomic_fetch_add_explicit(&st->ticket, 1, memory_order_relaxed);
-    uint64_t slot = st->total_weight ? t % st->total_weight : 0;
-    size_t start = 0;
+    struct lx_cand c[LX_ROUTE_MAX_CANDIDATES];
+    size_t n = lx_router_candidates(pool, ctx, c);
+    uint64_t t;
+    bool equal = true;
+    double total = 0, x;
 
-    for (size_t i = 0; i < pool->n_nodes; i++) {
-        uint64_t w = (uint64_t)pool->nodes[i]->weight;
-
-        if (slot < w) {
-            start = i;
-            break;
-        }
-        slot -= w;
+    if (n == 0)
+        return -1;
+    t = atomic_fetch_add_explicit(&st->ticket, 1, memory_order_relaxed);
+    for (size_t i = 0; i < n; i++) {
+        total += c[i].weight;
+        if (c[i].weight != c[0].weight)
+            equal = false;
     }
-    for (size_t k = 0; k < pool->n_nodes; k++) {
-        size_t i = (start + k) % pool->n_nodes;
-
-        if (lx_router_is_candidate(ctx, pool->nodes[i]))
-            return (int)i;
+    if (equal)
+        return c[t % n].idx;
+    /* frac(t * phi): evenly spread points in [0, 1). */
+    x = (double)(t * 0x9E3779B97F4A7C15ULL >> 11) * (1.0 / 9007199254740992.0) * total;
+    for (size_t i = 0; i < n; i++) {
+        if (x < c[i].weight)
+            return c[i].idx;
+        x -= c[i].weight;
     }
-    return -1;
+    return c[n - 1].idx;
 }
 
 static void rr_destroy(void *state)

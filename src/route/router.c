@@ -8,7 +8,9 @@
 #include <string.h>
 
 static const struct lx_strategy *const strategies[] = {
-    &lx_strategy_round_robin,
+    &lx_strategy_round_robin,     &lx_strategy_least_loaded,        &lx_strategy_latency_based,
+    &lx_strategy_random,          &lx_strategy_power_of_two,        &lx_strategy_real_time_metrics,
+    &lx_strategy_cache_aware,
 };
 
 const struct lx_strategy *lx_strategy_find(const char *name)
@@ -38,6 +40,14 @@ bool lx_router_is_candidate(const struct lx_pick *ctx, const struct lx_node *nod
     return lx_node_is_eligible(node);
 }
 
+bool lx_router_is_any_candidate(struct lx_pool *pool, const struct lx_pick *ctx)
+{
+    for (size_t i = 0; i < pool->n_nodes; i++)
+        if (lx_router_is_candidate(ctx, pool->nodes[i]))
+            return true;
+    return false;
+}
+
 struct lx_node *lx_router_pick(struct lx_pool *pool, const struct lx_pick *ctx)
 {
     int i;
@@ -54,4 +64,59 @@ void lx_router_done(struct lx_pool *pool, struct lx_node *node, const struct lx_
 {
     if (pool->strategy->on_done)
         pool->strategy->on_done(pool, pool->strategy_state, node, res);
+}
+
+size_t lx_router_candidates(struct lx_pool *pool, const struct lx_pick *ctx, struct lx_cand *out)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < pool->n_nodes && n < LX_ROUTE_MAX_CANDIDATES; i++) {
+        if (!lx_router_is_candidate(ctx, pool->nodes[i]))
+            continue;
+        out[n].idx = (int)i;
+        out[n].weight = lx_node_effective_weight(pool->nodes[i], ctx->now_ms);
+        n++;
+    }
+    return n;
+}
+
+int lx_router_weighted(const struct lx_cand *c, size_t n, uint64_t rand)
+{
+    double total = 0, x;
+
+    for (size_t i = 0; i < n; i++)
+        total += c[i].weight;
+    /* 53 random bits make a uniform double in [0, 1). */
+    x = (double)(rand >> 11) * (1.0 / 9007199254740992.0) * total;
+    for (size_t i = 0; i < n; i++) {
+        if (x < c[i].weight)
+            return c[i].idx;
+        x -= c[i].weight;
+    }
+    return n ? c[n - 1].idx : -1;
+}
+
+double lx_router_load(const struct lx_pool *pool, const struct lx_cand *c)
+{
+    int inflight = atomic_load_explicit(&pool->nodes[c->idx]->in_flight, memory_order_relaxed);
+
+    return (double)inflight / c->weight;
+}
+
+uint64_t lx_route_hash(const void *data, size_t len, uint64_t seed)
+{
+    const unsigned char *p = data;
+    uint64_t h = 0xcbf29ce484222325ULL ^ seed;
+
+    for (size_t i = 0; i < len; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ULL;
+    }
+    /* splitmix64 finaliser: FNV alone mixes the last bytes poorly. */
+    h ^= h >> 30;
+    h *= 0xbf58476d1ce4e5b9ULL;
+    h ^= h >> 27;
+    h *= 0x94d049bb133111ebULL;
+    h ^= h >> 31;
+    return h;
 }

@@ -1,0 +1,56 @@
+/*
+ * least_loaded.c - fewest requests in flight (from this gateway, all workers)
+ * per unit of weight.
+ *
+ * Ties are broken by rotation: the scan for the minimum starts at a shared
+ * ticket, so sequential traffic (every node at 0 in flight) still spreads
+ * over all nodes instead of always landing on the first one.
+ */
+#include <stdatomic.h>
+
+#include "../core/lx.h"
+#include "router.h"
+
+struct ll_state {
+    atomic_uint_fast64_t ticket;
+};
+
+static void *ll_init(struct lx_pool *pool)
+{
+    return lx_calloc(1, sizeof(struct ll_state));
+}
+
+static int ll_pick(struct lx_pool *pool, void *state, const struct lx_pick *ctx)
+{
+    struct ll_state *st = state;
+    struct lx_cand c[LX_ROUTE_MAX_CANDIDATES];
+    size_t n = lx_router_candidates(pool, ctx, c), start;
+    int best = -1;
+    double best_load = 0;
+
+    if (n == 0)
+        return -1;
+    start = (size_t)(atomic_fetch_add_explicit(&st->ticket, 1, memory_order_relaxed) % n);
+    for (size_t k = 0; k < n; k++) {
+        const struct lx_cand *x = &c[(start + k) % n];
+        double load = lx_router_load(pool, x);
+
+        if (best < 0 || load < best_load) {
+            best = x->idx;
+            best_load = load;
+        }
+    }
+    return best;
+}
+
+static void ll_destroy(void *state)
+{
+    free(state);
+}
+
+const struct lx_strategy lx_strategy_least_loaded = {
+    .name = "least_loaded",
+    .init = ll_init,
+    .pick = ll_pick,
+    .destroy = ll_destroy,
+};
