@@ -9,8 +9,10 @@
 
 #include "conf/conf.h"
 #include "core/log.h"
+#include "nodes/health.h"
 #include "nodes/node.h"
 #include "proxy/gateway.h"
+#include "route/router.h"
 
 struct main_ctx {
     struct lx_gateway *gw;
@@ -41,6 +43,7 @@ int main(int argc, char **argv)
     struct lx_gateway gw;
     struct lx_registry *reg;
     struct main_ctx m = {0};
+    struct lx_health *health;
     uv_loop_t *loop = uv_default_loop();
     char err[512];
     size_t n_nodes = 0;
@@ -64,6 +67,10 @@ int main(int argc, char **argv)
         return 1;
     }
     lx_log_set_level((enum lx_log_level)lx_log_level_parse(conf.log_level));
+    lx_node_set_policy((uint64_t)(conf.slow_start_s * 1000), (uint64_t)(conf.eject_cooldown_s * 1000),
+                       60000, conf.health_failure_threshold);
+    lx_route_set_cache_policy(conf.cache_aware_load_factor, (size_t)conf.cache_aware_prefix_bytes);
+    lx_route_set_metrics_staleness((uint64_t)(conf.metrics_update_interval_s * 3000));
     reg = lx_registry_new(&conf, err, sizeof(err));
     if (!reg) {
         fprintf(stderr, "llmux: %s\n", err);
@@ -84,12 +91,14 @@ int main(int argc, char **argv)
         fprintf(stderr, "llmux: cannot start worker threads\n");
         return 1;
     }
+    health = lx_health_start(&conf, reg);
     for (size_t i = 0; i < reg->n_pools; i++)
         n_nodes += reg->pools[i].n_nodes;
     lx_info("llmux %s listening on http://%s:%d (%d workers, %zu pools, %zu nodes)", LX_VERSION,
             conf.listen_host, gw.port, gw.n_workers, reg->n_pools, n_nodes);
     uv_run(loop, UV_RUN_DEFAULT);
     lx_gateway_join(&gw);
+    lx_health_stop(health);
     uv_close((uv_handle_t *)&m.sigint, NULL);
     uv_close((uv_handle_t *)&m.sigterm, NULL);
     uv_run(loop, UV_RUN_DEFAULT);

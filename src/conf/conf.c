@@ -71,6 +71,9 @@ const struct lx_conf_setting lx_conf_settings[] = {
     {"SHUTDOWN_TIMEOUT_SECONDS", "shutdown_timeout_seconds", NULL, "shutdown-timeout", 0, "S",
      LX_CONF_K_SECS, F(shutdown_timeout_s), 0, SECS_MAX, "30",
      "graceful stop waits this long for requests in flight"},
+    {"TOTAL_TIMEOUT_SECONDS", "total_timeout_seconds", NULL, "total-timeout", 0, "S",
+     LX_CONF_K_SECS_OFF, F(total_timeout_s), 0, SECS_MAX, "0",
+     "longest a request may take end to end, queue included, 0 = off"},
     {"MAX_RETRIES", "max_retries", NULL, "max-retries", 0, "N", LX_CONF_K_INT, F(max_retries), 0,
      100, "2", "retries on another node, 0..100"},
     {"HEALTH_CHECK_INTERVAL_SECONDS", "health_check_interval_seconds", NULL,
@@ -82,6 +85,21 @@ const struct lx_conf_setting lx_conf_settings[] = {
     {"HEALTH_RECOVERY_THRESHOLD", "health_recovery_threshold", NULL, "health-recovery-threshold",
      0, "N", LX_CONF_K_INT, F(health_recovery_threshold), 1, 1000, "1",
      "good checks in a row that bring a node back"},
+    {"HEALTH_CHECK_TIMEOUT_SECONDS", "health_check_timeout_seconds", NULL, "health-check-timeout",
+     0, "S", LX_CONF_K_SECS, F(health_check_timeout_s), 0, SECS_MAX, "5",
+     "a health check not answered in this time fails"},
+    {"SLOW_START_SECONDS", "slow_start_seconds", NULL, "slow-start", 0, "S", LX_CONF_K_SECS_OFF,
+     F(slow_start_s), 0, SECS_MAX, "10",
+     "a node back in service ramps up to its full share over this, 0 = off"},
+    {"EJECT_COOLDOWN_SECONDS", "eject_cooldown_seconds", NULL, "eject-cooldown", 0, "S",
+     LX_CONF_K_SECS_OFF, F(eject_cooldown_s), 0, SECS_MAX, "5",
+     "first ejection after HEALTH_FAILURE_THRESHOLD failed requests; doubles, max 60 s; 0 = off"},
+    {"CACHE_AWARE_LOAD_FACTOR", "cache_aware_load_factor", NULL, "cache-aware-load-factor", 0, "X",
+     LX_CONF_K_FLOAT, F(cache_aware_load_factor), 0, 1000, "1.5",
+     "cache_aware: leave the prefix's node above X times the pool's average load"},
+    {"CACHE_AWARE_PREFIX_BYTES", "cache_aware_prefix_bytes", NULL, "cache-aware-prefix-bytes", 0,
+     "N", LX_CONF_K_INT, F(cache_aware_prefix_bytes), 16, 1 << 20, "1024",
+     "cache_aware: bytes of the prompt that make its key"},
     {"HEALTH_CHECK_PATH", "health_check_path", NULL, "health-check-path", 0, "PATH",
      LX_CONF_K_URLPATH, F(health_check_path), 0, 0, "/health", "path probed on each node"},
     {"METRICS_UPDATE_INTERVAL_SECONDS", "metrics_update_interval",
@@ -259,6 +277,10 @@ int lx_conf_store_int(struct lx_conf_build *b, const struct lx_conf_setting *s, 
 int lx_conf_store_secs(struct lx_conf_build *b, const struct lx_conf_setting *s, double v,
                        const char *who, char *err, size_t errlen)
 {
+    if (s->kind == LX_CONF_K_FLOAT && (v <= 0 || v > (double)s->max)) {
+        lx_conf_fmt(err, errlen, "%s: expected a number > 0 and <= %lld, got %g", who, s->max, v);
+        return LX_EINVAL;
+    }
     if (s->kind == LX_CONF_K_SECS && v <= 0) {
         lx_conf_fmt(err, errlen, "%s: expected seconds > 0, got %g", who, v);
         return LX_EINVAL;
@@ -332,6 +354,12 @@ static void build_init(struct lx_conf_build *b)
     c->keepalive_timeout_s = 75;
     c->shutdown_timeout_s = 30;
     c->max_retries = 2;
+    c->total_timeout_s = 0;
+    c->health_check_timeout_s = 5;
+    c->slow_start_s = 10;
+    c->eject_cooldown_s = 5;
+    c->cache_aware_load_factor = 1.5;
+    c->cache_aware_prefix_bytes = 1024;
     c->health_check_interval_s = 15;
     c->health_failure_threshold = 3;
     c->health_recovery_threshold = 1;

@@ -60,6 +60,7 @@ struct lx_conf {
     double request_timeout_s;           /* REQUEST_TIMEOUT_SECONDS head+body read, default 30 */
     double keepalive_timeout_s;         /* KEEPALIVE_TIMEOUT_SECONDS, idle client conns, default 75 */
     double shutdown_timeout_s;          /* SHUTDOWN_TIMEOUT_SECONDS, graceful stop bound, default 30 */
+    double total_timeout_s;             /* TOTAL_TIMEOUT_SECONDS, whole request, default 0 = off */
 
     /* retries, health */
     int max_retries;                    /* MAX_RETRIES, default 2 */
@@ -67,6 +68,13 @@ struct lx_conf {
     int health_failure_threshold;       /* HEALTH_FAILURE_THRESHOLD, default 3 */
     int health_recovery_threshold;      /* HEALTH_RECOVERY_THRESHOLD, default 1 */
     char *health_check_path;            /* HEALTH_CHECK_PATH, default "/health" */
+    double health_check_timeout_s;      /* HEALTH_CHECK_TIMEOUT_SECONDS, default 5 */
+    double slow_start_s;                /* SLOW_START_SECONDS, ramp after recovery, default 10, 0 = off */
+    double eject_cooldown_s;            /* EJECT_COOLDOWN_SECONDS, passive ejection base, default 5, 0 = off */
+
+    /* cache_aware strategy */
+    double cache_aware_load_factor;     /* CACHE_AWARE_LOAD_FACTOR, default 1.5 */
+    int cache_aware_prefix_bytes;       /* CACHE_AWARE_PREFIX_BYTES, default 1024 */
     double metrics_update_interval_s;   /* METRICS_UPDATE_INTERVAL_SECONDS / "metrics_update_interval", default 10 */
 
     /* admission */

@@ -534,8 +534,10 @@ int lx_conf_set_text(struct lx_conf_build *b, const struct lx_conf_setting *s, c
         return lx_conf_store_int(b, s, ll, who, err, errlen);
     case LX_CONF_K_SECS:
     case LX_CONF_K_SECS_OFF:
+    case LX_CONF_K_FLOAT:
         if (parse_num(val, &d) < 0) {
-            lx_conf_fmt(err, errlen, "%s: \"%.64s\" is not a number of seconds", who, val);
+            lx_conf_fmt(err, errlen, "%s: \"%.64s\" is not a number%s", who, val,
+                        s->kind == LX_CONF_K_FLOAT ? "" : " of seconds");
             return LX_EINVAL;
         }
         return lx_conf_store_secs(b, s, d, who, err, errlen);

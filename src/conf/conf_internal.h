@@ -21,6 +21,7 @@ enum lx_conf_kind {
     LX_CONF_K_U64,      /* uint64_t field, integer in [min, max] */
     LX_CONF_K_SECS,     /* double field, seconds, 0 < s <= max */
     LX_CONF_K_SECS_OFF, /* double field, seconds, 0 <= s <= max, 0 = off */
+    LX_CONF_K_FLOAT,    /* double field, a plain number, 0 < x <= max */
     LX_CONF_K_HOST,     /* char * field: IPv4, IPv6 (brackets optional) or host name */
     LX_CONF_K_STRATEGY, /* char * field: a strategy name, stored canonical */
     LX_CONF_K_LOGLEVEL, /* char * field: debug|info|warn|error */

@@ -417,9 +417,10 @@ int lx_conf_set_json(struct lx_conf_build *b, const struct lx_conf_setting *s, j
         return lx_conf_store_int(b, s, json_integer_value(val), who, err, errlen);
     case LX_CONF_K_SECS:
     case LX_CONF_K_SECS_OFF:
+    case LX_CONF_K_FLOAT:
         if (!json_is_number(val)) {
-            lx_conf_fmt(err, errlen, "%s: expected a number of seconds, got %s", who,
-                        lx_conf_json_type(val));
+            lx_conf_fmt(err, errlen, "%s: expected a number%s, got %s", who,
+                        s->kind == LX_CONF_K_FLOAT ? "" : " of seconds", lx_conf_json_type(val));
             return LX_EINVAL;
         }
         return lx_conf_store_secs(b, s, json_number_value(val), who, err, errlen);
@@ -523,6 +524,7 @@ char *lx_conf_json_dump(const struct lx_conf *conf)
             break;
         case LX_CONF_K_SECS:
         case LX_CONF_K_SECS_OFF:
+        case LX_CONF_K_FLOAT:
             v = json_real(*(const double *)(const void *)field);
             break;
         case LX_CONF_K_SECRET:

@@ -151,7 +151,7 @@ void lx_node_report_failure(struct lx_node *node, const char *why)
     atomic_fetch_add_explicit(&node->failures_total, 1, memory_order_relaxed);
     atomic_store_explicit(&node->last_error, why, memory_order_relaxed);
     fails = atomic_fetch_add_explicit(&node->consecutive_failures, 1, memory_order_relaxed) + 1;
-    if (fails >= eject_threshold && atomic_load(&node->ejected_until_ms) <= now) {
+    if (eject_base_ms && fails >= eject_threshold && atomic_load(&node->ejected_until_ms) <= now) {
         int n = atomic_fetch_add_explicit(&node->ejections, 1, memory_order_relaxed);
         uint64_t cool = eject_base_ms << (n < 16 ? n : 16);
 

@@ -7,9 +7,38 @@
 #include <http_parser.h>
 #include <jansson.h>
 #include <string.h>
+#include <time.h>
 
 #include "../proxy/proxy.h"
 #include "../route/router.h"
+
+/* One word for a node's state, and whether it takes traffic. */
+static const char *node_state(const struct lx_node *n, uint64_t now, bool *up)
+{
+    uint64_t since = atomic_load(&n->up_since_ms);
+
+    *up = lx_node_is_up(n, now);
+    if (!atomic_load(&n->healthy))
+        return "unhealthy";
+    if (atomic_load(&n->ejected_until_ms) > now)
+        return "ejected";
+    if (atomic_load(&n->drained))
+        return "drained";
+    if (since && lx_node_effective_weight(n, now) < n->weight)
+        return "slow_start";
+    return "healthy";
+}
+
+static json_t *iso_time(uint64_t wall_ms)
+{
+    char buf[40];
+    time_t s = (time_t)(wall_ms / 1000);
+    struct tm tm;
+
+    gmtime_r(&s, &tm);
+    strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    return json_string(buf);
+}
 
 static void send_json(struct lx_http_req *req, int status, json_t *j, const char *rid)
 {
@@ -34,6 +63,7 @@ void lx_obs_health(struct lx_worker *w, struct lx_http_req *req, const char *rid
     json_t *root = json_object(), *pools = json_array(), *nodes = json_array();
     size_t pools_down = 0, nodes_down = 0, n_nodes = 0;
     const char *status;
+    uint64_t now = lx_now_ms();
 
     for (size_t i = 0; i < reg->n_pools; i++) {
         const struct lx_pool *p = &reg->pools[i];
@@ -42,13 +72,18 @@ void lx_obs_health(struct lx_worker *w, struct lx_http_req *req, const char *rid
 
         for (size_t k = 0; k < p->n_nodes; k++) {
             struct lx_node *n = p->nodes[k];
-            bool healthy = atomic_load(&n->healthy);
+            bool healthy;
+            const char *state = node_state(n, now, &healthy);
+            const char *why = atomic_load(&n->last_error);
             json_t *o = json_object();
 
             json_object_set_new(o, "name", json_string(n->name));
             json_object_set_new(o, "url", json_string(n->url));
             json_object_set_new(o, "model", json_string(p->model));
             json_object_set_new(o, "healthy", json_boolean(healthy));
+            json_object_set_new(o, "state", json_string(state));
+            json_object_set_new(o, "since", iso_time(atomic_load(&n->state_since_ms)));
+            json_object_set_new(o, "last_error", why ? json_string(why) : json_null());
             json_object_set_new(o, "drained", json_boolean(atomic_load(&n->drained)));
             json_object_set_new(o, "in_flight", json_integer(atomic_load(&n->in_flight)));
             json_object_set_new(o, "requests_total",

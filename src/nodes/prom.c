@@ -1,0 +1,121 @@
+/*
+ * prom.c - a line scanner for the Prometheus text format, for the vLLM
+ * gauges only; see prom.h. Lines: `name{labels} value [timestamp]`, `#`
+ * comments. Anything unexpected on a line skips that line.
+ */
+#include "prom.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum metric { M_NONE, M_WAITING, M_RUNNING, M_KV_NEW, M_KV_OLD };
+
+static enum metric metric_of(const char *p, size_t n)
+{
+    static const struct {
+        const char *name;
+        enum metric m;
+    } names[] = {
+        {"vllm:num_requests_waiting", M_WAITING},
+        {"vllm:num_requests_running", M_RUNNING},
+        {"vllm:kv_cache_usage_perc", M_KV_NEW},
+        {"vllm:gpu_cache_usage_perc", M_KV_OLD},
+    };
+
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (strlen(names[i].name) == n && memcmp(names[i].name, p, n) == 0)
+            return names[i].m;
+    return M_NONE;
+}
+
+/* Parses a sample value (finite decimal, or +Inf/NaN which are rejected). */
+static bool parse_value(const char *p, const char *end, double *out)
+{
+    char tmp[64];
+    size_t n = 0;
+    char *stop;
+
+    while (p < end && (*p == ' ' || *p == '\t'))
+        p++;
+    while (p + n < end && p[n] != ' ' && p[n] != '\t' && p[n] != '\r')
+        n++;
+    if (n == 0 || n >= sizeof(tmp))
+        return false;
+    memcpy(tmp, p, n);
+    tmp[n] = '\0';
+    *out = strtod(tmp, &stop);
+    return *stop == '\0' && isfinite(*out);
+}
+
+int lx_prom_scan_vllm(const char *text, size_t len, struct lx_vllm_load *out)
+{
+    const char *p = text, *end = text + len;
+    double kv_sum[2] = {0, 0};
+    int kv_n[2] = {0, 0};
+
+    memset(out, 0, sizeof(*out));
+    while (p < end) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        const char *line = p, *q;
+        enum metric m;
+        double v;
+
+        if (!eol)
+            eol = end;
+        p = eol + 1;
+        if (line == eol || *line == '#')
+            continue;
+        for (q = line; q < eol && *q != '{' && *q != ' ' && *q != '\t'; q++)
+            ;
+        m = metric_of(line, (size_t)(q - line));
+        if (m == M_NONE)
+            continue;
+        if (q < eol && *q == '{') {
+            /* Skip the label set; quoted values may hold '}' and escapes. */
+            bool quoted = false;
+
+            for (q++; q < eol; q++) {
+                if (quoted && *q == '\\') {
+                    q++;
+                    continue;
+                }
+                if (*q == '"')
+                    quoted = !quoted;
+                else if (!quoted && *q == '}')
+                    break;
+            }
+            if (q >= eol)
+                continue;
+            q++;
+        }
+        if (!parse_value(q, eol, &v) || v < 0)
+            continue;
+        switch (m) {
+        case M_WAITING:
+            out->waiting += v;
+            out->has_waiting = true;
+            break;
+        case M_RUNNING:
+            out->running += v;
+            out->has_running = true;
+            break;
+        case M_KV_NEW:
+        case M_KV_OLD:
+            kv_sum[m - M_KV_NEW] += v;
+            kv_n[m - M_KV_NEW]++;
+            break;
+        default:
+            break;
+        }
+    }
+    for (int i = 0; i < 2 && !out->has_kv; i++) {
+        if (kv_n[i]) {
+            out->kv_usage = kv_sum[i] / kv_n[i];
+            if (out->kv_usage > 1)
+                out->kv_usage = 1;
+            out->has_kv = true;
+        }
+    }
+    return out->has_waiting || out->has_running || out->has_kv ? 0 : -1;
+}
