@@ -16,9 +16,43 @@
 
 struct main_ctx {
     struct lx_gateway *gw;
-    uv_signal_t sigint, sigterm;
+    struct lx_health *health;
+    uv_signal_t sigint, sigterm, sighup;
+    int argc;
+    char **argv;
     bool stopping;
 };
+
+/* SIGHUP: load the configuration again; a valid one replaces the pools for
+ * new requests, an invalid one is refused and the running one stays. */
+static void on_sighup(uv_signal_t *s, int signum)
+{
+    struct main_ctx *m = s->data;
+    struct lx_conf next;
+    struct lx_registry *reg;
+    char err[512];
+    size_t n_nodes = 0;
+
+    if (lx_conf_load(&next, m->argc, m->argv, NULL, NULL, err, sizeof(err)) != LX_CONF_OK) {
+        lx_error("reload refused, keeping the running configuration: %s", err);
+        return;
+    }
+    reg = lx_registry_new(&next, m->gw->reg, err, sizeof(err));
+    if (!reg) {
+        lx_error("reload refused, keeping the running configuration: %s", err);
+        lx_conf_free(&next);
+        return;
+    }
+    lx_gateway_set_registry(m->gw, reg);
+    lx_health_set_registry(m->health, reg);
+    for (size_t i = 0; i < reg->n_pools; i++)
+        n_nodes += reg->pools[i].n_nodes;
+    lx_info("configuration reloaded: %zu pools, %zu nodes (pools apply now; other settings "
+            "at restart)",
+            reg->n_pools, n_nodes);
+    lx_registry_unref(reg);
+    lx_conf_free(&next);
+}
 
 static void on_signal(uv_signal_t *s, int signum)
 {
@@ -35,6 +69,7 @@ static void on_signal(uv_signal_t *s, int signum)
     /* Keep watching for a second signal, but do not keep the loop alive. */
     uv_unref((uv_handle_t *)&m->sigint);
     uv_unref((uv_handle_t *)&m->sigterm);
+    uv_signal_stop(&m->sighup);
 }
 
 int main(int argc, char **argv)
@@ -71,7 +106,7 @@ int main(int argc, char **argv)
                        60000, conf.health_failure_threshold);
     lx_route_set_cache_policy(conf.cache_aware_load_factor, (size_t)conf.cache_aware_prefix_bytes);
     lx_route_set_metrics_staleness((uint64_t)(conf.metrics_update_interval_s * 3000));
-    reg = lx_registry_new(&conf, err, sizeof(err));
+    reg = lx_registry_new(&conf, NULL, err, sizeof(err));
     if (!reg) {
         fprintf(stderr, "llmux: %s\n", err);
         lx_conf_free(&conf);
@@ -82,16 +117,21 @@ int main(int argc, char **argv)
         return 1;
     }
     m.gw = &gw;
+    m.argc = argc;
+    m.argv = argv;
     uv_signal_init(loop, &m.sigint);
     uv_signal_init(loop, &m.sigterm);
-    m.sigint.data = m.sigterm.data = &m;
+    uv_signal_init(loop, &m.sighup);
+    m.sigint.data = m.sigterm.data = m.sighup.data = &m;
     uv_signal_start(&m.sigint, on_signal, SIGINT);
     uv_signal_start(&m.sigterm, on_signal, SIGTERM);
+    uv_signal_start(&m.sighup, on_sighup, SIGHUP);
     if (lx_gateway_start(&gw) < 0) {
         fprintf(stderr, "llmux: cannot start worker threads\n");
         return 1;
     }
     health = lx_health_start(&conf, reg);
+    m.health = health;
     for (size_t i = 0; i < reg->n_pools; i++)
         n_nodes += reg->pools[i].n_nodes;
     lx_info("llmux %s listening on http://%s:%d (%d workers, %zu pools, %zu nodes)", LX_VERSION,
@@ -101,6 +141,7 @@ int main(int argc, char **argv)
     lx_health_stop(health);
     uv_close((uv_handle_t *)&m.sigint, NULL);
     uv_close((uv_handle_t *)&m.sigterm, NULL);
+    uv_close((uv_handle_t *)&m.sighup, NULL);
     uv_run(loop, UV_RUN_DEFAULT);
     uv_loop_close(loop);
     lx_registry_unref(reg);

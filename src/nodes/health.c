@@ -246,12 +246,8 @@ static void watch(struct lx_health *h, struct lx_registry *reg)
 
     for (size_t i = 0; i < reg->n_pools; i++) {
         const struct lx_pool *p = &reg->pools[i];
-        double scrape_s = h->conf->metrics_update_interval_s;
+        double scrape_s = p->metrics_update_interval_s;
 
-        for (size_t k = 0; k < h->conf->n_pools; k++)
-            if (strcmp(h->conf->pools[k].model, p->model) == 0 &&
-                h->conf->pools[k].metrics_update_interval_s > 0)
-                scrape_s = h->conf->pools[k].metrics_update_interval_s;
         for (size_t k = 0; k < p->n_nodes; k++) {
             struct hnode *hn = NULL;
 
@@ -265,6 +261,7 @@ static void watch(struct lx_health *h, struct lx_registry *reg)
             }
             if (!hn)
                 hn = hnode_new(h, p->nodes[k], scrape_s);
+            hn->scrape_interval_s = scrape_s;
             if (n == cap) {
                 cap = cap ? cap * 2 : 8;
                 next = lx_realloc(next, cap * sizeof(*next));

@@ -209,7 +209,35 @@ static void pool_deinit(struct lx_pool *p)
     free(p->upstream_model);
 }
 
-struct lx_registry *lx_registry_new(const struct lx_conf *conf, char *err, size_t errlen)
+/* The node of <prev>'s pool <model> configured exactly as <s>, or NULL. */
+static struct lx_node *node_reuse(struct lx_registry *prev, const char *model,
+                                  const struct lx_conf_server *s)
+{
+    struct lx_pool *p = NULL;
+    char auth[512];
+
+    for (size_t i = 0; prev && i < prev->n_pools && !p; i++)
+        if (strcmp(prev->pools[i].model, model) == 0)
+            p = &prev->pools[i];
+    if (!p)
+        return NULL;
+    if (s->api_key)
+        snprintf(auth, sizeof(auth), "Bearer %s", s->api_key);
+    for (size_t k = 0; k < p->n_nodes; k++) {
+        struct lx_node *n = p->nodes[k];
+
+        if (strcmp(n->url, s->url) == 0 && strcmp(n->name, s->name ? s->name : s->url) == 0 &&
+            n->weight == (s->weight > 0 ? s->weight : 1) &&
+            n->max_concurrency == s->max_concurrency &&
+            (!n->auth_header == !s->api_key) &&
+            (!s->api_key || strcmp(n->auth_header, auth) == 0))
+            return lx_node_ref(n);
+    }
+    return NULL;
+}
+
+struct lx_registry *lx_registry_new(const struct lx_conf *conf, struct lx_registry *prev,
+                                    char *err, size_t errlen)
 {
     struct lx_registry *reg = lx_calloc(1, sizeof(*reg));
 
@@ -224,8 +252,14 @@ struct lx_registry *lx_registry_new(const struct lx_conf *conf, char *err, size_
         lx_waitq_init(&p->parked);
         p->upstream_model = cp->upstream_model ? lx_strdup(cp->upstream_model) : NULL;
         p->nodes = lx_calloc(cp->n_servers, sizeof(*p->nodes));
-        for (size_t k = 0; k < cp->n_servers; k++)
-            p->nodes[p->n_nodes++] = node_new(&cp->servers[k]);
+        p->metrics_update_interval_s = cp->metrics_update_interval_s > 0
+                                           ? cp->metrics_update_interval_s
+                                           : conf->metrics_update_interval_s;
+        for (size_t k = 0; k < cp->n_servers; k++) {
+            struct lx_node *n = node_reuse(prev, cp->model, &cp->servers[k]);
+
+            p->nodes[p->n_nodes++] = n ? n : node_new(&cp->servers[k]);
+        }
         p->strategy = lx_strategy_find(cp->strategy ? cp->strategy : conf->strategy);
         if (!p->strategy) {
             snprintf(err, errlen, "models.%s.strategy: unknown strategy \"%s\"", cp->model,

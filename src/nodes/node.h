@@ -67,6 +67,7 @@ struct lx_pool {
     struct lx_node **nodes;      /* n_nodes references */
     size_t n_nodes;
     struct lx_waitq parked;      /* requests waiting for a node below max_concurrency */
+    double metrics_update_interval_s; /* scrape period of this pool's nodes */
 };
 
 struct lx_registry {
@@ -76,8 +77,11 @@ struct lx_registry {
 };
 
 /* Builds a registry from <conf>; returns a new reference, or NULL with <err>
- * filled (unknown strategy). */
-struct lx_registry *lx_registry_new(const struct lx_conf *conf, char *err, size_t errlen);
+ * filled (unknown strategy). Nodes of <prev> (may be NULL) whose pool, URL,
+ * name, weight, max_concurrency and api_key are unchanged are carried over
+ * with their health and load state. */
+struct lx_registry *lx_registry_new(const struct lx_conf *conf, struct lx_registry *prev,
+                                    char *err, size_t errlen);
 struct lx_registry *lx_registry_ref(struct lx_registry *reg);
 void lx_registry_unref(struct lx_registry *reg);
 /* The pool for <model> (exact match first, then "*"); NULL if none. */

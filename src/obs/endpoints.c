@@ -59,7 +59,7 @@ static void send_json(struct lx_http_req *req, int status, json_t *j, const char
 void lx_obs_health(struct lx_worker *w, struct lx_http_req *req, const char *rid)
 {
     const struct lx_gateway *gw = w->gw;
-    struct lx_registry *reg = gw->reg;
+    struct lx_registry *reg = w->reg;
     json_t *root = json_object(), *pools = json_array(), *nodes = json_array();
     size_t pools_down = 0, nodes_down = 0, n_nodes = 0;
     const char *status;
@@ -121,7 +121,7 @@ void lx_obs_health(struct lx_worker *w, struct lx_http_req *req, const char *rid
 
 void lx_obs_models(struct lx_worker *w, struct lx_http_req *req, const char *rid)
 {
-    struct lx_registry *reg = w->gw->reg;
+    struct lx_registry *reg = w->reg;
     json_t *root, *data;
 
     for (size_t i = 0; i < reg->n_pools; i++) {

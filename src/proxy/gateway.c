@@ -42,10 +42,18 @@ static void on_wake(uv_async_t *a)
     struct lx_worker *w = container_of(a, struct lx_worker, wake_async);
     struct lx_proxy *list, *rev = NULL;
 
+    struct lx_registry *reg;
+
     uv_mutex_lock(&w->wake_lock);
     list = w->wake_head;
     w->wake_head = NULL;
+    reg = w->next_reg;
+    w->next_reg = NULL;
     uv_mutex_unlock(&w->wake_lock);
+    if (reg) {
+        lx_registry_unref(w->reg);
+        w->reg = reg;
+    }
     /* The mailbox is a stack: reverse it to resume in wake order (FIFO). */
     while (list) {
         struct lx_proxy *next = *lx_proxy_next(list);
@@ -137,7 +145,7 @@ static void handle_inference(struct lx_worker *w, struct lx_http_req *req, const
         return;
     }
     if (!scan.model_present) {
-        pool = lx_registry_find(w->gw->reg, "", 0);
+        pool = lx_registry_find(w->reg, "", 0);
         if (!pool || strcmp(pool->model, "*") != 0) {
             gw_error(req, rid, 400, "invalid_request_error", "missing_model",
                      "the request body needs a string \"model\"");
@@ -146,10 +154,10 @@ static void handle_inference(struct lx_worker *w, struct lx_http_req *req, const
     } else if (scan.model_has_escape) {
         char *name = model_decode(&scan);
 
-        pool = name ? lx_registry_find(w->gw->reg, name, strlen(name)) : NULL;
+        pool = name ? lx_registry_find(w->reg, name, strlen(name)) : NULL;
         free(name);
     } else {
-        pool = lx_registry_find(w->gw->reg, scan.model.p, scan.model.len);
+        pool = lx_registry_find(w->reg, scan.model.p, scan.model.len);
     }
     if (!pool) {
         char msg[300];
@@ -264,7 +272,7 @@ int lx_gateway_init(struct lx_gateway *gw, const struct lx_conf *conf, struct lx
 
     memset(gw, 0, sizeof(*gw));
     gw->conf = conf;
-    gw->reg = reg;
+    gw->reg = lx_registry_ref(reg);
     gw->start_unix = (uint64_t)time(NULL);
     gw->start_hr_ns = uv_hrtime();
     gw->n_workers = conf->workers;
@@ -276,6 +284,7 @@ int lx_gateway_init(struct lx_gateway *gw, const struct lx_conf *conf, struct lx
 
         w->gw = gw;
         w->index = i;
+        w->reg = lx_registry_ref(reg);
         w->rng = (uv_hrtime() ^ ((uint64_t)(i + 1) * 0x9E3779B97F4A7C15ULL)) | 1;
         uv_loop_init(&w->loop);
         /* Worker 0 binds first; with port 0 the others then share its port. */
@@ -315,6 +324,21 @@ void lx_gateway_stop(struct lx_gateway *gw)
         uv_async_send(&gw->workers[i].stop_async);
 }
 
+void lx_gateway_set_registry(struct lx_gateway *gw, struct lx_registry *reg)
+{
+    for (int i = 0; i < gw->n_workers; i++) {
+        struct lx_worker *w = &gw->workers[i];
+
+        uv_mutex_lock(&w->wake_lock);
+        lx_registry_unref(w->next_reg);
+        w->next_reg = lx_registry_ref(reg);
+        uv_mutex_unlock(&w->wake_lock);
+        uv_async_send(&w->wake_async);
+    }
+    lx_registry_unref(gw->reg);
+    gw->reg = lx_registry_ref(reg);
+}
+
 void lx_gateway_join(struct lx_gateway *gw)
 {
     for (int i = 0; i < gw->n_workers; i++) {
@@ -323,8 +347,12 @@ void lx_gateway_join(struct lx_gateway *gw)
         uv_thread_join(&w->thread);
         uv_loop_close(&w->loop);
         uv_mutex_destroy(&w->wake_lock);
+        lx_registry_unref(w->reg);
+        lx_registry_unref(w->next_reg);
     }
     free(gw->workers);
     gw->workers = NULL;
+    lx_registry_unref(gw->reg);
+    gw->reg = NULL;
     lx_admit_deinit(&gw->admit);
 }

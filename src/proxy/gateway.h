@@ -19,7 +19,7 @@
 
 struct lx_gateway {
     const struct lx_conf *conf;      /* borrowed, immutable */
-    struct lx_registry *reg;         /* reference */
+    struct lx_registry *reg;         /* newest snapshot (reference); main thread only */
     uint64_t start_unix;             /* seconds since epoch at start */
     uint64_t start_hr_ns;            /* uv_hrtime() at start */
     int port;                        /* the port actually bound */
@@ -37,6 +37,8 @@ struct lx_worker {
     uv_timer_t grace_timer;
     struct lx_http_server *srv;
     struct lx_upstream_pool *pool;
+    struct lx_registry *reg;         /* this worker's current snapshot (reference) */
+    struct lx_registry *next_reg;    /* under wake_lock: a newer snapshot to adopt */
     uint64_t rng;                    /* xorshift state, per worker */
     bool stopping;
 
@@ -60,6 +62,9 @@ int lx_gateway_start(struct lx_gateway *gw);
 /* Asks every worker to stop gracefully (thread-safe, async-signal-safe is not
  * required: call it from the main loop). */
 void lx_gateway_stop(struct lx_gateway *gw);
+/* Makes <reg> the registry for new requests on every worker (main thread;
+ * takes a reference). In-flight requests keep the snapshot they started with. */
+void lx_gateway_set_registry(struct lx_gateway *gw, struct lx_registry *reg);
 /* Joins the workers and frees their resources. */
 void lx_gateway_join(struct lx_gateway *gw);
 

@@ -583,7 +583,7 @@ void lx_proxy_start(struct lx_worker *w, struct lx_http_req *req, struct lx_pool
 
     p->w = w;
     p->client = req;
-    p->reg = lx_registry_ref(w->gw->reg);
+    p->reg = lx_registry_ref(w->reg);
     p->pool = pool;
     p->path = upstream_path;
     p->t_start_ns = now_ns();
