@@ -42,6 +42,7 @@ struct lx_proxy {
     bool zombie;                    /* client gone while a wake is on its way */
     bool has_slot;                  /* holds an admission slot */
     uint64_t wait_deadline_ms;      /* queue timeout, lx_now_ms() based; 0 = none yet */
+    uint64_t total_deadline_ms;     /* TOTAL_TIMEOUT_SECONDS deadline, 0 = none */
     struct lx_proxy *wprev, *wnext; /* the worker's list of waiting requests */
     struct lx_proxy *mb_next;       /* the worker's mailbox */
     struct lx_http_req *client;     /* NULL once the client is gone */
@@ -150,7 +151,8 @@ static bool dequeue(struct lx_proxy *p)
 
     if (removed) {
         p->waiting = WAIT_NONE;
-        wait_list_remove(p);
+        if (!p->total_deadline_ms)
+            wait_list_remove(p);
     }
     return removed;
 }
@@ -456,6 +458,35 @@ static void up_on_done(void *ctx)
     lx_http_resp_end(req);
 }
 
+/*
+ * The client already has the response head and the exchange cannot go on:
+ * end the body as cleanly as the framing allows. An SSE stream gets a last
+ * `data: {"error": ...}` event and a proper end; other bodies are cut, so the
+ * client sees a truncated response rather than a silently short one.
+ */
+static void relay_break(struct lx_proxy *p, const char *code, const char *msg)
+{
+    struct lx_http_req *req = p->client;
+
+    lx_upstream_cancel(&p->up);
+    node_release(p);
+    p->client = NULL;
+    if (p->sse) {
+        struct lx_buf ev;
+
+        lx_buf_init(&ev, 0);
+        lx_buf_appendf(&ev, "data: {\"error\":{\"message\":\"%s\",\"type\":\"server_error\","
+                            "\"param\":null,\"code\":\"%s\"}}\n\n",
+                       msg, code);
+        lx_http_resp_write(req, ev.data, ev.len);
+        lx_buf_deinit(&ev);
+        lx_http_resp_end(req);
+    } else {
+        lx_http_resp_abort(req);
+    }
+    proxy_free(p);
+}
+
 static void up_on_error(void *ctx, enum lx_upstream_err kind, bool got_head)
 {
     struct lx_proxy *p = ctx;
@@ -480,24 +511,7 @@ static void up_on_error(void *ctx, enum lx_upstream_err kind, bool got_head)
             proxy_give_up(p);
         return;
     }
-    /* The client already has the head: end the body as cleanly as we can. */
-    node_release(p);
-    if (p->sse) {
-        static const char ev[] =
-            "data: {\"error\":{\"message\":\"the node's stream broke before it finished\","
-            "\"type\":\"server_error\",\"param\":null,\"code\":\"stream_broken\"}}\n\n";
-        struct lx_http_req *req = p->client;
-
-        lx_http_resp_write(req, ev, sizeof(ev) - 1);
-        p->client = NULL;
-        lx_http_resp_end(req);
-    } else {
-        struct lx_http_req *req = p->client;
-
-        p->client = NULL;
-        lx_http_resp_abort(req);
-    }
-    proxy_free(p);
+    relay_break(p, "stream_broken", "the node's stream broke before it finished");
 }
 
 static const struct lx_upstream_cbs up_cbs = {
@@ -546,7 +560,8 @@ void lx_proxy_resume(struct lx_proxy *p)
     enum proxy_wait was = p->waiting;
 
     p->waiting = WAIT_NONE;
-    wait_list_remove(p);
+    if (!p->total_deadline_ms)
+        wait_list_remove(p);
     if (was == WAIT_ADMIT)
         p->has_slot = true;
     if (p->zombie) {
@@ -564,13 +579,27 @@ void lx_proxy_sweep(uv_timer_t *t)
 
     for (; p; p = next) {
         next = p->wnext;
-        if (p->zombie || now < p->wait_deadline_ms)
+        if (p->zombie)
             continue;
-        if (!dequeue(p))
-            continue; /* woken meanwhile: the mailbox has it */
-        atomic_fetch_add(&w->gw->admit.timeouts_total, 1);
-        proxy_fail(p, 503, "server_error", "queue_timeout",
-                   "the request waited longer than the queue timeout");
+        if (p->waiting != WAIT_NONE && now >= p->wait_deadline_ms) {
+            if (!dequeue(p))
+                continue; /* woken meanwhile: the mailbox has it */
+            atomic_fetch_add(&w->gw->admit.timeouts_total, 1);
+            proxy_fail(p, 503, "server_error", "queue_timeout",
+                       "the request waited longer than the queue timeout");
+        } else if (p->total_deadline_ms && now >= p->total_deadline_ms) {
+            if (p->waiting != WAIT_NONE && !dequeue(p))
+                continue;
+            lx_warn("[%s] total timeout reached", p->request_id);
+            if (p->relaying) {
+                relay_break(p, "total_timeout", "the request took longer than the total timeout");
+                continue;
+            }
+            lx_upstream_cancel(&p->up);
+            node_release(p);
+            proxy_fail(p, 504, "server_error", "total_timeout",
+                       "the request took longer than the total timeout");
+        }
     }
 }
 
@@ -603,6 +632,10 @@ void lx_proxy_start(struct lx_worker *w, struct lx_http_req *req, struct lx_pool
     req->data = p;
     req->on_abort = on_client_abort;
     req->on_drain = on_client_drain;
+    if (w->gw->conf->total_timeout_s > 0) {
+        p->total_deadline_ms = lx_now_ms() + (uint64_t)(w->gw->conf->total_timeout_s * 1000);
+        wait_list_add(p);
+    }
     switch (lx_admit_enter(&w->gw->admit, &p->waiter)) {
     case LX_ADMIT_GRANTED:
         p->has_slot = true;
