@@ -42,6 +42,10 @@ LIB := $(BUILD)/liblx.a
 MAIN_OBJ := $(BUILD)/src/main.o
 SIM_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard sim/*.c))
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
+FUZZ_NAMES := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+REPLAY_BIN := $(FUZZ_NAMES:%=$(BUILD)/fuzz-replay/%)
+FUZZ_BIN := $(FUZZ_NAMES:%=build/fuzz/fuzz_%)
+FUZZ_SECONDS ?= 20
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
 # Release binaries land in bin/; other modes keep theirs under build/<mode>/bin.
@@ -52,7 +56,7 @@ BINDIR := $(BUILD)/bin
 endif
 BINS := $(BINDIR)/llmux $(BINDIR)/llmux-sim
 
-.PHONY: all run test test-unit test-e2e asan asan-test fuzz fuzz-smoke bench format lint deps clean help
+.PHONY: all run test test-unit test-e2e test-fuzz-replay asan asan-test fuzz fuzz-smoke bench format lint deps clean help
 .SECONDARY:
 
 all: $(BINS)
@@ -80,6 +84,36 @@ $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lcmocka
 
+# Corpus replay: each fuzz target linked with a plain main, built like the tests.
+$(BUILD)/fuzz-replay/%: $(BUILD)/tests/fuzz/fuzz_%.o $(BUILD)/tests/fuzz/replay.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+
+$(BUILD)/tests/fuzz/%.o: tests/fuzz/%.c
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(CFLAGS) -Isrc -c -o $@ $<
+
+# libFuzzer builds (clang).
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(LIB_SRC)
+	@mkdir -p $(dir $@)
+	$(Q)clang -g -O1 -fsanitize=fuzzer,address,undefined -std=gnu11 -D_GNU_SOURCE -Isrc \
+	    $(PKG_CFLAGS) -o $@ $< $(LIB_SRC) $(PKG_LIBS)
+
+fuzz:
+	@scripts/deps.sh fuzz
+	@$(MAKE) --no-print-directory $(FUZZ_BIN)
+
+# Each target for FUZZ_SECONDS on a scratch copy of its corpus.
+fuzz-smoke: fuzz
+	@set -e; for n in $(FUZZ_NAMES); do \
+	    tmp=$$(mktemp -d); cp tests/fuzz/corpus/$$n/* $$tmp/ 2>/dev/null || true; \
+	    echo "== fuzz $$n ($(FUZZ_SECONDS) s)"; \
+	    build/fuzz/fuzz_$$n -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $$tmp 2>&1 | tail -3; \
+	    rm -rf $$tmp; done
+
+test-fuzz-replay: $(REPLAY_BIN)
+	@set -e; for n in $(FUZZ_NAMES); do $(BUILD)/fuzz-replay/$$n tests/fuzz/corpus/$$n; done
+
 deps:
 	@scripts/deps.sh
 
@@ -88,8 +122,9 @@ test: deps
 	@$(MAKE) --no-print-directory test-unit
 	@$(MAKE) --no-print-directory test-e2e
 
-test-unit: $(UNIT_BIN)
+test-unit: $(UNIT_BIN) $(REPLAY_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
+	@$(MAKE) --no-print-directory test-fuzz-replay
 
 test-e2e: $(BINS)
 	LLMUX_BIN_DIR=$(abspath $(BINDIR)) $(PYTHON) -m pytest -q tests/e2e $(PYTEST_ARGS)
@@ -123,6 +158,8 @@ help:
 	@echo "  test-unit   cmocka unit tests"
 	@echo "  test-e2e    pytest end-to-end tests against real processes"
 	@echo "  asan        build with ASan+UBSan under build/asan"
+	@echo "  fuzz        libFuzzer builds of tests/fuzz/fuzz_*.c (clang) under build/fuzz"
+	@echo "  fuzz-smoke  run each fuzz target FUZZ_SECONDS (default 20) on its corpus"
 	@echo "  asan-test   unit + e2e tests under ASan+UBSan"
 	@echo "  deps        install missing Debian packages (root) or say what to install"
 	@echo "  format lint clean"

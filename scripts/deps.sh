@@ -8,8 +8,11 @@
 #   pkg-config make gcc build
 #   python3-pytest python3-httpx   end-to-end tests (run by /usr/bin/python3)
 #   curl                the README's examples and `make run`
+# `scripts/deps.sh fuzz` adds what `make fuzz` needs:
+#   clang libclang-rt-14-dev   libFuzzer with ASan/UBSan
 set -e
 PKGS="libuv1-dev libhttp-parser-dev libjansson-dev libcmocka-dev pkg-config make gcc python3-pytest python3-httpx curl"
+[ "$1" = fuzz ] && PKGS="$PKGS clang libclang-rt-14-dev"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
