@@ -72,6 +72,7 @@ struct lx_http_conn {
     bool resp_started;
     bool resp_chunked;
     bool resp_no_body;                 /* HEAD request */
+    bool head_pending;                 /* hbuf holds a head not yet written (lazy start) */
     bool close_after;                  /* close once the response is flushed */
     bool dead;                         /* write failed; close from the timer */
     bool lingering;                    /* shut down, discarding input until EOF */
@@ -555,6 +556,7 @@ static size_t conn_parse(struct lx_http_conn *c, const char *data, size_t len)
         c->req.on_abort = NULL;
         c->req.on_drain = NULL;
         c->resp_started = false;
+        c->head_pending = false;
         c->resp_no_body = c->req.method == HTTP_HEAD;
         c->srv->handler(&c->req, c->srv->ctx);
     }
@@ -828,8 +830,8 @@ void lx_http_req_peer_str(const struct lx_http_req *req, char *out, size_t len)
         snprintf(out, len, "-");
 }
 
-int lx_http_resp_start(struct lx_http_req *req, int status, const struct lx_http_header *hdrs,
-                       size_t n_hdrs, int64_t content_length)
+static int resp_start(struct lx_http_req *req, int status, const struct lx_http_header *hdrs,
+                      size_t n_hdrs, int64_t content_length, bool lazy)
 {
     struct lx_http_conn *c = req->conn;
     struct lx_buf *b = &c->hbuf;
@@ -863,7 +865,36 @@ int lx_http_resp_start(struct lx_http_req *req, int status, const struct lx_http
     else if (req->http_minor == 0)
         lx_buf_append(b, "Connection: keep-alive\r\n", 24);
     lx_buf_append(b, "\r\n", 2);
+    if (lazy) {
+        c->head_pending = true;
+        return 0;
+    }
     ub = uv_buf_init(b->data, (unsigned int)b->len);
+    return conn_write(c, &ub, 1);
+}
+
+int lx_http_resp_start(struct lx_http_req *req, int status, const struct lx_http_header *hdrs,
+                       size_t n_hdrs, int64_t content_length)
+{
+    return resp_start(req, status, hdrs, n_hdrs, content_length, false);
+}
+
+int lx_http_resp_start_lazy(struct lx_http_req *req, int status,
+                            const struct lx_http_header *hdrs, size_t n_hdrs,
+                            int64_t content_length)
+{
+    return resp_start(req, status, hdrs, n_hdrs, content_length, true);
+}
+
+int lx_http_resp_flush(struct lx_http_req *req)
+{
+    struct lx_http_conn *c = req->conn;
+    uv_buf_t ub;
+
+    if (!c->head_pending)
+        return 0;
+    c->head_pending = false;
+    ub = uv_buf_init(c->hbuf.data, (unsigned int)c->hbuf.len);
     return conn_write(c, &ub, 1);
 }
 
@@ -871,20 +902,25 @@ int lx_http_resp_write(struct lx_http_req *req, const void *data, size_t len)
 {
     struct lx_http_conn *c = req->conn;
     char size_line[24];
-    uv_buf_t bufs[3];
+    uv_buf_t bufs[4];
+    unsigned int n = 0;
 
     LX_ASSERT(c->resp_started);
     if (len == 0 || c->resp_no_body)
-        return 0;
-    if (!c->resp_chunked) {
-        bufs[0] = uv_buf_init((char *)data, (unsigned int)len);
-        return conn_write(c, bufs, 1);
+        return lx_http_resp_flush(req);
+    if (c->head_pending) {
+        c->head_pending = false;
+        bufs[n++] = uv_buf_init(c->hbuf.data, (unsigned int)c->hbuf.len);
     }
-    bufs[0] = uv_buf_init(size_line, (unsigned int)snprintf(size_line, sizeof(size_line),
-                                                            "%zx\r\n", len));
-    bufs[1] = uv_buf_init((char *)data, (unsigned int)len);
-    bufs[2] = uv_buf_init((char *)"\r\n", 2);
-    return conn_write(c, bufs, 3);
+    if (!c->resp_chunked) {
+        bufs[n++] = uv_buf_init((char *)data, (unsigned int)len);
+        return conn_write(c, bufs, n);
+    }
+    bufs[n++] = uv_buf_init(size_line, (unsigned int)snprintf(size_line, sizeof(size_line),
+                                                              "%zx\r\n", len));
+    bufs[n++] = uv_buf_init((char *)data, (unsigned int)len);
+    bufs[n++] = uv_buf_init((char *)"\r\n", 2);
+    return conn_write(c, bufs, n);
 }
 
 size_t lx_http_resp_pending(const struct lx_http_req *req)
@@ -897,10 +933,18 @@ void lx_http_resp_end(struct lx_http_req *req)
     struct lx_http_conn *c = req->conn;
 
     LX_ASSERT(c->state == C_BUSY && c->resp_started);
-    if (c->resp_chunked && !c->resp_no_body) {
-        uv_buf_t b = uv_buf_init((char *)"0\r\n\r\n", 5);
+    {
+        uv_buf_t b[2];
+        unsigned int n = 0;
 
-        conn_write(c, &b, 1);
+        if (c->head_pending) {
+            c->head_pending = false;
+            b[n++] = uv_buf_init(c->hbuf.data, (unsigned int)c->hbuf.len);
+        }
+        if (c->resp_chunked && !c->resp_no_body)
+            b[n++] = uv_buf_init((char *)"0\r\n\r\n", 5);
+        if (n)
+            conn_write(c, b, n);
     }
     c->srv->n_busy--;
     c->state = C_IDLE;
@@ -931,6 +975,7 @@ void lx_http_resp_abort(struct lx_http_req *req)
     struct lx_http_conn *c = req->conn;
 
     LX_ASSERT(c->state == C_BUSY);
+    c->head_pending = false;
     c->srv->n_busy--;
     c->state = C_IDLE; /* not BUSY: conn_close must not call on_abort */
     req->on_abort = NULL;

@@ -109,6 +109,16 @@ void lx_http_req_peer_str(const struct lx_http_req *req, char *out, size_t len);
  */
 int lx_http_resp_start(struct lx_http_req *req, int status, const struct lx_http_header *hdrs,
                        size_t n_hdrs, int64_t content_length);
+/*
+ * Like lx_http_resp_start, but the head is held back and leaves with the
+ * first body bytes (one write instead of two), at lx_http_resp_end, or at
+ * lx_http_resp_flush, whichever comes first.
+ */
+int lx_http_resp_start_lazy(struct lx_http_req *req, int status,
+                            const struct lx_http_header *hdrs, size_t n_hdrs,
+                            int64_t content_length);
+/* Sends a held-back head now, if there is one. */
+int lx_http_resp_flush(struct lx_http_req *req);
 /* Sends body bytes (framed as one chunk when chunked). Copies what the
  * socket does not take at once. */
 int lx_http_resp_write(struct lx_http_req *req, const void *data, size_t len);

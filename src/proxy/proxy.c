@@ -434,7 +434,17 @@ static void up_on_head(void *ctx, int status, const struct lx_http_header *hdrs,
     }
     out[n++] = (struct lx_http_header){"X-Routed-Node", 13, p->node->name, strlen(p->node->name)};
     out[n++] = (struct lx_http_header){"X-Request-Id", 12, p->request_id, strlen(p->request_id)};
-    lx_http_resp_start(p->client, status, out, n, content_length);
+    /* The head leaves with the first body bytes (or at the end of this
+     * read): one write per response instead of two. */
+    lx_http_resp_start_lazy(p->client, status, out, n, content_length);
+}
+
+static void up_on_read_end(void *ctx)
+{
+    struct lx_proxy *p = ctx;
+
+    if (p->client)
+        lx_http_resp_flush(p->client);
 }
 
 static void up_on_body(void *ctx, const char *data, size_t len)
@@ -519,6 +529,7 @@ static const struct lx_upstream_cbs up_cbs = {
     .on_body = up_on_body,
     .on_done = up_on_done,
     .on_error = up_on_error,
+    .on_read_end = up_on_read_end,
 };
 
 void lx_request_id(struct lx_worker *w, const struct lx_http_req *req, char *out, size_t len)

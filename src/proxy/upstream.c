@@ -42,6 +42,8 @@ struct up_conn {
     enum up_state state;
     int handles_open;
     bool writing;                  /* write_req in flight */
+    bool reading;                  /* uv_read_start done once, after connect */
+    bool reading_paused;           /* read stopped for client backpressure */
     bool reused;                   /* served an exchange before */
     bool got_byte;                 /* any response byte for this exchange */
     bool got_head;
@@ -332,7 +334,7 @@ static void settings_init(void)
     settings.on_message_complete = on_message_complete;
 }
 
-static void on_idle_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
@@ -361,19 +363,14 @@ static void conn_release(struct up_conn *c, bool reusable)
         pool->idle[id] = c;
         pool->n_idle[id]++;
         timer_set(c, pool->idle_keepalive_ms);
-        uv_read_stop((uv_stream_t *)&c->tcp);
-        uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_idle_read);
+        /* Reading goes on while pooled (on_read closes on EOF); toggling it
+         * would cost epoll_ctl calls on every request. */
+        if (c->reading_paused) {
+            c->reading_paused = false;
+            uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+        }
     }
     ur->cbs->on_done(ur->ctx);
-}
-
-/* While pooled, any read means the node closed (or misbehaved): drop it. */
-static void on_idle_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
-{
-    struct up_conn *c = s->data;
-
-    if (nread != 0)
-        conn_close(c);
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
@@ -382,7 +379,14 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     enum http_errno err;
     size_t n;
 
-    if (nread == 0 || c->state != UP_ACTIVE || !c->req)
+    if (nread == 0)
+        return;
+    if (c->state == UP_IDLE) {
+        /* While pooled, any read means the node closed (or misbehaved). */
+        conn_close(c);
+        return;
+    }
+    if (c->state != UP_ACTIVE || !c->req)
         return;
     if (nread < 0) {
         /* EOF ends a body that is delimited by the connection's end. */
@@ -419,8 +423,12 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         conn_release(c, reusable);
         return;
     }
-    if (err != HPE_OK)
+    if (err != HPE_OK) {
         conn_fail(c, LX_UP_PROTOCOL);
+        return;
+    }
+    if (c->got_head && c->req->cbs->on_read_end)
+        c->req->cbs->on_read_end(c->req->ctx);
 }
 
 static void on_written(uv_write_t *w, int status)
@@ -449,12 +457,45 @@ static void conn_send(struct up_conn *c)
     http_parser_init(&c->parser, HTTP_RESPONSE);
     c->parser.data = c;
     timer_set(c, ur->timeouts.first_byte_ms);
-    uv_read_stop((uv_stream_t *)&c->tcp);
-    if (!ur->paused)
+    if (!c->reading) {
+        /* Never started yet counts as paused. */
+        c->reading = true;
+        c->reading_paused = true;
+    }
+    if (ur->paused && !c->reading_paused) {
+        c->reading_paused = true;
+        uv_read_stop((uv_stream_t *)&c->tcp);
+    } else if (!ur->paused && c->reading_paused) {
+        c->reading_paused = false;
         uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
-    c->write_req.data = c;
-    c->writing = true;
-    rc = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, ur->bufs, ur->nbufs, on_written);
+    }
+    /* Most requests fit the socket buffer: uv_try_write sends them without
+     * the POLLOUT registration (and its epoll_ctl) that uv_write costs. */
+    {
+        uv_buf_t rest[ARRAY_SIZE(ur->bufs)];
+        unsigned int n = 0;
+        ssize_t done = uv_try_write((uv_stream_t *)&c->tcp, ur->bufs, ur->nbufs);
+
+        if (done < 0 && done != UV_EAGAIN) {
+            rc = (int)done;
+            goto out_fail;
+        }
+        for (unsigned int i = 0; i < ur->nbufs; i++) {
+            size_t skip = done > 0 ? LX_MIN((size_t)done, ur->bufs[i].len) : 0;
+
+            if (done > 0)
+                done -= (ssize_t)skip;
+            if (skip < ur->bufs[i].len)
+                rest[n++] = uv_buf_init(ur->bufs[i].base + skip,
+                                        (unsigned int)(ur->bufs[i].len - skip));
+        }
+        if (n == 0)
+            return;
+        c->write_req.data = c;
+        c->writing = true;
+        rc = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, rest, n, on_written);
+    }
+out_fail:
     if (rc < 0) {
         c->writing = false;
         /* Report from the timer, never from inside lx_upstream_send(). */
@@ -604,7 +645,8 @@ void lx_upstream_pause(struct lx_upstream_req *ur)
     struct up_conn *c = ur->conn;
 
     ur->paused = true;
-    if (c && c->state == UP_ACTIVE) {
+    if (c && c->state == UP_ACTIVE && !c->reading_paused) {
+        c->reading_paused = true;
         uv_read_stop((uv_stream_t *)&c->tcp);
         timer_set(c, 0);
     }
@@ -617,7 +659,8 @@ void lx_upstream_resume(struct lx_upstream_req *ur)
     if (!ur->paused)
         return;
     ur->paused = false;
-    if (c && c->state == UP_ACTIVE) {
+    if (c && c->state == UP_ACTIVE && c->reading_paused) {
+        c->reading_paused = false;
         uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
         timer_set(c, c->got_byte ? ur->timeouts.idle_ms : ur->timeouts.first_byte_ms);
     }

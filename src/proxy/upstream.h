@@ -38,6 +38,9 @@ struct lx_upstream_cbs {
     void (*on_done)(void *ctx);
     /* <got_head>: on_head already ran for this exchange. */
     void (*on_error)(void *ctx, enum lx_upstream_err kind, bool got_head);
+    /* Optional: everything one read brought has been delivered (after
+     * on_head/on_body, when the response goes on); a place to flush. */
+    void (*on_read_end)(void *ctx);
 };
 
 struct lx_upstream_timeouts {
