@@ -22,7 +22,7 @@
 #include "../proxy/upstream.h"
 #include "prom.h"
 
-#define TICK_MS 100
+#define TICK_MS 100 /* re-check of an exchange that was still busy when due */
 #define SCRAPE_MAX_BYTES (8u << 20)
 
 struct hnode;
@@ -205,24 +205,36 @@ static const struct lx_upstream_cbs hx_cbs = {
     .on_error = hx_on_error,
 };
 
+/* Starts what is due and sleeps until the next thing is (no idle ticking).
+ * An exchange still in flight when due is looked at again a tick later. */
 static void on_tick(uv_timer_t *t)
 {
     struct lx_health *h = container_of(t, struct lx_health, tick);
-    uint64_t now = lx_now_ms();
+    uint64_t now = lx_now_ms(), next = now + 60000;
     uint64_t probe_ms = (uint64_t)(h->conf->health_check_interval_s * 1000);
 
     for (size_t i = 0; i < h->n_nodes; i++) {
         struct hnode *hn = h->nodes[i];
 
-        if (!hn->probe.busy && now >= hn->probe.next_ms) {
-            hn->probe.next_ms = now + probe_ms;
-            hx_start(&hn->probe);
+        if (now >= hn->probe.next_ms) {
+            if (!hn->probe.busy) {
+                hn->probe.next_ms = now + probe_ms;
+                hx_start(&hn->probe);
+            } else {
+                hn->probe.next_ms = now + TICK_MS;
+            }
         }
-        if (!hn->scrape.busy && now >= hn->scrape.next_ms) {
-            hn->scrape.next_ms = now + (uint64_t)(hn->scrape_interval_s * 1000);
-            hx_start(&hn->scrape);
+        if (now >= hn->scrape.next_ms) {
+            if (!hn->scrape.busy) {
+                hn->scrape.next_ms = now + (uint64_t)(hn->scrape_interval_s * 1000);
+                hx_start(&hn->scrape);
+            } else {
+                hn->scrape.next_ms = now + TICK_MS;
+            }
         }
+        next = LX_MIN(next, LX_MIN(hn->probe.next_ms, hn->scrape.next_ms));
     }
+    uv_timer_start(&h->tick, on_tick, next > now ? next - now : 1, 0);
 }
 
 /* Drops a watched node; an exchange in flight is cancelled first. */
@@ -296,6 +308,7 @@ static void on_wake(uv_async_t *a)
     if (reg) {
         watch(h, reg);
         lx_registry_unref(reg);
+        uv_timer_start(&h->tick, on_tick, 0, 0);
     }
     if (stop) {
         for (size_t j = 0; j < h->n_nodes; j++)
@@ -325,7 +338,7 @@ struct lx_health *lx_health_start(const struct lx_conf *conf, struct lx_registry
     uv_async_init(&h->loop, &h->wake, on_wake);
     h->pool = lx_upstream_pool_new(&h->loop, 4000);
     watch(h, reg);
-    uv_timer_start(&h->tick, on_tick, 0, TICK_MS);
+    uv_timer_start(&h->tick, on_tick, 0, 0);
     if (uv_thread_create(&h->thread, health_main, h) < 0) {
         lx_error("cannot start the health check thread");
         return NULL;
