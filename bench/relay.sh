@@ -33,11 +33,6 @@ for _ in $(seq 50); do
     LX_PORT=$(sed -n 's/.*listening on http:\/\/[^:]*:\([0-9]*\).*/\1/p' "$tmp/llmux.err")
     [ -n "$LX_PORT" ] && break; sleep 0.1
 done
-# A warn-level llmux logs nothing at start: find its port from the socket.
-if [ -z "$LX_PORT" ]; then
-    LX_PID=$(echo $pids | awk '{print $2}')
-    LX_PORT=$(ss -ltnpH 2>/dev/null | awk -v p="pid=$LX_PID," '$0 ~ p {sub(/.*:/, "", $4); print $4; exit}')
-fi
 
 cat >"$tmp/post.lua" <<'LUA'
 wrk.method = "POST"

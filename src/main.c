@@ -134,7 +134,7 @@ int main(int argc, char **argv)
     m.health = health;
     for (size_t i = 0; i < reg->n_pools; i++)
         n_nodes += reg->pools[i].n_nodes;
-    lx_info("llmux %s listening on http://%s:%d (%d workers, %zu pools, %zu nodes)", LX_VERSION,
+    lx_log_ready("llmux %s listening on http://%s:%d (%d workers, %zu pools, %zu nodes)", LX_VERSION,
             conf.listen_host, gw.port, gw.n_workers, reg->n_pools, n_nodes);
     uv_run(loop, UV_RUN_DEFAULT);
     lx_gateway_join(&gw);

@@ -29,26 +29,21 @@ int lx_log_level_parse(const char *name)
     return -1;
 }
 
-void lx_log(enum lx_log_level level, const char *fmt, ...)
+static void log_line(enum lx_log_level level, const char *fmt, va_list ap)
 {
     static const char *const tags[] = {"debug", "info", "warn", "error"};
     char line[2048];
     struct timespec ts;
     struct tm tm;
     size_t n;
-    va_list ap;
     int k;
 
-    if (level < min_level)
-        return;
     clock_gettime(CLOCK_REALTIME, &ts);
     gmtime_r(&ts.tv_sec, &tm);
     n = strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
     k = snprintf(line + n, sizeof(line) - n, ".%03ldZ %s ", ts.tv_nsec / 1000000, tags[level]);
     n += (size_t)k;
-    va_start(ap, fmt);
     k = vsnprintf(line + n, sizeof(line) - n - 1, fmt, ap);
-    va_end(ap);
     if (k < 0)
         k = 0;
     n = (n + (size_t)k < sizeof(line) - 2 ? n + (size_t)k : sizeof(line) - 2);
@@ -56,4 +51,24 @@ void lx_log(enum lx_log_level level, const char *fmt, ...)
     /* One write per line keeps lines from different threads whole. */
     if (write(STDERR_FILENO, line, n) < 0)
         return;
+}
+
+void lx_log(enum lx_log_level level, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (level < min_level)
+        return;
+    va_start(ap, fmt);
+    log_line(level, fmt, ap);
+    va_end(ap);
+}
+
+void lx_log_ready(const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    log_line(LX_LOG_INFO, fmt, ap);
+    va_end(ap);
 }

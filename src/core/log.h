@@ -12,6 +12,9 @@ void lx_log_set_level(enum lx_log_level level);
 /* Parses "debug", "info", "warn"/"warning", "error"; returns -1 if unknown. */
 int lx_log_level_parse(const char *name);
 void lx_log(enum lx_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Logs at info level whatever the minimum: for the one "ready" line that
+ * scripts and supervisors wait for. */
+void lx_log_ready(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 #define lx_debug(...) lx_log(LX_LOG_DEBUG, __VA_ARGS__)
 #define lx_info(...) lx_log(LX_LOG_INFO, __VA_ARGS__)
