@@ -4,12 +4,14 @@
  */
 #include <signal.h>
 #include <stdio.h>
+#include <errno.h>
 #include <string.h>
 #include <uv.h>
 
 #include "conf/conf.h"
 #include "core/log.h"
 #include "nodes/health.h"
+#include "obs/access_log.h"
 #include "nodes/node.h"
 #include "proxy/gateway.h"
 #include "route/router.h"
@@ -106,6 +108,11 @@ int main(int argc, char **argv)
                        60000, conf.health_failure_threshold);
     lx_route_set_cache_policy(conf.cache_aware_load_factor, (size_t)conf.cache_aware_prefix_bytes);
     lx_route_set_metrics_staleness((uint64_t)(conf.metrics_update_interval_s * 3000));
+    if (lx_access_log_open(conf.access_log) < 0) {
+        fprintf(stderr, "llmux: ACCESS_LOG: cannot open %s: %s\n", conf.access_log, strerror(errno));
+        lx_conf_free(&conf);
+        return 1;
+    }
     reg = lx_registry_new(&conf, NULL, err, sizeof(err));
     if (!reg) {
         fprintf(stderr, "llmux: %s\n", err);
@@ -146,6 +153,7 @@ int main(int argc, char **argv)
     uv_loop_close(loop);
     lx_registry_unref(reg);
     lx_conf_free(&conf);
+    lx_access_log_close();
     lx_info("llmux stopped");
     return 0;
 }

@@ -86,6 +86,7 @@ struct lx_http_server {
     struct lx_http_limits limits;
     lx_http_handler_cb handler;
     void *ctx;
+    void (*reject_cb)(void *ctx, int status);
     int port;
     size_t n_conns, n_busy, accepted;
     struct lx_http_conn *conns;        /* doubly linked, for close */
@@ -507,6 +508,8 @@ static void conn_send_reject(struct lx_http_conn *c, int status)
     for (i = 0; i < ARRAY_SIZE(rejects) - 1; i++)
         if (rejects[i].status == status)
             break;
+    if (c->srv->reject_cb)
+        c->srv->reject_cb(c->srv->ctx, status);
     /* The request is not handed to the handler: answer and close. */
     c->state = C_BUSY;
     c->resp_started = false;
@@ -743,6 +746,11 @@ int lx_http_server_new(uv_loop_t *loop, const char *host, int port,
                                                 : ((struct sockaddr_in *)&ss)->sin_port);
     *out = srv;
     return 0;
+}
+
+void lx_http_server_set_reject_cb(struct lx_http_server *srv, void (*cb)(void *ctx, int status))
+{
+    srv->reject_cb = cb;
 }
 
 int lx_http_server_port(const struct lx_http_server *srv)

@@ -81,6 +81,9 @@ int lx_http_server_new(uv_loop_t *loop, const char *host, int port,
                        const struct lx_http_limits *limits, lx_http_handler_cb handler,
                        void *ctx, struct lx_http_server **out);
 int lx_http_server_port(const struct lx_http_server *srv);
+/* Sets a function told of every request the server answers itself (400,
+ * 408, 413, 431, 503) without calling the handler; <ctx> is the handler's. */
+void lx_http_server_set_reject_cb(struct lx_http_server *srv, void (*cb)(void *ctx, int status));
 /* Number of open client connections and of requests being handled. */
 size_t lx_http_server_conns(const struct lx_http_server *srv);
 size_t lx_http_server_busy(const struct lx_http_server *srv);

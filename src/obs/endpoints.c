@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "../proxy/proxy.h"
+#include "metrics.h"
 #include "../route/router.h"
 
 /* One word for a node's state, and whether it takes traffic. */
@@ -145,4 +146,90 @@ void lx_obs_models(struct lx_worker *w, struct lx_http_req *req, const char *rid
     json_object_set_new(root, "object", json_string("list"));
     json_object_set_new(root, "data", data);
     send_json(req, 200, root, rid);
+}
+
+/* One gauge per distinct node name (a node listed in several pools is one
+ * node): <get> reads the figure, values of the same name are summed. */
+static void node_gauge(struct lx_buf *b, struct lx_registry *reg, const char *name,
+                       const char *help, double (*get)(const struct lx_node *, uint64_t),
+                       uint64_t now)
+{
+    lx_metrics_gauge_head(b, name, help);
+    for (size_t i = 0; i < reg->n_pools; i++) {
+        for (size_t k = 0; k < reg->pools[i].n_nodes; k++) {
+            const struct lx_node *n = reg->pools[i].nodes[k];
+            double v = 0;
+            bool seen = false;
+
+            for (size_t i2 = 0; i2 <= i && !seen; i2++)
+                for (size_t k2 = 0; k2 < reg->pools[i2].n_nodes; k2++) {
+                    if (i2 == i && k2 == k)
+                        break;
+                    seen |= strcmp(reg->pools[i2].nodes[k2]->name, n->name) == 0;
+                }
+            if (seen)
+                continue;
+            for (size_t i2 = i; i2 < reg->n_pools; i2++)
+                for (size_t k2 = 0; k2 < reg->pools[i2].n_nodes; k2++)
+                    if (strcmp(reg->pools[i2].nodes[k2]->name, n->name) == 0)
+                        v += get(reg->pools[i2].nodes[k2], now);
+            lx_metrics_sample(b, name, "node", n->name, v);
+        }
+    }
+}
+
+static double get_active(const struct lx_node *n, uint64_t now)
+{
+    return atomic_load(&n->in_flight);
+}
+
+static double get_healthy(const struct lx_node *n, uint64_t now)
+{
+    return lx_node_is_up(n, now) ? 1 : 0;
+}
+
+static double get_kv(const struct lx_node *n, uint64_t now)
+{
+    return atomic_load(&n->scraped_at_ms) ? atomic_load(&n->scraped_kv_milli) / 1000.0 : 0;
+}
+
+static double get_waiting(const struct lx_node *n, uint64_t now)
+{
+    return atomic_load(&n->scraped_at_ms) ? atomic_load(&n->scraped_waiting) : 0;
+}
+
+void lx_obs_metrics(struct lx_worker *w, struct lx_http_req *req, const char *rid)
+{
+    struct lx_admit *a = &w->gw->admit;
+    struct lx_http_header h[] = {{"X-Request-Id", 12, rid, strlen(rid)}};
+    struct lx_buf b;
+    uint64_t now = lx_now_ms();
+
+    lx_buf_init(&b, 0);
+    lx_metrics_render(&b);
+    lx_metrics_gauge_head(&b, "llmux_active_requests", "Requests holding an admission slot.");
+    lx_metrics_sample(&b, "llmux_active_requests", NULL, NULL, atomic_load(&a->in_flight));
+    lx_metrics_gauge_head(&b, "llmux_queue_depth", "Requests waiting for an admission slot.");
+    lx_metrics_sample(&b, "llmux_queue_depth", NULL, NULL, lx_waitq_len(&a->q));
+    lx_metrics_gauge_head(&b, "llmux_queue_capacity", "MAX_QUEUE_SIZE.");
+    lx_metrics_sample(&b, "llmux_queue_capacity", NULL, NULL, a->max_queue);
+    lx_metrics_gauge_head(&b, "llmux_max_concurrent_requests", "MAX_CONCURRENT_REQUESTS.");
+    lx_metrics_sample(&b, "llmux_max_concurrent_requests", NULL, NULL, a->max_in_flight);
+    node_gauge(&b, w->reg, "llmux_node_active_requests", "Requests in flight to each node.",
+               get_active, now);
+    node_gauge(&b, w->reg, "llmux_node_healthy", "1 when the node takes traffic, else 0.",
+               get_healthy, now);
+    node_gauge(&b, w->reg, "llmux_node_kv_cache_usage",
+               "KV-cache usage scraped from the node's vLLM /metrics, 0..1.", get_kv, now);
+    node_gauge(&b, w->reg, "llmux_node_requests_waiting",
+               "Requests waiting inside the node, scraped from its vLLM /metrics.", get_waiting,
+               now);
+    lx_metrics_gauge_head(&b, "llmux_uptime_seconds", "Seconds since llmux started.");
+    lx_metrics_sample(&b, "llmux_uptime_seconds", NULL, NULL,
+                      (double)(uv_hrtime() - w->gw->start_hr_ns) / 1e9);
+    lx_metrics_gauge_head(&b, "llmux_build_info", "Always 1; the version is a label.");
+    lx_metrics_sample(&b, "llmux_build_info", "version", LX_VERSION, 1);
+    lx_http_resp_send(req, 200, "text/plain; version=0.0.4; charset=utf-8", h, ARRAY_SIZE(h),
+                      b.data, b.len);
+    lx_buf_deinit(&b);
 }

@@ -11,7 +11,9 @@
 
 #include "../core/log.h"
 #include "../http/body_scan.h"
+#include "../obs/access_log.h"
 #include "../obs/endpoints.h"
+#include "../obs/metrics.h"
 #include "proxy.h"
 
 #define UPSTREAM_KEEPALIVE_MS 4000 /* below uvicorn's (vLLM's) 5 s keep-alive timeout */
@@ -70,12 +72,37 @@ static void on_wake(uv_async_t *a)
     }
 }
 
+/* Counts and logs a request answered by the gateway itself. */
+static void gw_account(struct lx_worker *w, struct lx_http_req *req, const char *rid, int status)
+{
+    struct lx_request_record r = {"", status, 0, -1, -1, -1, -1};
+    const char *q = strchr(req->path, '?');
+    char client[64], path[128];
+
+    lx_metrics_request(w->metrics, &r);
+    if (!lx_access_log_enabled())
+        return;
+    lx_http_req_peer_str(req, client, sizeof(client));
+    snprintf(path, sizeof(path), "%.*s", (int)(q ? (size_t)(q - req->path) : LX_MIN(req->path_len, 127)),
+             req->path);
+    lx_access_log_write(&(struct lx_access_entry){
+        .request_id = rid, .client = client, .method = http_method_str(req->method),
+        .path = path, .model = "", .status = status, .queue_wait_s = -1, .ttft_s = -1,
+        .bytes_in = req->body.len, .prompt_tokens = -1, .completion_tokens = -1});
+}
+
 /* A gateway error, with the request id echoed. Ends the response. */
-static void gw_error(struct lx_http_req *req, const char *rid, int status, const char *type,
-                     const char *code, const char *msg)
+static void gw_error(struct lx_worker *w, struct lx_http_req *req, const char *rid, int status,
+                     const char *type, const char *code, const char *msg)
 {
     struct lx_http_header h[2] = {{"X-Request-Id", 12, rid, strlen(rid)}};
     size_t n = 1;
+
+    if (status == 401)
+        lx_metrics_reject(w->metrics, LX_REJECT_AUTH);
+    else if (status == 400 || status == 404 || status == 405)
+        lx_metrics_reject(w->metrics, LX_REJECT_BAD_REQUEST);
+    gw_account(w, req, rid, status);
 
     if (status == 401)
         h[n++] = (struct lx_http_header){"WWW-Authenticate", 16, "Bearer", 6};
@@ -126,7 +153,7 @@ static void handle_inference(struct lx_worker *w, struct lx_http_req *req, const
     int rc;
 
     if (req->method != HTTP_POST) {
-        gw_error(req, rid, 405, "invalid_request_error", "method_not_allowed",
+        gw_error(w, req, rid, 405, "invalid_request_error", "method_not_allowed",
                  "this endpoint accepts POST only");
         return;
     }
@@ -136,18 +163,18 @@ static void handle_inference(struct lx_worker *w, struct lx_http_req *req, const
 
         snprintf(msg, sizeof(msg), "the request body must be a JSON object: %s",
                  lx_body_scan_strerror(rc));
-        gw_error(req, rid, 400, "invalid_request_error", "invalid_json", msg);
+        gw_error(w, req, rid, 400, "invalid_request_error", "invalid_json", msg);
         return;
     }
     if (scan.model_present && !scan.model_is_string) {
-        gw_error(req, rid, 400, "invalid_request_error", "invalid_model",
+        gw_error(w, req, rid, 400, "invalid_request_error", "invalid_model",
                  "\"model\" must be a string");
         return;
     }
     if (!scan.model_present) {
         pool = lx_registry_find(w->reg, "", 0);
         if (!pool || strcmp(pool->model, "*") != 0) {
-            gw_error(req, rid, 400, "invalid_request_error", "missing_model",
+            gw_error(w, req, rid, 400, "invalid_request_error", "missing_model",
                      "the request body needs a string \"model\"");
             return;
         }
@@ -164,7 +191,7 @@ static void handle_inference(struct lx_worker *w, struct lx_http_req *req, const
 
         snprintf(msg, sizeof(msg), "The model `%.*s` does not exist.",
                  (int)LX_MIN(scan.model.len, 200), scan.model.p);
-        gw_error(req, rid, 404, "invalid_request_error", "model_not_found", msg);
+        gw_error(w, req, rid, 404, "invalid_request_error", "model_not_found", msg);
         return;
     }
     lx_proxy_start(w, req, pool, &scan, req->path, rid);
@@ -182,9 +209,13 @@ void lx_gateway_handle(struct lx_http_req *req, void *arg)
         lx_obs_health(w, req, rid);
         return;
     }
+    if (path_is(req->path, plen, "/metrics")) {
+        lx_obs_metrics(w, req, rid);
+        return;
+    }
     if (plen >= 4 && memcmp(req->path, "/v1/", 4) == 0) {
         if (!client_authorized(w->gw, req)) {
-            gw_error(req, rid, 401, "invalid_request_error", "invalid_api_key",
+            gw_error(w, req, rid, 401, "invalid_request_error", "invalid_api_key",
                      "missing or invalid bearer token");
             return;
         }
@@ -195,7 +226,7 @@ void lx_gateway_handle(struct lx_http_req *req, void *arg)
         }
         if (path_is(req->path, plen, "/v1/models")) {
             if (req->method != HTTP_GET) {
-                gw_error(req, rid, 405, "invalid_request_error", "method_not_allowed",
+                gw_error(w, req, rid, 405, "invalid_request_error", "method_not_allowed",
                          "this endpoint accepts GET only");
                 return;
             }
@@ -203,7 +234,7 @@ void lx_gateway_handle(struct lx_http_req *req, void *arg)
             return;
         }
     }
-    gw_error(req, rid, 404, "invalid_request_error", "not_found", "no such endpoint");
+    gw_error(w, req, rid, 404, "invalid_request_error", "not_found", "no such endpoint");
 }
 
 /* ---- workers -------------------------------------------------------- */
@@ -251,6 +282,14 @@ static void on_stop(uv_async_t *a)
     lx_http_server_close(w->srv, false, on_server_closed, w);
 }
 
+static void on_server_reject(void *ctx, int status)
+{
+    struct lx_worker *w = ctx;
+
+    lx_metrics_reject(w->metrics, status == 413 || status == 431 ? LX_REJECT_TOO_LARGE
+                                                                  : LX_REJECT_BAD_REQUEST);
+}
+
 static void worker_main(void *arg)
 {
     struct lx_worker *w = arg;
@@ -296,6 +335,8 @@ int lx_gateway_init(struct lx_gateway *gw, const struct lx_conf *conf, struct lx
             return rc;
         }
         port = lx_http_server_port(w->srv);
+        lx_http_server_set_reject_cb(w->srv, on_server_reject);
+        w->metrics = lx_metrics_new();
         w->pool = lx_upstream_pool_new(&w->loop, UPSTREAM_KEEPALIVE_MS);
         uv_async_init(&w->loop, &w->stop_async, on_stop);
         uv_async_init(&w->loop, &w->wake_async, on_wake);
@@ -349,6 +390,7 @@ void lx_gateway_join(struct lx_gateway *gw)
         uv_mutex_destroy(&w->wake_lock);
         lx_registry_unref(w->reg);
         lx_registry_unref(w->next_reg);
+        lx_metrics_free(w->metrics);
     }
     free(gw->workers);
     gw->workers = NULL;

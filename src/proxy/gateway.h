@@ -37,6 +37,7 @@ struct lx_worker {
     uv_timer_t grace_timer;
     struct lx_http_server *srv;
     struct lx_upstream_pool *pool;
+    struct lx_metrics *metrics;      /* this worker's shard */
     struct lx_registry *reg;         /* this worker's current snapshot (reference) */
     struct lx_registry *next_reg;    /* under wake_lock: a newer snapshot to adopt */
     uint64_t rng;                    /* xorshift state, per worker */
@@ -52,6 +53,7 @@ struct lx_worker {
 };
 
 struct lx_proxy;
+struct lx_metrics;
 
 /* Binds every worker's listener (so errors show before anything runs);
  * 0 or -errno with <err> filled. */

@@ -28,9 +28,13 @@
 #include <strings.h>
 
 #include "../core/log.h"
+#include "../http/sse.h"
+#include "../obs/access_log.h"
+#include "../obs/metrics.h"
 #include "../route/router.h"
 
 #define RELAY_HIGH_WATER (256 * 1024)
+#define USAGE_TAIL 4096 /* bytes of a non-streamed body kept to find "usage" at its end */
 
 enum proxy_fail { FAIL_NONE, FAIL_CONNECT, FAIL_TIMEOUT, FAIL_STATUS, FAIL_PROTOCOL };
 enum proxy_wait { WAIT_NONE, WAIT_ADMIT, WAIT_PARK };
@@ -58,11 +62,26 @@ struct lx_proxy {
     int attempts;                   /* attempts started */
     enum proxy_fail last_fail;
     bool relaying;                  /* response head sent to the client */
-    bool sse;                       /* relaying text/event-stream */
+    bool is_sse;                    /* relaying text/event-stream */
     bool in_flight;                 /* counted in node->in_flight */
-    uint64_t t_start_ns;
-    uint64_t t_send_ns;
+    bool stream;                    /* the client asked for a stream */
+    bool usage_injected;            /* llmux asked the node for stream usage */
+    struct lx_sse sse;              /* SSE scanner of a relayed stream */
+    struct lx_buf tail;             /* end of a non-streamed body (usage) */
+    struct lx_usage usage;
+    int status;                     /* status sent to the client, 0 = none yet */
+    uint64_t t_start_ns;            /* arrival */
+    uint64_t t_admit_ns;            /* admission slot taken, 0 = not yet */
+    uint64_t t_send_ns;             /* this attempt sent */
+    uint64_t t_first_ns;            /* first body byte relayed, 0 = none */
+    uint64_t bytes_in, bytes_out;
     char request_id[80];
+    char model[128];                /* metrics label: the pool's model, or the one asked for */
+    char asked_model[128];          /* for the access log */
+    char client_addr[64];
+    char path_copy[128];
+    int method;
+    char last_node[128];            /* name of the last node tried */
 };
 
 static const struct lx_upstream_cbs up_cbs;
@@ -126,8 +145,52 @@ static void wait_list_remove(struct lx_proxy *p)
         uv_timer_stop(&w->wait_timer);
 }
 
+/* Metrics and the access log line of a request that is over. */
+static void proxy_account(struct lx_proxy *p)
+{
+    uint64_t end = now_ns();
+    double total = (double)(end - p->t_start_ns) / 1e9;
+    double ttft = p->stream && p->t_first_ns ? (double)(p->t_first_ns - p->t_start_ns) / 1e9 : -1;
+    double tps = -1;
+    int status = p->status ? p->status : 499;
+    struct lx_request_record r;
+
+    if (p->usage.completion_tokens > 0 && p->t_first_ns && end > p->t_first_ns) {
+        double gen = (double)(end - (p->stream ? p->t_first_ns : p->t_send_ns)) / 1e9;
+
+        if (gen > 0.001)
+            tps = (double)p->usage.completion_tokens / gen;
+    }
+    r = (struct lx_request_record){p->model, status, total, ttft, tps, p->usage.prompt_tokens,
+                                   p->usage.completion_tokens};
+    lx_metrics_request(p->w->metrics, &r);
+    if (!lx_access_log_enabled())
+        return;
+    lx_access_log_write(&(struct lx_access_entry){
+        .request_id = p->request_id,
+        .client = p->client_addr,
+        .method = http_method_str(p->method),
+        .path = p->path_copy,
+        .model = p->asked_model,
+        .node = p->last_node[0] ? p->last_node : NULL,
+        .status = status,
+        .retries = p->attempts > 1 ? p->attempts - 1 : 0,
+        .queue_wait_s = p->t_admit_ns > p->t_start_ns + 1000000
+                            ? (double)(p->t_admit_ns - p->t_start_ns) / 1e9
+                            : (p->t_admit_ns ? 0 : -1),
+        .ttft_s = ttft,
+        .total_s = total,
+        .bytes_in = p->bytes_in,
+        .bytes_out = p->bytes_out,
+        .prompt_tokens = p->usage.prompt_tokens,
+        .completion_tokens = p->usage.completion_tokens,
+        .stream = p->stream,
+    });
+}
+
 static void proxy_free(struct lx_proxy *p)
 {
+    proxy_account(p);
     node_release(p);
     wait_list_remove(p);
     if (p->has_slot) {
@@ -139,6 +202,8 @@ static void proxy_free(struct lx_proxy *p)
     lx_registry_unref(p->reg);
     lx_buf_deinit(&p->head);
     lx_buf_deinit(&p->body);
+    lx_buf_deinit(&p->tail);
+    lx_sse_deinit(&p->sse);
     free(p);
 }
 
@@ -201,7 +266,14 @@ static void proxy_fail(struct lx_proxy *p, int status, const char *type, const c
                                          (size_t)snprintf(retry_after, sizeof(retry_after),
                                                           "%d", ra)};
     }
+    if (status == 429)
+        lx_metrics_reject(p->w->metrics, LX_REJECT_QUEUE_FULL);
+    else if (strcmp(code, "queue_timeout") == 0)
+        lx_metrics_reject(p->w->metrics, LX_REJECT_QUEUE_TIMEOUT);
+    else if (strcmp(code, "no_healthy_node") == 0)
+        lx_metrics_reject(p->w->metrics, LX_REJECT_NO_HEALTHY_NODE);
     if (p->client) {
+        p->status = status;
         p->client->on_abort = NULL;
         lx_http_resp_error(p->client, status, type, code, h, n, "%s", msg);
         p->client = NULL;
@@ -278,21 +350,45 @@ static void build_request(struct lx_proxy *p)
         p->up.bufs[p->up.nbufs++] = uv_buf_init((char *)body, (unsigned int)body_len);
 }
 
-/* Replaces the body's "model" value with the pool's upstream_model. */
-static void rewrite_model(struct lx_proxy *p)
+/*
+ * Rewrites the body for the node: "model" replaced by the pool's
+ * upstream_model, and, for a stream whose client did not ask for usage,
+ * "stream_options":{"include_usage":true} added so that token counts reach
+ * the metrics (the extra usage event is then filtered out of the relay).
+ */
+static void rewrite_body(struct lx_proxy *p)
 {
     const struct lx_buf *in = &p->client->body;
-    const char *v = p->scan.model_value.p;
-    size_t pre = (size_t)(v - in->data);
     const char *um = p->pool->upstream_model;
+    const char *v = p->scan.model_value.p;
+    size_t pos = 0, brace;
 
     lx_buf_init(&p->body, 0);
-    lx_buf_append(&p->body, in->data, pre);
-    lx_buf_append(&p->body, "\"", 1);
-    lx_json_escape(&p->body, um, strlen(um));
-    lx_buf_append(&p->body, "\"", 1);
-    pre += p->scan.model_value.len;
-    lx_buf_append(&p->body, in->data + pre, in->len - pre);
+    for (brace = 0; brace < in->len && in->data[brace] != '{'; brace++)
+        ;
+    if (p->stream && !p->scan.stream_options.p) {
+        size_t k = brace + 1;
+
+        while (k < in->len && (in->data[k] == ' ' || in->data[k] == '\n' ||
+                               in->data[k] == '\r' || in->data[k] == '\t'))
+            k++;
+        lx_buf_append(&p->body, in->data, brace + 1);
+        lx_buf_append(&p->body, "\"stream_options\":{\"include_usage\":true}", 39);
+        if (k < in->len && in->data[k] != '}')
+            lx_buf_append(&p->body, ",", 1);
+        pos = brace + 1;
+        p->usage_injected = true;
+    }
+    if (um && v) {
+        size_t at = (size_t)(v - in->data);
+
+        lx_buf_append(&p->body, in->data + pos, at - pos);
+        lx_buf_append(&p->body, "\"", 1);
+        lx_json_escape(&p->body, um, strlen(um));
+        lx_buf_append(&p->body, "\"", 1);
+        pos = at + p->scan.model_value.len;
+    }
+    lx_buf_append(&p->body, in->data + pos, in->len - pos);
 }
 
 static bool pool_is_full(struct lx_proxy *p);
@@ -380,7 +476,11 @@ static void proxy_attempt(struct lx_proxy *p)
             return; /* woken meanwhile: resume comes through the mailbox */
     }
     p->node = node;
+    if (p->attempts > 0)
+        lx_metrics_retry(p->w->metrics);
     p->attempts++;
+    snprintf(p->last_node, sizeof(p->last_node), "%s", node->name);
+    lx_metrics_node_request(p->w->metrics, node->name);
     if (p->pick.n_tried < LX_PICK_MAX_TRIED)
         p->pick.tried[p->pick.n_tried++] = lx_node_ref(node);
     atomic_fetch_add_explicit(&node->in_flight, 1, memory_order_relaxed);
@@ -410,10 +510,14 @@ static void up_on_head(void *ctx, int status, const struct lx_http_header *hdrs,
     uint64_t ttfb_us = (now_ns() - p->t_send_ns) / 1000;
 
     /* 429 is the node protecting itself, not a fault; 5xx is a fault. */
-    if (status >= 500)
+    lx_metrics_node_latency(p->w->metrics, p->node->name, (double)ttfb_us / 1e6);
+    if (status >= 500) {
         lx_node_report_failure(p->node, "answered 5xx");
-    else if (status != 429)
+        lx_metrics_node_failure(p->w->metrics, p->node->name);
+        lx_metrics_upstream_error(p->w->metrics, p->node->name, LX_UPERR_STATUS_5XX);
+    } else if (status != 429) {
         lx_node_report_success(p->node, ttfb_us);
+    }
     if (is_retryable_status(status) && can_retry(p)) {
         lx_info("[%s] node %s answered %d; retrying on another node", p->request_id,
                 p->node->name, status);
@@ -424,16 +528,18 @@ static void up_on_head(void *ctx, int status, const struct lx_http_header *hdrs,
         return;
     }
     p->relaying = true;
+    p->status = status;
     for (size_t i = 0; i < n_hdrs && n < ARRAY_SIZE(out) - 2; i++) {
         if (is_response_header_dropped(&hdrs[i]))
             continue;
         if (header_is(&hdrs[i], "content-type", 12) && hdrs[i].value_len >= 17 &&
             strncasecmp(hdrs[i].value, "text/event-stream", 17) == 0)
-            p->sse = true;
+            p->is_sse = true;
         out[n++] = hdrs[i];
     }
     out[n++] = (struct lx_http_header){"X-Routed-Node", 13, p->node->name, strlen(p->node->name)};
     out[n++] = (struct lx_http_header){"X-Request-Id", 12, p->request_id, strlen(p->request_id)};
+    p->sse.filter = p->is_sse && p->usage_injected;
     /* The head leaves with the first body bytes (or at the end of this
      * read): one write per response instead of two. */
     lx_http_resp_start_lazy(p->client, status, out, n, content_length);
@@ -447,11 +553,42 @@ static void up_on_read_end(void *ctx)
         lx_http_resp_flush(p->client);
 }
 
+static void relay_out(void *ctx, const char *data, size_t len)
+{
+    struct lx_proxy *p = ctx;
+
+    p->bytes_out += len;
+    lx_http_resp_write(p->client, data, len);
+}
+
+/* Keeps the last USAGE_TAIL bytes of a non-streamed body. */
+static void tail_keep(struct lx_buf *t, const char *data, size_t len)
+{
+    if (len >= USAGE_TAIL) {
+        lx_buf_reset(t);
+        lx_buf_append(t, data + len - USAGE_TAIL, USAGE_TAIL);
+        return;
+    }
+    if (t->len + len > USAGE_TAIL)
+        lx_buf_consume(t, t->len + len - USAGE_TAIL);
+    lx_buf_append(t, data, len);
+}
+
 static void up_on_body(void *ctx, const char *data, size_t len)
 {
     struct lx_proxy *p = ctx;
 
-    lx_http_resp_write(p->client, data, len);
+    if (!p->t_first_ns)
+        p->t_first_ns = now_ns();
+    if (p->is_sse) {
+        /* Counted as it passes; copied only in filter mode (see sse.h). */
+        lx_sse_feed(&p->sse, data, len, relay_out, p);
+        if (!p->sse.filter)
+            relay_out(p, data, len);
+    } else {
+        tail_keep(&p->tail, data, len);
+        relay_out(p, data, len);
+    }
     if (lx_http_resp_pending(p->client) > RELAY_HIGH_WATER)
         lx_upstream_pause(&p->up);
 }
@@ -461,6 +598,12 @@ static void up_on_done(void *ctx)
     struct lx_proxy *p = ctx;
     struct lx_http_req *req = p->client;
 
+    if (p->is_sse) {
+        lx_sse_flush(&p->sse, relay_out, p);
+        p->usage = p->sse.usage;
+    } else if (p->tail.len) {
+        lx_usage_scan(p->tail.data, p->tail.len, &p->usage);
+    }
     /* Release the node before the client connection moves on to a
      * pipelined request. */
     p->client = NULL;
@@ -478,10 +621,12 @@ static void relay_break(struct lx_proxy *p, const char *code, const char *msg)
 {
     struct lx_http_req *req = p->client;
 
+    if (p->node && strcmp(code, "stream_broken") == 0)
+        lx_metrics_upstream_error(p->w->metrics, p->node->name, LX_UPERR_STREAM_BROKEN);
     lx_upstream_cancel(&p->up);
     node_release(p);
     p->client = NULL;
-    if (p->sse) {
+    if (p->is_sse) {
         struct lx_buf ev;
 
         lx_buf_init(&ev, 0);
@@ -510,6 +655,12 @@ static void up_on_error(void *ctx, enum lx_upstream_err kind, bool got_head)
                                     : kind == LX_UP_IDLE    ? "stream idle timeout"
                                     : kind == LX_UP_PROTOCOL ? "malformed response"
                                                              : "connection closed mid-response");
+    lx_metrics_node_failure(p->w->metrics, p->node->name);
+    if (!p->relaying)
+        lx_metrics_upstream_error(p->w->metrics, p->node->name,
+                                  kind == LX_UP_CONNECT   ? LX_UPERR_CONNECT
+                                  : kind == LX_UP_TIMEOUT ? LX_UPERR_TIMEOUT
+                                                          : LX_UPERR_PROTOCOL);
     if (!p->relaying) {
         node_release(p);
         p->last_fail = kind == LX_UP_TIMEOUT ? FAIL_TIMEOUT
@@ -573,8 +724,11 @@ void lx_proxy_resume(struct lx_proxy *p)
     p->waiting = WAIT_NONE;
     if (!p->total_deadline_ms)
         wait_list_remove(p);
-    if (was == WAIT_ADMIT)
+    if (was == WAIT_ADMIT) {
         p->has_slot = true;
+        p->t_admit_ns = now_ns();
+        lx_metrics_queue_wait(p->w->metrics, (double)(p->t_admit_ns - p->t_start_ns) / 1e9);
+    }
     if (p->zombie) {
         proxy_free(p);
         return;
@@ -627,6 +781,26 @@ void lx_proxy_start(struct lx_worker *w, struct lx_http_req *req, struct lx_pool
     p->pool = pool;
     p->path = upstream_path;
     p->t_start_ns = now_ns();
+    p->method = req->method;
+    p->bytes_in = req->body.len;
+    p->usage.prompt_tokens = p->usage.completion_tokens = -1;
+    lx_sse_init(&p->sse, false);
+    lx_buf_init(&p->tail, 0);
+    lx_http_req_peer_str(req, p->client_addr, sizeof(p->client_addr));
+    {
+        const char *q = strchr(req->path, '?');
+        size_t plen = q ? (size_t)(q - req->path) : req->path_len;
+
+        snprintf(p->path_copy, sizeof(p->path_copy), "%.*s", (int)LX_MIN(plen, 127), req->path);
+    }
+    if (scan && scan->model_is_string)
+        snprintf(p->asked_model, sizeof(p->asked_model), "%.*s",
+                 (int)LX_MIN(scan->model.len, sizeof(p->asked_model) - 1), scan->model.p);
+    /* A catch-all pool labels metrics with the model asked for (cut short),
+     * a named pool with its own name: bounded label sets either way. */
+    snprintf(p->model, sizeof(p->model), "%s",
+             strcmp(pool->model, "*") == 0 && p->asked_model[0] ? p->asked_model : pool->model);
+    p->stream = scan && scan->stream;
     p->waiter.wake = on_waiter_wake;
     if (scan)
         p->scan = *scan;
@@ -638,8 +812,9 @@ void lx_proxy_start(struct lx_worker *w, struct lx_http_req *req, struct lx_pool
     snprintf(p->request_id, sizeof(p->request_id), "%s", request_id);
     lx_buf_init(&p->head, 0);
     lx_buf_init(&p->body, 0);
-    if (pool->upstream_model && scan && scan->model_value.p)
-        rewrite_model(p);
+    if ((pool->upstream_model && scan && scan->model_value.p) ||
+        (p->stream && !scan->stream_options.p))
+        rewrite_body(p);
     req->data = p;
     req->on_abort = on_client_abort;
     req->on_drain = on_client_drain;
@@ -650,6 +825,7 @@ void lx_proxy_start(struct lx_worker *w, struct lx_http_req *req, struct lx_pool
     switch (lx_admit_enter(&w->gw->admit, &p->waiter)) {
     case LX_ADMIT_GRANTED:
         p->has_slot = true;
+        p->t_admit_ns = now_ns();
         proxy_attempt(p);
         break;
     case LX_ADMIT_QUEUED:

@@ -1,0 +1,446 @@
+/*
+ * metrics.c - sharded Prometheus counters and histograms; see metrics.h.
+ *
+ * Series key: family + up to two label values. Each shard has an
+ * open-addressing table of series; the scrape collects every shard's series,
+ * sorts them by key and sums equal keys, so one family's samples come out
+ * together whatever shard saw them.
+ */
+#include "metrics.h"
+
+#include <stdatomic.h>
+#include <string.h>
+#include <uv.h>
+
+#include "../core/lx.h"
+
+#define MAX_SERIES 4096       /* per shard; beyond, new label sets are dropped */
+#define LABEL_MAX 160         /* longer label values are cut */
+
+enum family {
+    F_REQUESTS,          /* counter {model,status} */
+    F_REJECTED,          /* counter {reason} */
+    F_PER_NODE,          /* counter {node} */
+    F_NODE_FAILURES,     /* counter {node} */
+    F_UPSTREAM_ERRORS,   /* counter {node,kind} */
+    F_RETRIES,           /* counter */
+    F_TOKENS,            /* counter {model,kind} */
+    F_LATENCY,           /* histogram {model} */
+    F_QUEUE_WAIT,        /* histogram */
+    F_TTFT,              /* histogram {model} */
+    F_NODE_LATENCY,      /* histogram {node} */
+    F_TOKENS_PER_S,      /* histogram {model} */
+    F__N
+};
+
+enum btype { B_NONE, B_SECONDS, B_TOKENS };
+
+static const struct {
+    const char *name, *help, *l1, *l2;
+    enum btype buckets;
+} families[F__N] = {
+    [F_REQUESTS] = {"llmux_requests_total", "Requests answered, by model and HTTP status sent.",
+                    "model", "status", B_NONE},
+    [F_REJECTED] = {"llmux_requests_rejected_total",
+                    "Requests refused by the gateway itself, by reason.", "reason", NULL, B_NONE},
+    [F_PER_NODE] = {"llmux_requests_per_node_total", "Requests sent to each node (attempts).",
+                    "node", NULL, B_NONE},
+    [F_NODE_FAILURES] = {"llmux_node_failures_total",
+                         "Failed attempts per node (connect, timeout, 5xx, broken stream).",
+                         "node", NULL, B_NONE},
+    [F_UPSTREAM_ERRORS] = {"llmux_upstream_errors_total", "Node errors by node and kind.", "node",
+                           "kind", B_NONE},
+    [F_RETRIES] = {"llmux_retries_total", "Attempts retried on another node.", NULL, NULL,
+                   B_NONE},
+    [F_TOKENS] = {"llmux_tokens_total", "Tokens from the nodes' usage, by model and kind.",
+                  "model", "kind", B_NONE},
+    [F_LATENCY] = {"llmux_request_latency_seconds",
+                   "Request latency from arrival to the end of the response, queue included.",
+                   "model", NULL, B_SECONDS},
+    [F_QUEUE_WAIT] = {"llmux_queue_wait_seconds", "Time requests waited in the admission queue.",
+                      NULL, NULL, B_SECONDS},
+    [F_TTFT] = {"llmux_time_to_first_token_seconds",
+                "Time from arrival to the first streamed token.", "model", NULL, B_SECONDS},
+    [F_NODE_LATENCY] = {"llmux_node_latency_seconds",
+                        "Time from sending to a node to its first response byte.", "node", NULL,
+                        B_SECONDS},
+    [F_TOKENS_PER_S] = {"llmux_tokens_per_second",
+                        "Completion tokens per second of generation, per request.", "model", NULL,
+                        B_TOKENS},
+};
+
+/* LLM work: 5 ms to 10 minutes. */
+static const double seconds_le[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+                                    2.5,   5,    10,    30,   60,  120, 300, 600};
+static const double tokens_le[] = {1, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 2000};
+#define NB_MAX 16
+
+static const char *const reject_names[LX_REJECT__N] = {
+    "auth", "queue_full", "queue_timeout", "no_healthy_node", "bad_request", "too_large"};
+static const char *const uperr_names[LX_UPERR__N] = {"connect", "timeout", "status_5xx",
+                                                     "protocol", "stream_broken"};
+
+struct series {
+    uint8_t family;
+    char l1[LABEL_MAX], l2[LABEL_MAX];
+    uint64_t hash;
+    atomic_uint_fast64_t count;        /* counter value, or histogram count */
+    atomic_uint_fast64_t sum_us;       /* histogram sum, microseconds (or milli-tokens/s) */
+    atomic_uint_fast64_t bucket[NB_MAX];
+};
+
+struct lx_metrics {
+    uv_mutex_t lock;                   /* series creation and scrapes */
+    struct series **table;             /* open addressing, MAX_SERIES * 2 slots */
+    size_t n;
+    struct lx_metrics *next;           /* the process-wide list */
+};
+
+static uv_mutex_t shards_lock;
+static uv_once_t shards_once = UV_ONCE_INIT;
+static struct lx_metrics *shards;
+
+static void shards_init(void)
+{
+    uv_mutex_init(&shards_lock);
+}
+
+static struct series *series_get(struct lx_metrics *m, int family, const char *l1,
+                                 const char *l2);
+
+struct lx_metrics *lx_metrics_new(void)
+{
+    struct lx_metrics *m = lx_calloc(1, sizeof(*m));
+
+    uv_once(&shards_once, shards_init);
+    uv_mutex_init(&m->lock);
+    m->table = lx_calloc(MAX_SERIES * 2, sizeof(*m->table));
+    /* Every reason and kind-less counter exists from the start, at 0, so
+     * that rate() over them has data before the first event. */
+    for (int r = 0; r < LX_REJECT__N; r++)
+        series_get(m, F_REJECTED, reject_names[r], NULL);
+    series_get(m, F_RETRIES, NULL, NULL);
+    uv_mutex_lock(&shards_lock);
+    m->next = shards;
+    shards = m;
+    uv_mutex_unlock(&shards_lock);
+    return m;
+}
+
+void lx_metrics_free(struct lx_metrics *m)
+{
+    struct lx_metrics **pp;
+
+    if (!m)
+        return;
+    uv_mutex_lock(&shards_lock);
+    for (pp = &shards; *pp && *pp != m; pp = &(*pp)->next)
+        ;
+    if (*pp)
+        *pp = m->next;
+    uv_mutex_unlock(&shards_lock);
+    for (size_t i = 0; i < MAX_SERIES * 2; i++)
+        free(m->table[i]);
+    free(m->table);
+    uv_mutex_destroy(&m->lock);
+    free(m);
+}
+
+static uint64_t key_hash(int family, const char *l1, const char *l2)
+{
+    uint64_t h = 0xcbf29ce484222325ULL ^ (uint64_t)family;
+
+    for (const char *p = l1; p && *p; p++)
+        h = (h ^ (unsigned char)*p) * 0x100000001b3ULL;
+    h = (h ^ 0xff) * 0x100000001b3ULL;
+    for (const char *p = l2; p && *p; p++)
+        h = (h ^ (unsigned char)*p) * 0x100000001b3ULL;
+    return h;
+}
+
+static bool label_eq(const char *stored, const char *v)
+{
+    return strncmp(stored, v ? v : "", LABEL_MAX - 1) == 0;
+}
+
+/* The series for a key, created on first use; NULL when the shard is full. */
+static struct series *series_get(struct lx_metrics *m, int family, const char *l1,
+                                 const char *l2)
+{
+    uint64_t h = key_hash(family, l1, l2);
+    size_t mask = MAX_SERIES * 2 - 1, i = (size_t)h & mask;
+    struct series *s;
+
+    for (;; i = (i + 1) & mask) {
+        s = m->table[i];
+        if (!s)
+            break;
+        if (s->hash == h && s->family == family && label_eq(s->l1, l1) && label_eq(s->l2, l2))
+            return s;
+    }
+    if (m->n >= MAX_SERIES)
+        return NULL;
+    s = lx_calloc(1, sizeof(*s));
+    s->family = (uint8_t)family;
+    s->hash = h;
+    snprintf(s->l1, sizeof(s->l1), "%s", l1 ? l1 : "");
+    snprintf(s->l2, sizeof(s->l2), "%s", l2 ? l2 : "");
+    uv_mutex_lock(&m->lock);
+    m->table[i] = s;
+    m->n++;
+    uv_mutex_unlock(&m->lock);
+    return s;
+}
+
+static void count(struct lx_metrics *m, int family, const char *l1, const char *l2, uint64_t n)
+{
+    struct series *s = series_get(m, family, l1, l2);
+
+    if (s)
+        atomic_fetch_add_explicit(&s->count, n, memory_order_relaxed);
+}
+
+static void observe(struct lx_metrics *m, int family, const char *l1, double v)
+{
+    struct series *s = series_get(m, family, l1, NULL);
+    const double *le = families[family].buckets == B_TOKENS ? tokens_le : seconds_le;
+    size_t nb = families[family].buckets == B_TOKENS ? ARRAY_SIZE(tokens_le)
+                                                     : ARRAY_SIZE(seconds_le);
+
+    if (!s || v < 0)
+        return;
+    atomic_fetch_add_explicit(&s->count, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->sum_us, (uint64_t)(v * 1e6), memory_order_relaxed);
+    /* Cumulative buckets are made at render time: store per-bucket counts. */
+    for (size_t b = 0; b < nb; b++) {
+        if (v <= le[b]) {
+            atomic_fetch_add_explicit(&s->bucket[b], 1, memory_order_relaxed);
+            break;
+        }
+    }
+}
+
+void lx_metrics_request(struct lx_metrics *m, const struct lx_request_record *r)
+{
+    char status[8];
+
+    snprintf(status, sizeof(status), "%d", r->status);
+    count(m, F_REQUESTS, r->model, status, 1);
+    observe(m, F_LATENCY, r->model, r->latency_s);
+    if (r->ttft_s >= 0)
+        observe(m, F_TTFT, r->model, r->ttft_s);
+    if (r->tokens_per_s >= 0)
+        observe(m, F_TOKENS_PER_S, r->model, r->tokens_per_s);
+    if (r->prompt_tokens > 0)
+        count(m, F_TOKENS, r->model, "prompt", (uint64_t)r->prompt_tokens);
+    if (r->completion_tokens > 0)
+        count(m, F_TOKENS, r->model, "completion", (uint64_t)r->completion_tokens);
+}
+
+void lx_metrics_reject(struct lx_metrics *m, enum lx_reject reason)
+{
+    count(m, F_REJECTED, reject_names[reason], NULL, 1);
+}
+
+void lx_metrics_retry(struct lx_metrics *m)
+{
+    count(m, F_RETRIES, NULL, NULL, 1);
+}
+
+void lx_metrics_queue_wait(struct lx_metrics *m, double seconds)
+{
+    observe(m, F_QUEUE_WAIT, NULL, seconds);
+}
+
+void lx_metrics_node_request(struct lx_metrics *m, const char *node)
+{
+    count(m, F_PER_NODE, node, NULL, 1);
+}
+
+void lx_metrics_node_latency(struct lx_metrics *m, const char *node, double seconds)
+{
+    observe(m, F_NODE_LATENCY, node, seconds);
+}
+
+void lx_metrics_node_failure(struct lx_metrics *m, const char *node)
+{
+    count(m, F_NODE_FAILURES, node, NULL, 1);
+}
+
+void lx_metrics_upstream_error(struct lx_metrics *m, const char *node,
+                               enum lx_upstream_error_kind kind)
+{
+    count(m, F_UPSTREAM_ERRORS, node, uperr_names[kind], 1);
+}
+
+/* ---- rendering ---------------------------------------------------------- */
+
+void lx_metrics_escape(struct lx_buf *out, const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '\\')
+            lx_buf_append(out, "\\\\", 2);
+        else if (*s == '"')
+            lx_buf_append(out, "\\\"", 2);
+        else if (*s == '\n')
+            lx_buf_append(out, "\\n", 2);
+        else
+            lx_buf_append(out, s, 1);
+    }
+}
+
+void lx_metrics_gauge_head(struct lx_buf *out, const char *name, const char *help)
+{
+    lx_buf_appendf(out, "# HELP %s %s\n# TYPE %s gauge\n", name, help, name);
+}
+
+void lx_metrics_sample(struct lx_buf *out, const char *name, const char *label,
+                       const char *value, double v)
+{
+    lx_buf_append(out, name, strlen(name));
+    if (label) {
+        lx_buf_appendf(out, "{%s=\"", label);
+        lx_metrics_escape(out, value);
+        lx_buf_append(out, "\"}", 2);
+    }
+    lx_buf_appendf(out, " %.17g\n", v);
+}
+
+/* A summed copy of a series. */
+struct snap {
+    int family;
+    const char *l1, *l2;  /* point into the shard's series, alive under the locks */
+    uint64_t count, sum_us, bucket[NB_MAX];
+};
+
+static int snap_cmp(const void *a, const void *b)
+{
+    const struct snap *x = a, *y = b;
+    int c;
+
+    if (x->family != y->family)
+        return x->family - y->family;
+    c = strcmp(x->l1, y->l1);
+    return c ? c : strcmp(x->l2, y->l2);
+}
+
+static void labels(struct lx_buf *out, int f, const struct snap *s, const char *extra,
+                   const char *extra_value)
+{
+    bool any = false;
+
+    if (families[f].l1) {
+        lx_buf_appendf(out, "{%s=\"", families[f].l1);
+        lx_metrics_escape(out, s->l1);
+        lx_buf_append(out, "\"", 1);
+        any = true;
+    }
+    if (families[f].l2) {
+        lx_buf_appendf(out, ",%s=\"", families[f].l2);
+        lx_metrics_escape(out, s->l2);
+        lx_buf_append(out, "\"", 1);
+    }
+    if (extra) {
+        lx_buf_appendf(out, "%s%s=\"%s\"", any ? "," : "{", extra, extra_value);
+        any = true;
+    }
+    if (any)
+        lx_buf_append(out, "}", 1);
+}
+
+static void render_family(struct lx_buf *out, int f, const struct snap *v, size_t n)
+{
+    const char *name = families[f].name;
+    bool hist = families[f].buckets != B_NONE;
+    const double *le = families[f].buckets == B_TOKENS ? tokens_le : seconds_le;
+    size_t nb = families[f].buckets == B_TOKENS ? ARRAY_SIZE(tokens_le) : ARRAY_SIZE(seconds_le);
+
+    lx_buf_appendf(out, "# HELP %s %s\n# TYPE %s %s\n", name, families[f].help, name,
+                   hist ? "histogram" : "counter");
+    if (!hist && n == 0 && !families[f].l1) {
+        lx_buf_appendf(out, "%s 0\n", name);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!hist) {
+            lx_buf_append(out, name, strlen(name));
+            labels(out, f, &v[i], NULL, NULL);
+            lx_buf_appendf(out, " %llu\n", (unsigned long long)v[i].count);
+            continue;
+        }
+        uint64_t cum = 0;
+
+        for (size_t b = 0; b < nb; b++) {
+            char lev[32];
+
+            cum += v[i].bucket[b];
+            snprintf(lev, sizeof(lev), "%g", le[b]);
+            lx_buf_appendf(out, "%s_bucket", name);
+            labels(out, f, &v[i], "le", lev);
+            lx_buf_appendf(out, " %llu\n", (unsigned long long)cum);
+        }
+        lx_buf_appendf(out, "%s_bucket", name);
+        labels(out, f, &v[i], "le", "+Inf");
+        lx_buf_appendf(out, " %llu\n%s_sum", (unsigned long long)v[i].count, name);
+        labels(out, f, &v[i], NULL, NULL);
+        lx_buf_appendf(out, " %.6f\n%s_count", (double)v[i].sum_us / 1e6, name);
+        labels(out, f, &v[i], NULL, NULL);
+        lx_buf_appendf(out, " %llu\n", (unsigned long long)v[i].count);
+    }
+}
+
+void lx_metrics_render(struct lx_buf *out)
+{
+    struct snap *v = NULL;
+    size_t n = 0, cap = 0, i, j;
+    struct lx_metrics *m;
+
+    uv_once(&shards_once, shards_init);
+    uv_mutex_lock(&shards_lock);
+    for (m = shards; m; m = m->next) {
+        uv_mutex_lock(&m->lock);
+        for (i = 0; i < MAX_SERIES * 2; i++) {
+            struct series *s = m->table[i];
+
+            if (!s)
+                continue;
+            if (n == cap) {
+                cap = cap ? cap * 2 : 64;
+                v = lx_realloc(v, cap * sizeof(*v));
+            }
+            v[n].family = s->family;
+            v[n].l1 = s->l1;
+            v[n].l2 = s->l2;
+            v[n].count = atomic_load_explicit(&s->count, memory_order_relaxed);
+            v[n].sum_us = atomic_load_explicit(&s->sum_us, memory_order_relaxed);
+            for (size_t b = 0; b < NB_MAX; b++)
+                v[n].bucket[b] = atomic_load_explicit(&s->bucket[b], memory_order_relaxed);
+            n++;
+        }
+    }
+    if (n)
+        qsort(v, n, sizeof(*v), snap_cmp);
+    /* Sum equal keys (the same series seen by several workers). */
+    for (i = 0, j = 0; i < n; i++) {
+        if (j > 0 && snap_cmp(&v[j - 1], &v[i]) == 0) {
+            v[j - 1].count += v[i].count;
+            v[j - 1].sum_us += v[i].sum_us;
+            for (size_t b = 0; b < NB_MAX; b++)
+                v[j - 1].bucket[b] += v[i].bucket[b];
+        } else {
+            v[j++] = v[i];
+        }
+    }
+    n = j;
+    for (int f = 0, k = 0; f < F__N; f++) {
+        size_t start = (size_t)k;
+
+        while ((size_t)k < n && v[k].family == f)
+            k++;
+        render_family(out, f, v + start, (size_t)k - start);
+    }
+    for (m = shards; m; m = m->next)
+        uv_mutex_unlock(&m->lock);
+    uv_mutex_unlock(&shards_lock);
+    free(v);
+}

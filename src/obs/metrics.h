@@ -1,0 +1,78 @@
+/*
+ * metrics.h - Prometheus metrics: per-worker shards written without locks on
+ * the request path, summed when /metrics is scraped.
+ *
+ * A shard belongs to one worker thread, which alone records into it. Series
+ * are created on first use (one per label set actually seen) in the shard's
+ * table; creating one takes the shard's lock, which the scrape also takes
+ * while it reads, so recording into an existing series never locks. Values
+ * are relaxed atomics (durations kept in microseconds), so a scrape reads
+ * each one whole.
+ */
+#ifndef LX_METRICS_H
+#define LX_METRICS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "../core/buf.h"
+
+enum lx_reject {
+    LX_REJECT_AUTH,
+    LX_REJECT_QUEUE_FULL,
+    LX_REJECT_QUEUE_TIMEOUT,
+    LX_REJECT_NO_HEALTHY_NODE,
+    LX_REJECT_BAD_REQUEST,
+    LX_REJECT_TOO_LARGE,
+    LX_REJECT__N
+};
+
+enum lx_upstream_error_kind {
+    LX_UPERR_CONNECT,
+    LX_UPERR_TIMEOUT,
+    LX_UPERR_STATUS_5XX,
+    LX_UPERR_PROTOCOL,
+    LX_UPERR_STREAM_BROKEN,
+    LX_UPERR__N
+};
+
+struct lx_metrics;  /* one per worker */
+
+/* What one finished request adds. Durations in seconds, < 0 = not measured. */
+struct lx_request_record {
+    const char *model;          /* label value: the pool's model, or the request's */
+    int status;                 /* HTTP status sent to the client */
+    double latency_s;           /* arrival to end, queue included */
+    double ttft_s;              /* arrival to first token (streams), < 0 = none */
+    double tokens_per_s;        /* completion tokens / generation time, < 0 = none */
+    int64_t prompt_tokens;      /* from usage, < 0 = unknown */
+    int64_t completion_tokens;
+};
+
+/* Creates a shard and adds it to the process-wide list the scrape sums. */
+struct lx_metrics *lx_metrics_new(void);
+/* Removes it from the list and frees it (after its worker stopped). */
+void lx_metrics_free(struct lx_metrics *m);
+
+void lx_metrics_request(struct lx_metrics *m, const struct lx_request_record *r);
+void lx_metrics_reject(struct lx_metrics *m, enum lx_reject reason);
+void lx_metrics_retry(struct lx_metrics *m);
+void lx_metrics_queue_wait(struct lx_metrics *m, double seconds);
+void lx_metrics_node_request(struct lx_metrics *m, const char *node);
+void lx_metrics_node_latency(struct lx_metrics *m, const char *node, double seconds);
+void lx_metrics_node_failure(struct lx_metrics *m, const char *node);
+void lx_metrics_upstream_error(struct lx_metrics *m, const char *node,
+                               enum lx_upstream_error_kind kind);
+
+/* Appends the counters and histograms of every shard, summed, in the text
+ * exposition format (HELP and TYPE lines included). Thread-safe. */
+void lx_metrics_render(struct lx_buf *out);
+/* Appends one gauge family (HELP, TYPE, and the caller's samples follow). */
+void lx_metrics_gauge_head(struct lx_buf *out, const char *name, const char *help);
+/* Appends `name{label="value"} v` with the value escaped. */
+void lx_metrics_sample(struct lx_buf *out, const char *name, const char *label,
+                       const char *value, double v);
+/* Appends <s> escaped as a label value (backslash, quote, newline). */
+void lx_metrics_escape(struct lx_buf *out, const char *s);
+
+#endif /* LX_METRICS_H */
