@@ -115,17 +115,22 @@ double lx_node_effective_weight(const struct lx_node *node, uint64_t now_ms)
     return node->weight * ramp;
 }
 
-void lx_node_report_success(struct lx_node *node, uint64_t ttfb_us)
+void lx_ewma_update(atomic_uint_fast64_t *v, uint64_t sample)
 {
-    uint64_t old = atomic_load_explicit(&node->ewma_ttfb_us, memory_order_relaxed), next;
+    uint64_t old = atomic_load_explicit(v, memory_order_relaxed), next;
 
-    /* EWMA with alpha 0.3: reacts within a few requests, smooths single outliers. */
+    /* Alpha 0.3: reacts within a few requests, smooths single outliers. */
     do {
-        next = old ? (old * 7 + ttfb_us * 3) / 10 : ttfb_us;
+        next = old ? (old * 7 + sample * 3) / 10 : sample;
         if (next == 0)
             next = 1;
-    } while (!atomic_compare_exchange_weak_explicit(&node->ewma_ttfb_us, &old, next,
-                                                    memory_order_relaxed, memory_order_relaxed));
+    } while (!atomic_compare_exchange_weak_explicit(v, &old, next, memory_order_relaxed,
+                                                    memory_order_relaxed));
+}
+
+void lx_node_report_success(struct lx_node *node, uint64_t ttfb_us)
+{
+    lx_ewma_update(&node->ewma_ttfb_us, ttfb_us);
     atomic_store_explicit(&node->ttfb_sample_ms, lx_now_ms(), memory_order_relaxed);
     atomic_store_explicit(&node->consecutive_failures, 0, memory_order_relaxed);
     if (atomic_exchange_explicit(&node->ejections, 0, memory_order_relaxed) > 0)

@@ -40,6 +40,9 @@ struct lx_node {
     atomic_uint_fast64_t failures_total;  /* connect errors, timeouts, 5xx */
     atomic_uint_fast64_t ewma_ttfb_us;    /* EWMA of time to first byte, 0 = no sample */
     atomic_uint_fast64_t ttfb_sample_ms;  /* lx_now_ms() of the last sample */
+    atomic_uint_fast64_t ewma_ttft_us;    /* EWMA of time to first streamed byte, 0 = none */
+    atomic_uint_fast64_t errors[5];       /* by kind: connect, timeout, 5xx, protocol,
+                                             stream broken (metrics.h order) */
 
     /* Health. Active probes set `healthy`; proxied failures eject the node
      * for a cooldown that doubles while it keeps failing. */
@@ -68,6 +71,9 @@ struct lx_pool {
     size_t n_nodes;
     struct lx_waitq parked;      /* requests waiting for a node below max_concurrency */
     double metrics_update_interval_s; /* scrape period of this pool's nodes */
+    atomic_uint_fast64_t requests_total;  /* answered, any status */
+    atomic_uint_fast64_t errors_total;    /* answered with a status >= 500 */
+    atomic_uint_fast64_t prompt_tokens, completion_tokens;
 };
 
 struct lx_registry {
@@ -104,6 +110,8 @@ void lx_node_set_policy(uint64_t slow_start_ms, uint64_t eject_base_ms, uint64_t
 /* The node's weight scaled by its slow-start ramp: weight * min(1, up_for/slow_start),
  * never below 5% of the weight. */
 double lx_node_effective_weight(const struct lx_node *node, uint64_t now_ms);
+/* Folds <sample> into the EWMA at <v> (alpha 0.3; 0 = no sample yet). */
+void lx_ewma_update(atomic_uint_fast64_t *v, uint64_t sample);
 /* A proxied request to <node> succeeded with this time to first byte. */
 void lx_node_report_success(struct lx_node *node, uint64_t ttfb_us);
 /* A proxied request failed (connect, timeout, 5xx): <why> is a static string.

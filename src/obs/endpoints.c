@@ -233,3 +233,99 @@ void lx_obs_metrics(struct lx_worker *w, struct lx_http_req *req, const char *ri
                       b.data, b.len);
     lx_buf_deinit(&b);
 }
+
+static json_t *ms_or_null(uint64_t us)
+{
+    return us ? json_real((double)us / 1000.0) : json_null();
+}
+
+static json_t *node_stats(const struct lx_pool *p, const struct lx_node *n, uint64_t now)
+{
+    static const char *const kinds[] = {"connect", "timeout", "status_5xx", "protocol",
+                                        "stream_broken"};
+    json_t *o = json_object(), *errs = json_object();
+    const char *why = atomic_load(&n->last_error);
+    uint64_t at = atomic_load(&n->scraped_at_ms);
+    bool up;
+
+    json_object_set_new(o, "name", json_string(n->name));
+    json_object_set_new(o, "url", json_string(n->url));
+    json_object_set_new(o, "model", json_string(p->model));
+    json_object_set_new(o, "state", json_string(node_state(n, now, &up)));
+    json_object_set_new(o, "healthy", json_boolean(up));
+    json_object_set_new(o, "drained", json_boolean(atomic_load(&n->drained)));
+    json_object_set_new(o, "last_error", why ? json_string(why) : json_null());
+    json_object_set_new(o, "since", iso_time(atomic_load(&n->state_since_ms)));
+    json_object_set_new(o, "in_flight", json_integer(atomic_load(&n->in_flight)));
+    json_object_set_new(o, "max_concurrency", json_integer(n->max_concurrency));
+    json_object_set_new(o, "weight", json_integer(n->weight));
+    json_object_set_new(o, "effective_weight", json_real(lx_node_effective_weight(n, now)));
+    json_object_set_new(o, "requests_total",
+                        json_integer((json_int_t)atomic_load(&n->requests_total)));
+    json_object_set_new(o, "failures_total",
+                        json_integer((json_int_t)atomic_load(&n->failures_total)));
+    for (size_t k = 0; k < ARRAY_SIZE(kinds); k++)
+        json_object_set_new(errs, kinds[k], json_integer((json_int_t)atomic_load(&n->errors[k])));
+    json_object_set_new(o, "errors", errs);
+    json_object_set_new(o, "latency_ms", ms_or_null(atomic_load(&n->ewma_ttfb_us)));
+    json_object_set_new(o, "ttft_ms", ms_or_null(atomic_load(&n->ewma_ttft_us)));
+    if (at) {
+        json_t *v = json_object();
+
+        json_object_set_new(v, "age_seconds", json_real((double)(now - at) / 1000.0));
+        json_object_set_new(v, "requests_waiting", json_integer(atomic_load(&n->scraped_waiting)));
+        json_object_set_new(v, "requests_running", json_integer(atomic_load(&n->scraped_running)));
+        json_object_set_new(v, "kv_cache_usage",
+                            json_real(atomic_load(&n->scraped_kv_milli) / 1000.0));
+        json_object_set_new(o, "vllm", v);
+    } else {
+        json_object_set_new(o, "vllm", json_null());
+    }
+    return o;
+}
+
+void lx_obs_stats(struct lx_worker *w, struct lx_http_req *req, const char *rid)
+{
+    struct lx_registry *reg = w->reg;
+    struct lx_admit *a = &w->gw->admit;
+    json_t *root = json_object(), *gw = json_object(), *models = json_array(),
+           *nodes = json_array();
+    uint64_t now = lx_now_ms();
+
+    json_object_set_new(root, "version", json_string(LX_VERSION));
+    json_object_set_new(root, "uptime_seconds",
+                        json_real((double)(uv_hrtime() - w->gw->start_hr_ns) / 1e9));
+    json_object_set_new(gw, "active_requests", json_integer(atomic_load(&a->in_flight)));
+    json_object_set_new(gw, "max_concurrent_requests", json_integer(a->max_in_flight));
+    json_object_set_new(gw, "queue_depth", json_integer(lx_waitq_len(&a->q)));
+    json_object_set_new(gw, "queue_capacity", json_integer(a->max_queue));
+    json_object_set_new(gw, "queued_total", json_integer((json_int_t)atomic_load(&a->queued_total)));
+    json_object_set_new(gw, "queue_full_total",
+                        json_integer((json_int_t)atomic_load(&a->rejected_total)));
+    json_object_set_new(gw, "queue_timeouts_total",
+                        json_integer((json_int_t)atomic_load(&a->timeouts_total)));
+    json_object_set_new(gw, "retry_after_seconds", json_integer(lx_admit_retry_after(a)));
+    json_object_set_new(root, "gateway", gw);
+    for (size_t i = 0; i < reg->n_pools; i++) {
+        struct lx_pool *p = &reg->pools[i];
+        json_t *m = json_object();
+
+        json_object_set_new(m, "model", json_string(p->model));
+        json_object_set_new(m, "strategy", json_string(p->strategy->name));
+        json_object_set_new(m, "requests_total",
+                            json_integer((json_int_t)atomic_load(&p->requests_total)));
+        json_object_set_new(m, "errors_total",
+                            json_integer((json_int_t)atomic_load(&p->errors_total)));
+        json_object_set_new(m, "prompt_tokens",
+                            json_integer((json_int_t)atomic_load(&p->prompt_tokens)));
+        json_object_set_new(m, "completion_tokens",
+                            json_integer((json_int_t)atomic_load(&p->completion_tokens)));
+        json_object_set_new(m, "parked", json_integer(lx_waitq_len(&p->parked)));
+        json_array_append_new(models, m);
+        for (size_t k = 0; k < p->n_nodes; k++)
+            json_array_append_new(nodes, node_stats(p, p->nodes[k], now));
+    }
+    json_object_set_new(root, "models", models);
+    json_object_set_new(root, "nodes", nodes);
+    send_json(req, 200, root, rid);
+}

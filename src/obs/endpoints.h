@@ -10,6 +10,10 @@
 /* GET /health: gateway status, version, uptime, strategy, pools and nodes.
  * 200 when every pool has a healthy node, else 503 (load balancers use it). */
 void lx_obs_health(struct lx_worker *w, struct lx_http_req *req, const char *rid);
+/* GET /stats: a JSON snapshot per node (in flight, totals, errors by kind,
+ * EWMA latency and TTFT, scraped vLLM load, health), the admission queue, and
+ * per-model counts. */
+void lx_obs_stats(struct lx_worker *w, struct lx_http_req *req, const char *rid);
 /* GET /metrics: Prometheus text, the summed worker shards plus gauges read
  * from the admission state and the nodes. */
 void lx_obs_metrics(struct lx_worker *w, struct lx_http_req *req, const char *rid);

@@ -12,8 +12,10 @@
 #include "../core/log.h"
 #include "../http/body_scan.h"
 #include "../obs/access_log.h"
+#include "../obs/admin.h"
 #include "../obs/endpoints.h"
 #include "../obs/metrics.h"
+#include "../obs/status_page.h"
 #include "proxy.h"
 
 #define UPSTREAM_KEEPALIVE_MS 4000 /* below uvicorn's (vLLM's) 5 s keep-alive timeout */
@@ -211,6 +213,23 @@ void lx_gateway_handle(struct lx_http_req *req, void *arg)
     }
     if (path_is(req->path, plen, "/metrics")) {
         lx_obs_metrics(w, req, rid);
+        return;
+    }
+    if (path_is(req->path, plen, "/status")) {
+        lx_obs_status_page(w, req, rid);
+        return;
+    }
+    if (plen >= 7 && memcmp(req->path, "/admin/", 7) == 0) {
+        lx_obs_admin(w, req, rid);
+        return;
+    }
+    if (path_is(req->path, plen, "/stats")) {
+        if (!client_authorized(w->gw, req)) {
+            gw_error(w, req, rid, 401, "invalid_request_error", "invalid_api_key",
+                     "missing or invalid bearer token");
+            return;
+        }
+        lx_obs_stats(w, req, rid);
         return;
     }
     if (plen >= 4 && memcmp(req->path, "/v1/", 4) == 0) {

@@ -164,6 +164,15 @@ static void proxy_account(struct lx_proxy *p)
     r = (struct lx_request_record){p->model, status, total, ttft, tps, p->usage.prompt_tokens,
                                    p->usage.completion_tokens};
     lx_metrics_request(p->w->metrics, &r);
+    atomic_fetch_add_explicit(&p->pool->requests_total, 1, memory_order_relaxed);
+    if (status >= 500)
+        atomic_fetch_add_explicit(&p->pool->errors_total, 1, memory_order_relaxed);
+    if (p->usage.prompt_tokens > 0)
+        atomic_fetch_add_explicit(&p->pool->prompt_tokens, (uint64_t)p->usage.prompt_tokens,
+                                  memory_order_relaxed);
+    if (p->usage.completion_tokens > 0)
+        atomic_fetch_add_explicit(&p->pool->completion_tokens,
+                                  (uint64_t)p->usage.completion_tokens, memory_order_relaxed);
     if (!lx_access_log_enabled())
         return;
     lx_access_log_write(&(struct lx_access_entry){
@@ -515,6 +524,7 @@ static void up_on_head(void *ctx, int status, const struct lx_http_header *hdrs,
         lx_node_report_failure(p->node, "answered 5xx");
         lx_metrics_node_failure(p->w->metrics, p->node->name);
         lx_metrics_upstream_error(p->w->metrics, p->node->name, LX_UPERR_STATUS_5XX);
+        atomic_fetch_add_explicit(&p->node->errors[LX_UPERR_STATUS_5XX], 1, memory_order_relaxed);
     } else if (status != 429) {
         lx_node_report_success(p->node, ttfb_us);
     }
@@ -578,8 +588,11 @@ static void up_on_body(void *ctx, const char *data, size_t len)
 {
     struct lx_proxy *p = ctx;
 
-    if (!p->t_first_ns)
+    if (!p->t_first_ns) {
         p->t_first_ns = now_ns();
+        if (p->stream && p->node)
+            lx_ewma_update(&p->node->ewma_ttft_us, (p->t_first_ns - p->t_start_ns) / 1000);
+    }
     if (p->is_sse) {
         /* Counted as it passes; copied only in filter mode (see sse.h). */
         lx_sse_feed(&p->sse, data, len, relay_out, p);
@@ -621,8 +634,11 @@ static void relay_break(struct lx_proxy *p, const char *code, const char *msg)
 {
     struct lx_http_req *req = p->client;
 
-    if (p->node && strcmp(code, "stream_broken") == 0)
+    if (p->node && strcmp(code, "stream_broken") == 0) {
         lx_metrics_upstream_error(p->w->metrics, p->node->name, LX_UPERR_STREAM_BROKEN);
+        atomic_fetch_add_explicit(&p->node->errors[LX_UPERR_STREAM_BROKEN], 1,
+                                  memory_order_relaxed);
+    }
     lx_upstream_cancel(&p->up);
     node_release(p);
     p->client = NULL;
@@ -656,11 +672,14 @@ static void up_on_error(void *ctx, enum lx_upstream_err kind, bool got_head)
                                     : kind == LX_UP_PROTOCOL ? "malformed response"
                                                              : "connection closed mid-response");
     lx_metrics_node_failure(p->w->metrics, p->node->name);
-    if (!p->relaying)
-        lx_metrics_upstream_error(p->w->metrics, p->node->name,
-                                  kind == LX_UP_CONNECT   ? LX_UPERR_CONNECT
-                                  : kind == LX_UP_TIMEOUT ? LX_UPERR_TIMEOUT
-                                                          : LX_UPERR_PROTOCOL);
+    if (!p->relaying) {
+        enum lx_upstream_error_kind k = kind == LX_UP_CONNECT   ? LX_UPERR_CONNECT
+                                        : kind == LX_UP_TIMEOUT ? LX_UPERR_TIMEOUT
+                                                                : LX_UPERR_PROTOCOL;
+
+        lx_metrics_upstream_error(p->w->metrics, p->node->name, k);
+        atomic_fetch_add_explicit(&p->node->errors[k], 1, memory_order_relaxed);
+    }
     if (!p->relaying) {
         node_release(p);
         p->last_fail = kind == LX_UP_TIMEOUT ? FAIL_TIMEOUT
