@@ -37,7 +37,10 @@
 #define USAGE_TAIL 4096 /* bytes of a non-streamed body kept to find "usage" at its end */
 
 enum proxy_fail { FAIL_NONE, FAIL_CONNECT, FAIL_TIMEOUT, FAIL_STATUS, FAIL_PROTOCOL };
-enum proxy_wait { WAIT_NONE, WAIT_ADMIT, WAIT_PARK };
+enum proxy_wait { WAIT_NONE, WAIT_ADMIT, WAIT_PARK, WAIT_BACKOFF };
+
+#define RETRY_BACKOFF_MS 10      /* before the 2nd attempt; doubles per retry */
+#define RETRY_BACKOFF_MAX_MS 200
 
 struct lx_proxy {
     struct lx_worker *w;
@@ -47,6 +50,7 @@ struct lx_proxy {
     bool has_slot;                  /* holds an admission slot */
     uint64_t wait_deadline_ms;      /* queue timeout, lx_now_ms() based; 0 = none yet */
     uint64_t total_deadline_ms;     /* TOTAL_TIMEOUT_SECONDS deadline, 0 = none */
+    uint64_t retry_at_ms;           /* end of a retry backoff (WAIT_BACKOFF) */
     struct lx_proxy *wprev, *wnext; /* the worker's list of waiting requests */
     struct lx_proxy *mb_next;       /* the worker's mailbox */
     struct lx_http_req *client;     /* NULL once the client is gone */
@@ -220,8 +224,9 @@ static void proxy_free(struct lx_proxy *p)
  * woken (the wake is on its way to this worker). */
 static bool dequeue(struct lx_proxy *p)
 {
-    bool removed = p->waiting == WAIT_ADMIT ? lx_admit_cancel(&p->w->gw->admit, &p->waiter)
-                                            : lx_waitq_remove(&p->pool->parked, &p->waiter);
+    bool removed = p->waiting == WAIT_BACKOFF ? true
+                   : p->waiting == WAIT_ADMIT ? lx_admit_cancel(&p->w->gw->admit, &p->waiter)
+                                              : lx_waitq_remove(&p->pool->parked, &p->waiter);
 
     if (removed) {
         p->waiting = WAIT_NONE;
@@ -505,6 +510,23 @@ static void proxy_attempt(struct lx_proxy *p)
     lx_upstream_send(p->w->pool, node, &p->up);
 }
 
+/*
+ * Retries after a short backoff (10 ms, doubling, at most 200 ms): enough to
+ * let a burst of 429/503 from overloaded nodes spread out, too short to
+ * matter for a plain failover. Only called when another node is available
+ * (can_retry), so a request with nowhere to go fails at once.
+ */
+static void proxy_retry(struct lx_proxy *p)
+{
+    uint64_t ms = RETRY_BACKOFF_MS << (p->attempts > 1 ? LX_MIN(p->attempts - 1, 8) : 0);
+
+    p->retry_at_ms = lx_now_ms() + LX_MIN(ms, RETRY_BACKOFF_MAX_MS);
+    p->waiting = WAIT_BACKOFF;
+    wait_list_add(p);
+    /* The sweep normally ticks every 50 ms; wake it for this deadline. */
+    uv_timer_start(&p->w->wait_timer, lx_proxy_sweep, LX_MIN(ms, RETRY_BACKOFF_MAX_MS), 50);
+}
+
 static bool is_retryable_status(int status)
 {
     return status == 429 || status == 500 || status == 502 || status == 503 || status == 504;
@@ -534,7 +556,7 @@ static void up_on_head(void *ctx, int status, const struct lx_http_header *hdrs,
         lx_upstream_cancel(&p->up);
         node_release(p);
         p->last_fail = FAIL_STATUS;
-        proxy_attempt(p);
+        proxy_retry(p);
         return;
     }
     p->relaying = true;
@@ -686,7 +708,7 @@ static void up_on_error(void *ctx, enum lx_upstream_err kind, bool got_head)
                        : kind == LX_UP_CONNECT ? FAIL_CONNECT
                                                : FAIL_PROTOCOL;
         if (can_retry(p))
-            proxy_attempt(p);
+            proxy_retry(p);
         else
             proxy_give_up(p);
         return;
@@ -765,6 +787,13 @@ void lx_proxy_sweep(uv_timer_t *t)
         next = p->wnext;
         if (p->zombie)
             continue;
+        if (p->waiting == WAIT_BACKOFF) {
+            if (now >= p->retry_at_ms) {
+                dequeue(p);
+                proxy_attempt(p);
+            }
+            continue;
+        }
         if (p->waiting != WAIT_NONE && now >= p->wait_deadline_ms) {
             if (!dequeue(p))
                 continue; /* woken meanwhile: the mailbox has it */
