@@ -107,7 +107,6 @@ int main(int argc, char **argv)
     lx_node_set_policy((uint64_t)(conf.slow_start_s * 1000), (uint64_t)(conf.eject_cooldown_s * 1000),
                        60000, conf.health_failure_threshold);
     lx_route_set_cache_policy(conf.cache_aware_load_factor, (size_t)conf.cache_aware_prefix_bytes);
-    lx_route_set_metrics_staleness((uint64_t)(conf.metrics_update_interval_s * 3000));
     if (lx_access_log_open(conf.access_log) < 0) {
         fprintf(stderr, "llmux: ACCESS_LOG: cannot open %s: %s\n", conf.access_log, strerror(errno));
         lx_conf_free(&conf);

@@ -39,8 +39,8 @@ static struct lx_node *node_new(const struct lx_conf_server *s)
     n->host_header = lx_strdup(buf);
     n->base_path = lx_strdup(s->base_path ? s->base_path : "");
     if (s->api_key) {
-        snprintf(buf, sizeof(buf), "Bearer %s", s->api_key);
-        n->auth_header = lx_strdup(buf);
+        n->auth_header = lx_malloc(strlen(s->api_key) + 8);
+        sprintf(n->auth_header, "Bearer %s", s->api_key);
     }
     n->weight = s->weight > 0 ? s->weight : 1;
     n->max_concurrency = s->max_concurrency;
@@ -219,15 +219,12 @@ static struct lx_node *node_reuse(struct lx_registry *prev, const char *model,
                                   const struct lx_conf_server *s)
 {
     struct lx_pool *p = NULL;
-    char auth[512];
 
     for (size_t i = 0; prev && i < prev->n_pools && !p; i++)
         if (strcmp(prev->pools[i].model, model) == 0)
             p = &prev->pools[i];
     if (!p)
         return NULL;
-    if (s->api_key)
-        snprintf(auth, sizeof(auth), "Bearer %s", s->api_key);
     for (size_t k = 0; k < p->n_nodes; k++) {
         struct lx_node *n = p->nodes[k];
 
@@ -235,7 +232,7 @@ static struct lx_node *node_reuse(struct lx_registry *prev, const char *model,
             n->weight == (s->weight > 0 ? s->weight : 1) &&
             n->max_concurrency == s->max_concurrency &&
             (!n->auth_header == !s->api_key) &&
-            (!s->api_key || strcmp(n->auth_header, auth) == 0))
+            (!s->api_key || strcmp(n->auth_header + 7, s->api_key) == 0))
             return lx_node_ref(n);
     }
     return NULL;

@@ -45,7 +45,9 @@ static bool parse_value(const char *p, const char *end, double *out)
     memcpy(tmp, p, n);
     tmp[n] = '\0';
     *out = strtod(tmp, &stop);
-    return *stop == '\0' && isfinite(*out);
+    /* No real engine has a billion requests or sequences: larger values are
+     * garbage, and would make the sums overflow. */
+    return *stop == '\0' && isfinite(*out) && *out <= 1e9;
 }
 
 int lx_prom_scan_vllm(const char *text, size_t len, struct lx_vllm_load *out)

@@ -13,9 +13,9 @@
  * leaving moves only its own share of keys. Weights follow the logarithmic
  * method (score = -w / ln(u)).
  *
- * Bounded load: when the chosen node has more than load_factor times the
- * pool's average in-flight requests (+1), the request goes to the least
- * loaded candidate instead.
+ * Bounded load: when the chosen node's in-flight requests per unit of weight
+ * exceed load_factor times the pool's average (+1 request), the request goes
+ * to the least loaded candidate instead.
  */
 #include <math.h>
 #include <stdatomic.h>
@@ -70,7 +70,7 @@ static int ca_pick(struct lx_pool *pool, void *state, const struct lx_pick *ctx)
     size_t key_len;
     uint64_t kh;
     int best = -1, least = -1;
-    double best_score = -1, least_load = 0, total = 0;
+    double best_score = -1, least_load = 0, total = 0, total_w = 0, best_load = 0;
 
     if (n == 0)
         return -1;
@@ -86,17 +86,21 @@ static int ca_pick(struct lx_pool *pool, void *state, const struct lx_pick *ctx)
         double load = lx_router_load(pool, &c[i]);
 
         total += atomic_load_explicit(&node->in_flight, memory_order_relaxed);
+        total_w += c[i].weight;
         if (score > best_score) {
             best_score = score;
             best = c[i].idx;
+            best_load = load;
         }
         if (least < 0 || load < least_load) {
             least = c[i].idx;
             least_load = load;
         }
     }
-    if (atomic_load_explicit(&pool->nodes[best]->in_flight, memory_order_relaxed) >
-        load_factor * (total / (double)n) + 1.0)
+    /* Loads are per unit of weight, so a heavy node carrying its fair share
+     * is not taken for overloaded. */
+    if (best_load > load_factor * (total / total_w) +
+                        1.0 / lx_node_effective_weight(pool->nodes[best], ctx->now_ms))
         return least;
     return best;
 }

@@ -3,7 +3,8 @@
  *
  * Exploration, so that no node is starved of the samples that would redeem
  * it: a candidate with no sample, or whose last sample is older than
- * LATENCY_STALE_MS, is picked first (they take turns); otherwise one pick in
+ * LATENCY_STALE_MS, is picked first when it has nothing in flight (one probe
+ * at a time, so a new node is not flooded); otherwise one pick in
  * LATENCY_EXPLORE goes to a random candidate. The score multiplies the EWMA by
  * (1 + in-flight / weight), so the fastest node is preferred without being
  * sent everything when it is already busy. A node that fails has its EWMA
@@ -32,7 +33,10 @@ static int latency_pick(struct lx_pool *pool, void *state, const struct lx_pick 
         uint64_t ewma = atomic_load_explicit(&node->ewma_ttfb_us, memory_order_relaxed);
         uint64_t at = atomic_load_explicit(&node->ttfb_sample_ms, memory_order_relaxed);
 
-        if (ewma == 0 || at + LATENCY_STALE_MS < ctx->now_ms)
+        /* One probe at a time: a new node is not flooded before its first
+         * answer says how fast it is. */
+        if ((ewma == 0 || at + LATENCY_STALE_MS < ctx->now_ms) &&
+            atomic_load_explicit(&node->in_flight, memory_order_relaxed) == 0)
             return c[(start + k) % n].idx;
     }
     if ((ctx->rand >> 32) % LATENCY_EXPLORE == 0)

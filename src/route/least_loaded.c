@@ -2,9 +2,9 @@
  * least_loaded.c - fewest requests in flight (from this gateway, all workers)
  * per unit of weight.
  *
- * Ties are broken by rotation: the scan for the minimum starts at a shared
- * ticket, so sequential traffic (every node at 0 in flight) still spreads
- * over all nodes instead of always landing on the first one.
+ * Ties are broken by rotation among the tied nodes (a shared ticket), so
+ * sequential traffic (every node at 0 in flight) spreads evenly over all of
+ * them instead of always landing on the first one.
  */
 #include <stdatomic.h>
 
@@ -24,23 +24,23 @@ static int ll_pick(struct lx_pool *pool, void *state, const struct lx_pick *ctx)
 {
     struct ll_state *st = state;
     struct lx_cand c[LX_ROUTE_MAX_CANDIDATES];
-    size_t n = lx_router_candidates(pool, ctx, c), start;
-    int best = -1;
+    size_t n = lx_router_candidates(pool, ctx, c), n_tied = 0;
     double best_load = 0;
 
     if (n == 0)
         return -1;
-    start = (size_t)(atomic_fetch_add_explicit(&st->ticket, 1, memory_order_relaxed) % n);
+    /* Keep the candidates tied at the lowest load, then rotate among them. */
     for (size_t k = 0; k < n; k++) {
-        const struct lx_cand *x = &c[(start + k) % n];
-        double load = lx_router_load(pool, x);
+        double load = lx_router_load(pool, &c[k]);
 
-        if (best < 0 || load < best_load) {
-            best = x->idx;
+        if (n_tied == 0 || load < best_load) {
             best_load = load;
+            n_tied = 0;
         }
+        if (load == best_load)
+            c[n_tied++] = c[k];
     }
-    return best;
+    return c[atomic_fetch_add_explicit(&st->ticket, 1, memory_order_relaxed) % n_tied].idx;
 }
 
 static void ll_destroy(void *state)

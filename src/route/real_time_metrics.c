@@ -14,17 +14,15 @@
 #include "../core/lx.h"
 #include "router.h"
 
-static uint64_t stale_after_ms = 30000;
-
-void lx_route_set_metrics_staleness(uint64_t ms)
-{
-    stale_after_ms = ms;
-}
+/* A scrape counts as fresh for this many of its pool's scrape intervals. */
+#define METRICS_STALE_FACTOR 3
 
 static int rtm_pick(struct lx_pool *pool, void *state, const struct lx_pick *ctx)
 {
     struct lx_cand c[LX_ROUTE_MAX_CANDIDATES];
     size_t n = lx_router_candidates(pool, ctx, c);
+    uint64_t stale_after_ms = (uint64_t)(pool->metrics_update_interval_s * 1000 *
+                                         METRICS_STALE_FACTOR);
 
     for (size_t i = 0; i < n; i++) {
         const struct lx_node *node = pool->nodes[c[i].idx];

@@ -69,8 +69,6 @@ double lx_router_load(const struct lx_pool *pool, const struct lx_cand *c);
  * while its in-flight count <= factor * pool average + 1; keys are made of the
  * first <prefix_bytes> of the prompt. */
 void lx_route_set_cache_policy(double load_factor, size_t prefix_bytes);
-/* real_time_metrics: scrapes older than this are ignored (process-wide). */
-void lx_route_set_metrics_staleness(uint64_t ms);
 /* A 64-bit hash that is the same on every machine and every run (FNV-1a
  * followed by a final mix), for rendezvous hashing. */
 uint64_t lx_route_hash(const void *data, size_t len, uint64_t seed);
