@@ -8,10 +8,13 @@
 #   pkg-config make gcc build
 #   python3-pytest python3-httpx   end-to-end tests (run by /usr/bin/python3)
 #   curl                the README's examples and `make run`
+#   prometheus          promtool and a real Prometheus for the deploy/ tests
+#   python3-yaml        the deploy/ manifest tests
+#   chromium            the /status page test (headless)
 # `scripts/deps.sh fuzz` adds what `make fuzz` needs:
 #   clang libclang-rt-14-dev   libFuzzer with ASan/UBSan
 set -e
-PKGS="libuv1-dev libhttp-parser-dev libjansson-dev libcmocka-dev pkg-config make gcc python3-pytest python3-httpx curl"
+PKGS="libuv1-dev libhttp-parser-dev libjansson-dev libcmocka-dev pkg-config make gcc python3-pytest python3-httpx curl prometheus python3-yaml chromium"
 [ "$1" = fuzz ] && PKGS="$PKGS clang libclang-rt-14-dev"
 missing=""
 for p in $PKGS; do

@@ -6,6 +6,7 @@
 
 #include <http_parser.h>
 #include <jansson.h>
+#include <math.h>
 #include <string.h>
 #include <time.h>
 
@@ -173,7 +174,9 @@ static void node_gauge(struct lx_buf *b, struct lx_registry *reg, const char *na
                 for (size_t k2 = 0; k2 < reg->pools[i2].n_nodes; k2++)
                     if (strcmp(reg->pools[i2].nodes[k2]->name, n->name) == 0)
                         v += get(reg->pools[i2].nodes[k2], now);
-            lx_metrics_sample(b, name, "node", n->name, v);
+            /* NaN: nothing known (never scraped); no sample beats a false 0. */
+            if (v == v)
+                lx_metrics_sample(b, name, "node", n->name, v);
         }
     }
 }
@@ -190,12 +193,12 @@ static double get_healthy(const struct lx_node *n, uint64_t now)
 
 static double get_kv(const struct lx_node *n, uint64_t now)
 {
-    return atomic_load(&n->scraped_at_ms) ? atomic_load(&n->scraped_kv_milli) / 1000.0 : 0;
+    return atomic_load(&n->scraped_at_ms) ? atomic_load(&n->scraped_kv_milli) / 1000.0 : NAN;
 }
 
 static double get_waiting(const struct lx_node *n, uint64_t now)
 {
-    return atomic_load(&n->scraped_at_ms) ? atomic_load(&n->scraped_waiting) : 0;
+    return atomic_load(&n->scraped_at_ms) ? atomic_load(&n->scraped_waiting) : NAN;
 }
 
 void lx_obs_metrics(struct lx_worker *w, struct lx_http_req *req, const char *rid)
