@@ -7,6 +7,16 @@
 #include "../http/server.h"
 #include "../proxy/gateway.h"
 
+/*
+ * Answers GET or HEAD with the status page: one constant, self-contained HTML
+ * document (inline CSS and script) whose script polls GET /stats and renders
+ * it, asking for the client token when /stats answers 401. The page holds no
+ * data, so it needs no auth. Sends Cache-Control: no-store and a
+ * Content-Security-Policy that allows only the page itself and same-origin
+ * fetches. Other methods get 405 (counted as a bad request in <w>'s metrics).
+ * Borrows <w>, <rid> (echoed as X-Request-Id); ends the response on <req>.
+ * Runs on <w>'s loop thread; any worker, any number at once.
+ */
 void lx_obs_status_page(struct lx_worker *w, struct lx_http_req *req, const char *rid);
 
 #endif /* LX_STATUS_PAGE_H */
