@@ -13,6 +13,7 @@
 #include "nodes/health.h"
 #include "obs/access_log.h"
 #include "nodes/node.h"
+#include "obs/admin.h"
 #include "proxy/gateway.h"
 #include "route/router.h"
 
@@ -35,18 +36,24 @@ static void on_sighup(uv_signal_t *s, int signum)
     char err[512];
     size_t n_nodes = 0;
 
+    /* The admin API replaces gw->reg too: one change at a time. */
+    lx_admin_lock();
     if (lx_conf_load(&next, m->argc, m->argv, NULL, NULL, err, sizeof(err)) != LX_CONF_OK) {
+        lx_admin_unlock();
         lx_error("reload refused, keeping the running configuration: %s", err);
         return;
     }
     reg = lx_registry_new(&next, m->gw->reg, err, sizeof(err));
     if (!reg) {
+        lx_admin_unlock();
         lx_error("reload refused, keeping the running configuration: %s", err);
         lx_conf_free(&next);
         return;
     }
     lx_gateway_set_registry(m->gw, reg);
     lx_health_set_registry(m->health, reg);
+    lx_admin_reloaded(&next);
+    lx_admin_unlock();
     for (size_t i = 0; i < reg->n_pools; i++)
         n_nodes += reg->pools[i].n_nodes;
     lx_info("configuration reloaded: %zu pools, %zu nodes (pools apply now; other settings "
@@ -67,6 +74,7 @@ static void on_signal(uv_signal_t *s, int signum)
     m->stopping = true;
     lx_info("received %s: finishing in-flight requests, then exiting",
             signum == SIGINT ? "SIGINT" : "SIGTERM");
+    lx_admin_shutdown(); /* no pool change may reach workers that are closing */
     lx_gateway_stop(m->gw);
     /* Keep watching for a second signal, but do not keep the loop alive. */
     uv_unref((uv_handle_t *)&m->sigint);
@@ -138,6 +146,7 @@ int main(int argc, char **argv)
     }
     health = lx_health_start(&conf, reg);
     m.health = health;
+    lx_admin_set_health(&gw, health);
     for (size_t i = 0; i < reg->n_pools; i++)
         n_nodes += reg->pools[i].n_nodes;
     lx_log_ready("llmux %s listening on http://%s:%d (%d workers, %zu pools, %zu nodes)", LX_VERSION,

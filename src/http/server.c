@@ -37,6 +37,8 @@
 #define DRAIN_LOW_WATER (64 * 1024)     /* on_drain fires once pending falls below this */
 #define LINGER_MS 2000                  /* read-and-discard after a rejected request */
 #define MAX_HEADERS 256
+#define HEADERS_INITIAL 24            /* header slots first allocated; doubles up to MAX */
+#define KEEP_BUF_MAX (16 * 1024)       /* larger per-request buffers are freed after use */
 
 enum conn_state { C_IDLE, C_HEAD, C_BODY, C_BUSY, C_CLOSING };
 
@@ -56,8 +58,9 @@ struct lx_http_conn {
     struct lx_buf in;                  /* unparsed input (pipelining) */
     struct lx_buf url;                 /* request target, NUL-terminated when complete */
     struct lx_buf head;                /* header names and values, back to back */
-    struct hdr_off *hoff;              /* MAX_HEADERS offsets into head */
+    struct hdr_off *hoff;              /* hdr_cap offsets into head, NULL until needed */
     size_t n_hdr;
+    size_t hdr_cap;                    /* slots in hoff and req.headers */
     bool in_value;                     /* last header callback was a value */
     size_t head_bytes;                 /* bytes seen in the current head */
 
@@ -360,6 +363,20 @@ static int on_url(http_parser *p, const char *at, size_t len)
     return 0;
 }
 
+/* RFC 9110 5.1: a field name is a token. http-parser lets "Name :" through,
+ * and a proxy and a node that read such a header differently is how
+ * requests get smuggled, so anything but token characters is refused. */
+static bool is_token(const char *p, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)p[i];
+
+        if (ch <= 32 || ch >= 127 || strchr("\"(),/:;<=>?@[\\]{}", ch))
+            return false;
+    }
+    return true;
+}
+
 static int on_header_field(http_parser *p, const char *at, size_t len)
 {
     struct lx_http_conn *c = parser_conn(p);
@@ -367,10 +384,21 @@ static int on_header_field(http_parser *p, const char *at, size_t len)
 
     if (head_grow(c, len))
         return -1;
+    if (!is_token(at, len)) {
+        c->reject = 400;
+        return -1;
+    }
     if (c->n_hdr == 0 || c->in_value) {
-        if (c->n_hdr == MAX_HEADERS) {
-            c->reject = 431;
-            return -1;
+        if (c->n_hdr == c->hdr_cap) {
+            size_t cap = c->hdr_cap ? c->hdr_cap * 2 : HEADERS_INITIAL;
+
+            if (c->hdr_cap >= MAX_HEADERS) {
+                c->reject = 431;
+                return -1;
+            }
+            c->hoff = lx_realloc(c->hoff, cap * sizeof(*c->hoff));
+            c->req.headers = lx_realloc(c->req.headers, cap * sizeof(*c->req.headers));
+            c->hdr_cap = cap;
         }
         h = &c->hoff[c->n_hdr++];
         h->name_off = (uint32_t)c->head.len;
@@ -425,6 +453,19 @@ static int on_headers_complete(http_parser *p)
     }
     req->path = c->url.data;
     req->path_len = c->url.len - 1;
+    /* Absolute form (RFC 9112 3.2.2), "http://host/path": a server must
+     * accept it; the path is what routes. */
+    if (req->path_len > 7 && (strncasecmp(req->path, "http://", 7) == 0 ||
+                              strncasecmp(req->path, "https://", 8) == 0)) {
+        const char *slash = strchr(strstr(req->path, "://") + 3, '/');
+
+        if (!slash) {
+            c->reject = 400;
+            return -1;
+        }
+        req->path_len -= (size_t)(slash - req->path);
+        req->path = slash;
+    }
     req->method = p->method;
     req->http_major = p->http_major;
     req->http_minor = p->http_minor;
@@ -669,8 +710,6 @@ static void on_connection(uv_stream_t *ls, int status)
     lx_buf_init(&c->head, srv->limits.head_max);
     lx_buf_init(&c->hbuf, 0);
     lx_buf_init(&c->req.body, srv->limits.body_max);
-    c->hoff = lx_malloc(MAX_HEADERS * sizeof(*c->hoff));
-    c->req.headers = lx_malloc(MAX_HEADERS * sizeof(*c->req.headers));
     c->req.loop = srv->loop;
     c->req.conn = c;
     c->state = C_IDLE;
@@ -959,6 +998,12 @@ void lx_http_resp_end(struct lx_http_req *req)
     req->on_abort = NULL;
     req->on_drain = NULL;
     req->data = NULL;
+    /* An idle keep-alive connection should cost little memory: give back
+     * what a large request grew. */
+    if (req->body.cap > KEEP_BUF_MAX)
+        lx_buf_deinit(&req->body);
+    if (c->head.cap > KEEP_BUF_MAX)
+        lx_buf_deinit(&c->head);
     if (c->dead)
         return; /* the timer closes it */
     if (!req->keep_alive || c->srv->closing) {

@@ -8,10 +8,10 @@
 
 #include <string.h>
 
-void lx_sse_init(struct lx_sse *s, bool filter)
+void lx_sse_init(struct lx_sse *s, bool drop_usage)
 {
     memset(s, 0, sizeof(*s));
-    s->filter = filter;
+    s->drop_usage = drop_usage;
     lx_buf_init(&s->partial, LX_SSE_EVENT_MAX);
     s->usage.prompt_tokens = -1;
     s->usage.completion_tokens = -1;
@@ -84,12 +84,13 @@ static bool on_event(struct lx_sse *s, const char *p, size_t len)
     usage_only = find(p, len, "\"choices\":[]") != NULL;
     if (!usage_only && find(p, len, "\"choices\""))
         s->data_events++;
-    return !(s->filter && usage_only);
+    return !(s->drop_usage && usage_only);
 }
 
 void lx_sse_feed(struct lx_sse *s, const char *p, size_t len, lx_sse_out_cb out, void *ctx)
 {
     size_t start = 0; /* start of the current event within p */
+    size_t run = 0;   /* start of the kept events not yet handed to out */
 
     for (size_t i = 0; i < len; i++) {
         char c = p[i];
@@ -105,46 +106,57 @@ void lx_sse_feed(struct lx_sse *s, const char *p, size_t len, lx_sse_out_cb out,
         /* An event ends at p[i]. */
         s->nl = 0;
         if (s->partial.len || s->partial_overflow) {
-            bool keep;
+            /* It began in an earlier chunk: held (or passed, if too long). */
+            bool keep = true;
 
-            if (!s->partial_overflow && lx_buf_append(&s->partial, p + start, i + 1 - start) == 0) {
+            if (!s->partial_overflow &&
+                lx_buf_append(&s->partial, p + start, i + 1 - start) == 0) {
                 keep = on_event(s, s->partial.data, s->partial.len);
+                if (keep)
+                    out(ctx, s->partial.data, s->partial.len);
             } else {
-                /* Too long to look at whole: count it and let it through. */
                 s->events++;
-                keep = true;
-            }
-            if (s->filter && keep && !s->partial_overflow)
-                out(ctx, s->partial.data, s->partial.len);
-            else if (s->filter && s->partial_overflow)
+                if (s->partial.len)
+                    out(ctx, s->partial.data, s->partial.len);
                 out(ctx, p + start, i + 1 - start);
+            }
             lx_buf_reset(&s->partial);
             s->partial_overflow = false;
-        } else if (on_event(s, p + start, i + 1 - start) && s->filter) {
-            out(ctx, p + start, i + 1 - start);
+            run = i + 1;
+        } else if (!on_event(s, p + start, i + 1 - start)) {
+            /* Dropped: hand over the kept events before it. */
+            if (start > run)
+                out(ctx, p + run, start - run);
+            run = i + 1;
         }
         start = i + 1;
     }
+    /* Complete events leave in one piece, coalesced. */
+    if (start > run)
+        out(ctx, p + run, start - run);
     if (start < len) {
-        /* The rest is the beginning of an event that ends in a later chunk. */
-        if (!s->partial_overflow && lx_buf_append(&s->partial, p + start, len - start) < 0) {
-            /* Over the cap: in filter mode send what was held and the rest
-             * through unexamined. */
-            if (s->filter) {
-                out(ctx, s->partial.data, s->partial.len);
-                out(ctx, p + start, len - start);
-            }
+        /* The beginning of an event that ends in a later chunk: held back,
+         * so that a stream cut here never leaves half an event behind. */
+        if (s->partial_overflow) {
+            out(ctx, p + start, len - start);
+        } else if (lx_buf_append(&s->partial, p + start, len - start) < 0) {
+            /* Longer than LX_SSE_EVENT_MAX: pass it on unexamined. */
+            out(ctx, s->partial.data, s->partial.len);
+            out(ctx, p + start, len - start);
             lx_buf_reset(&s->partial);
             s->partial_overflow = true;
-        } else if (s->partial_overflow && s->filter) {
-            out(ctx, p + start, len - start);
         }
     }
 }
 
 void lx_sse_flush(struct lx_sse *s, lx_sse_out_cb out, void *ctx)
 {
-    if (s->partial.len && s->filter)
+    if (s->partial.len)
         out(ctx, s->partial.data, s->partial.len);
     lx_buf_reset(&s->partial);
+}
+
+bool lx_sse_mid_event(const struct lx_sse *s)
+{
+    return s->partial.len > 0 || s->partial_overflow;
 }

@@ -3,11 +3,14 @@
  * boundaries (a blank line) in the byte stream as it arrives, counts events,
  * and reads the OpenAI `usage` figures out of the events that carry them.
  *
- * Events that lie whole inside one chunk are looked at in place; only an
- * event split across chunks is copied (up to LX_SSE_EVENT_MAX bytes), so a
- * stream is counted, not copied. In filter mode the scanner also tells the
- * relay which byte ranges to send on, leaving out usage-only events
- * (`"choices":[]`) that llmux asked the node for on the client's behalf.
+ * The relay sends on only complete events: the scanner hands them to an
+ * output callback, coalesced into one range per chunk, so a stream that
+ * breaks never leaves half an event at the client. Events that lie whole
+ * inside one chunk are looked at in place; only an event split across chunks
+ * is copied (up to LX_SSE_EVENT_MAX bytes; a longer one is passed on
+ * unexamined), so a stream is counted, not copied. With drop_usage the
+ * scanner also leaves out usage-only events (`"choices":[]`) that llmux asked
+ * the node for on the client's behalf.
  *
  * Pure, single-threaded, no allocation beyond the split-event buffer.
  */
@@ -28,7 +31,7 @@ struct lx_usage {
 };
 
 struct lx_sse {
-    bool filter;                /* drop usage-only events from the output */
+    bool drop_usage;            /* leave usage-only events out of the output */
     int nl;                     /* newlines in a row at the end of input so far (\r ignored) */
     struct lx_buf partial;      /* the current event's bytes when split (or in filter mode) */
     bool partial_overflow;      /* current event longer than LX_SSE_EVENT_MAX */
@@ -38,21 +41,23 @@ struct lx_sse {
     struct lx_usage usage;      /* last usage seen */
 };
 
-void lx_sse_init(struct lx_sse *s, bool filter);
+void lx_sse_init(struct lx_sse *s, bool drop_usage);
 void lx_sse_deinit(struct lx_sse *s);
 
-/* Called with the byte ranges to relay (filter mode only). */
+/* Called with the byte ranges to relay. */
 typedef void (*lx_sse_out_cb)(void *ctx, const char *p, size_t len);
 
 /*
- * Feeds <len> bytes. In pass mode <out> is not called: relay the chunk as it
- * is. In filter mode <out> receives every complete event except usage-only
- * ones, in order; an incomplete event is held until its end arrives.
+ * Feeds <len> bytes. <out> receives every complete event (but dropped
+ * usage-only ones), in order; an incomplete event is held until its end
+ * arrives. Several complete events of one chunk come as one range.
  */
 void lx_sse_feed(struct lx_sse *s, const char *p, size_t len, lx_sse_out_cb out, void *ctx);
-/* Bytes held back in filter mode (an incomplete final event), for flushing
- * when the stream ends without a blank line. */
+/* Sends on an incomplete final event, for a stream that ended cleanly
+ * without a blank line. */
 void lx_sse_flush(struct lx_sse *s, lx_sse_out_cb out, void *ctx);
+/* Whether bytes of an unfinished event are held (or were passed on). */
+bool lx_sse_mid_event(const struct lx_sse *s);
 
 /* Reads the last "prompt_tokens" and "completion_tokens" numbers inside a
  * "usage" object of <p>; fields not found stay as they were. */

@@ -17,9 +17,14 @@
 #include "../nodes/node.h"
 #include "upstream.h"
 
+struct lx_health;
+
 struct lx_gateway {
     const struct lx_conf *conf;      /* borrowed, immutable */
-    struct lx_registry *reg;         /* newest snapshot (reference); main thread only */
+    struct lx_registry *reg;         /* newest snapshot (reference); replaced under the
+                                        admin lock (lx_admin_lock, src/obs/admin.h) */
+    struct lx_health *health;        /* the health thread, NULL until started; under the
+                                        admin lock */
     uint64_t start_unix;             /* seconds since epoch at start */
     uint64_t start_hr_ns;            /* uv_hrtime() at start */
     int port;                        /* the port actually bound */

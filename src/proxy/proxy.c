@@ -571,7 +571,7 @@ static void up_on_head(void *ctx, int status, const struct lx_http_header *hdrs,
     }
     out[n++] = (struct lx_http_header){"X-Routed-Node", 13, p->node->name, strlen(p->node->name)};
     out[n++] = (struct lx_http_header){"X-Request-Id", 12, p->request_id, strlen(p->request_id)};
-    p->sse.filter = p->is_sse && p->usage_injected;
+    p->sse.drop_usage = p->is_sse && p->usage_injected;
     /* The head leaves with the first body bytes (or at the end of this
      * read): one write per response instead of two. */
     lx_http_resp_start_lazy(p->client, status, out, n, content_length);
@@ -616,10 +616,8 @@ static void up_on_body(void *ctx, const char *data, size_t len)
             lx_ewma_update(&p->node->ewma_ttft_us, (p->t_first_ns - p->t_start_ns) / 1000);
     }
     if (p->is_sse) {
-        /* Counted as it passes; copied only in filter mode (see sse.h). */
+        /* Whole events only, counted as they pass (see sse.h). */
         lx_sse_feed(&p->sse, data, len, relay_out, p);
-        if (!p->sse.filter)
-            relay_out(p, data, len);
     } else {
         tail_keep(&p->tail, data, len);
         relay_out(p, data, len);
@@ -668,6 +666,10 @@ static void relay_break(struct lx_proxy *p, const char *code, const char *msg)
         struct lx_buf ev;
 
         lx_buf_init(&ev, 0);
+        /* An event cut in the middle by an overlong pass-through gets ended
+         * so the error event stands on its own. */
+        if (p->sse.partial_overflow)
+            lx_buf_append(&ev, "\n\n", 2);
         lx_buf_appendf(&ev, "data: {\"error\":{\"message\":\"%s\",\"type\":\"server_error\","
                             "\"param\":null,\"code\":\"%s\"}}\n\n",
                        msg, code);

@@ -37,17 +37,40 @@ def diagnose(direct, via):
     return "the node's bytes were changed on the way"
 
 
+USAGE_ASK = b'{"stream_options":{"include_usage":true},'
+
+
+def with_usage_asked(body):
+    """The body llmux sends for a stream whose client did not ask for usage
+    (docs/ARCHITECTURE.md, "Token counts"): stream_options added up front."""
+    assert body.startswith(b"{") and b"stream_options" not in body
+    return USAGE_ASK + body[1:]
+
+
+def without_usage_events(sse):
+    """The stream minus its usage-only events, as llmux relays it."""
+    return b"".join(ev + b"\n\n" for ev in sse.split(b"\n\n")[:-1]
+                    if b'"choices":[]' not in ev)
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 @pytest.mark.parametrize("path", [CHAT, COMPL], ids=["chat", "completions"])
 def test_body_is_byte_identical_to_the_node(procs, path, stream):
+    """Non-streamed: the node's bytes exactly. Streamed without usage asked:
+    exactly what the node sends for the body llmux forwards, less the usage
+    event llmux asked for on its own account."""
     sim = procs.sim(fast=True)
     lx = procs.llmux([sim])
     body = body_for(path, stream)
-    direct = sim.client.post(path, content=body, headers={"Content-Type": "application/json"})
+    sent = with_usage_asked(body) if stream else body
+    direct = sim.client.post(path, content=sent, headers={"Content-Type": "application/json"})
     via = lx.client.post(path, content=body, headers={"Content-Type": "application/json"})
     assert direct.status_code == 200, direct.text
     assert via.status_code == 200, via.text
-    assert via.content == direct.content, diagnose(direct.content, via.content)
+    expected = without_usage_events(direct.content) if stream else direct.content
+    if stream:
+        assert b'"choices":[]' in direct.content, "the node was asked for usage"
+    assert via.content == expected, diagnose(expected, via.content)
     assert via.headers["content-type"] == direct.headers["content-type"]
     if stream:
         assert via.headers["content-type"].startswith("text/event-stream")
@@ -317,7 +340,9 @@ def test_node_closing_idle_connections_early_is_not_an_error(procs):
 
 
 def test_request_body_is_forwarded_unchanged(procs):
-    """SPEC: "The body is forwarded unchanged (except upstream_model)"."""
+    """SPEC: "The body is forwarded unchanged (except upstream_model)", and
+    issue 4: a stream whose client did not ask for usage gets
+    stream_options.include_usage added, so that its tokens can be counted."""
     node = procs.pynode()
     lx = procs.llmux([node])
     changed = []
@@ -327,7 +352,8 @@ def test_request_body_is_forwarded_unchanged(procs):
             r = lx.client.post(path, content=body)
             assert r.status_code == 200, r.text
             got = r.json()
-            if got["body_sha256"] != hashlib.sha256(body).hexdigest():
+            want = with_usage_asked(body) if stream else body
+            if got["body_sha256"] != hashlib.sha256(want).hexdigest():
                 changed.append("%s stream=%s: sent %r, node got %r"
                                % (path, stream, body, got["body_head"]))
     assert not changed, "\n".join(changed)
