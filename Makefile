@@ -41,6 +41,7 @@ LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 LIB := $(BUILD)/liblx.a
 MAIN_OBJ := $(BUILD)/src/main.o
 SIM_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard sim/*.c))
+BENCH_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard bench/*.c))
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 FUZZ_NAMES := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
 REPLAY_BIN := $(FUZZ_NAMES:%=$(BUILD)/fuzz-replay/%)
@@ -54,7 +55,7 @@ BINDIR := bin
 else
 BINDIR := $(BUILD)/bin
 endif
-BINS := $(BINDIR)/llmux $(BINDIR)/llmux-sim
+BINS := $(BINDIR)/llmux $(BINDIR)/llmux-sim $(BINDIR)/llmux-bench
 
 .PHONY: all run test test-unit test-e2e test-fuzz-replay asan asan-test fuzz fuzz-smoke bench format lint deps clean help
 .SECONDARY:
@@ -76,6 +77,11 @@ $(BINDIR)/llmux: $(MAIN_OBJ) $(LIB)
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
 $(BINDIR)/llmux-sim: $(SIM_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+
+$(BINDIR)/llmux-bench: $(BENCH_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
