@@ -26,7 +26,8 @@
  *      file in the same directory, fsync, rename, fsync of the directory);
  *      if that fails, 1 and 2 are dropped and the answer is 500;
  *   4. the registry is installed on every worker (lx_gateway_set_registry)
- *      and on the health thread, and the new list becomes the state.
+ *      and on the health thread, and the new list becomes the state; the
+ *      answer waits until every worker has switched (wait_adopted).
  * Requests in flight hold a reference to the snapshot they started with and
  * are never disturbed. Drain and enable only flip the `drained` atomic of the
  * newest snapshot's nodes: run-time state, not configuration, not written.
@@ -43,6 +44,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../core/log.h"
@@ -286,9 +288,9 @@ void lx_admin_set_health(struct lx_gateway *gw, struct lx_health *health)
 {
     lx_admin_lock();
     gw->health = health;
-    /* lx_health_start() was given the first registry; an admin change may
-     * have installed a newer one since. Watching it again is harmless. */
-    if (health && gw->reg)
+    /* lx_health_start() was given the first registry; an admin call before
+     * this one may have installed a newer one. */
+    if (health && st.loaded)
         lx_health_set_registry(health, gw->reg);
     lx_admin_unlock();
 }
@@ -557,10 +559,36 @@ static void carry_drained(struct lx_registry *reg, struct lx_registry *prev)
 }
 
 /*
+ * Waits (at most 1 s) until every worker has taken the snapshot handed to it
+ * by lx_gateway_set_registry(): a worker takes it in its wake callback and
+ * switches before it handles anything else, so once this returns, every new
+ * request uses the new pools, and the answer to the change can say so.
+ */
+static void wait_adopted(struct lx_gateway *gw)
+{
+    uint64_t deadline = uv_hrtime() + 1000000000ULL;
+
+    for (int i = 0; i < gw->n_workers; i++) {
+        struct lx_worker *w = &gw->workers[i];
+
+        for (;;) {
+            bool pending;
+
+            uv_mutex_lock(&w->wake_lock);
+            pending = w->next_reg != NULL;
+            uv_mutex_unlock(&w->wake_lock);
+            if (!pending || uv_hrtime() > deadline)
+                break;
+            nanosleep(&(struct timespec){0, 100000}, NULL); /* 100 us */
+        }
+    }
+}
+
+/*
  * Applies a change to the pool list: the pool at <at> (st.n = a new one) is
  * replaced by <np> with file entry <nsrc>, or removed when <np> is NULL.
  * Steps 2-4 of the file comment. Takes <np>'s contents and <nsrc> whatever
- * happens. Returns 0, or -1 with the job's error set.
+ * happens. Returns 0, or a negative error with the job's error set.
  */
 static int change(struct admin_job *job, size_t at, struct lx_conf_pool *np, json_t *nsrc)
 {
@@ -572,6 +600,7 @@ static int change(struct admin_job *job, size_t at, struct lx_conf_pool *np, jso
     json_t **src = lx_calloc(n + 1, sizeof(*src));
     struct lx_registry *reg;
     char err[400];
+    int rc = 0;
 
     for (size_t i = 0; i <= st.n; i++) {
         if (i == at && np) {
@@ -588,11 +617,13 @@ static int change(struct admin_job *job, size_t at, struct lx_conf_pool *np, jso
     reg = lx_registry_new(&conf, gw->reg, err, sizeof(err));
     if (!reg) {
         job_error(job, 400, "invalid_request_error", "invalid_pool", "%s", err);
+        rc = LX_EINVAL;
         goto out_error;
     }
     carry_drained(reg, gw->reg);
-    if (gw->conf->config_path &&
-        persist(gw->conf->config_path, model, np ? nsrc : NULL, err, sizeof(err)) < 0) {
+    if (gw->conf->config_path)
+        rc = persist(gw->conf->config_path, model, np ? nsrc : NULL, err, sizeof(err));
+    if (rc < 0) {
         lx_error("admin: change of model %s refused, the config file was not written: %s "
                  "[request %s]",
                  model, err, job->rid);
@@ -605,6 +636,7 @@ static int change(struct admin_job *job, size_t at, struct lx_conf_pool *np, jso
     if (gw->health)
         lx_health_set_registry(gw->health, reg);
     lx_registry_unref(reg);
+    wait_adopted(gw);
     if (at < st.n) {
         lx_conf_pool_free(&st.pools[at]);
         json_decref(st.src[at]);
@@ -622,7 +654,7 @@ out_error:
     json_decref(nsrc);
     free(pools);
     free(src);
-    return -1;
+    return rc;
 }
 
 static void answer_pool(struct admin_job *job, int status, size_t i, bool mutation)
