@@ -69,8 +69,8 @@ int lx_gateway_start(struct lx_gateway *gw);
 /* Asks every worker to stop gracefully (thread-safe, async-signal-safe is not
  * required: call it from the main loop). */
 void lx_gateway_stop(struct lx_gateway *gw);
-/* Makes <reg> the registry for new requests on every worker (main thread;
- * takes a reference). In-flight requests keep the snapshot they started with. */
+/* Makes <reg> the registry for new requests on every worker (any thread,
+ * under the admin lock, src/obs/admin.h; takes a reference). In-flight requests keep the snapshot they started with. */
 void lx_gateway_set_registry(struct lx_gateway *gw, struct lx_registry *reg);
 /* Joins the workers and frees their resources. */
 void lx_gateway_join(struct lx_gateway *gw);
