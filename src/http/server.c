@@ -37,14 +37,9 @@
 #define DRAIN_LOW_WATER (64 * 1024)     /* on_drain fires once pending falls below this */
 #define LINGER_MS 2000                  /* read-and-discard after a rejected request */
 #define MAX_HEADERS 256
-#define HEADERS_INITIAL 24            /* header slots first allocated; doubles up to MAX */
 #define KEEP_BUF_MAX (16 * 1024)       /* larger per-request buffers are freed after use */
 
 enum conn_state { C_IDLE, C_HEAD, C_BODY, C_BUSY, C_CLOSING };
-
-struct hdr_off {
-    uint32_t name_off, name_len, value_off, value_len;
-};
 
 struct lx_http_conn {
     uv_tcp_t tcp;
@@ -57,11 +52,7 @@ struct lx_http_conn {
 
     struct lx_buf in;                  /* unparsed input (pipelining) */
     struct lx_buf url;                 /* request target, NUL-terminated when complete */
-    struct lx_buf head;                /* header names and values, back to back */
-    struct hdr_off *hoff;              /* hdr_cap offsets into head, NULL until needed */
-    size_t n_hdr;
-    size_t hdr_cap;                    /* slots in hoff and req.headers */
-    bool in_value;                     /* last header callback was a value */
+    struct lx_headers hd;              /* the current request's header fields */
     size_t head_bytes;                 /* bytes seen in the current head */
 
     struct lx_http_req req;
@@ -168,11 +159,9 @@ static void on_handle_closed(uv_handle_t *h)
         c->next->prev = c->prev;
     lx_buf_deinit(&c->in);
     lx_buf_deinit(&c->url);
-    lx_buf_deinit(&c->head);
+    lx_headers_deinit(&c->hd);
     lx_buf_deinit(&c->hbuf);
     lx_buf_deinit(&c->req.body);
-    free(c->req.headers);
-    free(c->hoff);
     free(c);
     srv->n_conns--;
     server_maybe_done(srv);
@@ -343,10 +332,8 @@ static int on_message_begin(http_parser *p)
 
     c->state = C_HEAD;
     c->head_bytes = 0;
-    c->n_hdr = 0;
-    c->in_value = false;
+    lx_headers_reset(&c->hd, KEEP_BUF_MAX);
     lx_buf_reset(&c->url);
-    lx_buf_reset(&c->head);
     lx_buf_reset(&c->req.body);
     timer_set(c, c->srv->limits.head_timeout_ms);
     return 0;
@@ -380,7 +367,6 @@ static bool is_token(const char *p, size_t len)
 static int on_header_field(http_parser *p, const char *at, size_t len)
 {
     struct lx_http_conn *c = parser_conn(p);
-    struct hdr_off *h;
 
     if (head_grow(c, len))
         return -1;
@@ -388,51 +374,21 @@ static int on_header_field(http_parser *p, const char *at, size_t len)
         c->reject = 400;
         return -1;
     }
-    if (c->n_hdr == 0 || c->in_value) {
-        if (c->n_hdr == c->hdr_cap) {
-            size_t cap = c->hdr_cap ? c->hdr_cap * 2 : HEADERS_INITIAL;
-
-            if (c->hdr_cap >= MAX_HEADERS) {
-                c->reject = 431;
-                return -1;
-            }
-            c->hoff = lx_realloc(c->hoff, cap * sizeof(*c->hoff));
-            c->req.headers = lx_realloc(c->req.headers, cap * sizeof(*c->req.headers));
-            c->hdr_cap = cap;
-        }
-        h = &c->hoff[c->n_hdr++];
-        h->name_off = (uint32_t)c->head.len;
-        h->name_len = 0;
-        h->value_off = 0;
-        h->value_len = 0;
-        c->in_value = false;
-    }
-    h = &c->hoff[c->n_hdr - 1];
-    if (lx_buf_append(&c->head, at, len)) {
+    if (lx_headers_field(&c->hd, at, len) < 0) {
         c->reject = 431;
         return -1;
     }
-    h->name_len += (uint32_t)len;
     return 0;
 }
 
 static int on_header_value(http_parser *p, const char *at, size_t len)
 {
     struct lx_http_conn *c = parser_conn(p);
-    struct hdr_off *h;
 
-    if (head_grow(c, len))
-        return -1;
-    h = &c->hoff[c->n_hdr - 1];
-    if (!c->in_value) {
-        h->value_off = (uint32_t)c->head.len;
-        c->in_value = true;
-    }
-    if (lx_buf_append(&c->head, at, len)) {
+    if (head_grow(c, len) || lx_headers_value(&c->hd, at, len) < 0) {
         c->reject = 431;
         return -1;
     }
-    h->value_len += (uint32_t)len;
     return 0;
 }
 
@@ -470,13 +426,8 @@ static int on_headers_complete(http_parser *p)
     req->http_major = p->http_major;
     req->http_minor = p->http_minor;
     req->keep_alive = http_should_keep_alive(p) != 0;
-    req->n_headers = c->n_hdr;
-    for (size_t i = 0; i < c->n_hdr; i++) {
-        req->headers[i].name = c->head.data + c->hoff[i].name_off;
-        req->headers[i].name_len = c->hoff[i].name_len;
-        req->headers[i].value = c->head.data + c->hoff[i].value_off;
-        req->headers[i].value_len = c->hoff[i].value_len;
-    }
+    req->headers = lx_headers_resolve(&c->hd);
+    req->n_headers = c->hd.n;
     if ((p->flags & F_CONTENTLENGTH) && p->content_length > c->srv->limits.body_max) {
         c->reject = 413;
         return -1;
@@ -707,7 +658,7 @@ static void on_connection(uv_stream_t *ls, int status)
     http_parser_init(&c->parser, HTTP_REQUEST);
     lx_buf_init(&c->in, IN_HIGH_WATER + 2 * READ_BUF_SIZE);
     lx_buf_init(&c->url, srv->limits.head_max + 1);
-    lx_buf_init(&c->head, srv->limits.head_max);
+    lx_headers_init(&c->hd, srv->limits.head_max, MAX_HEADERS);
     lx_buf_init(&c->hbuf, 0);
     lx_buf_init(&c->req.body, srv->limits.body_max);
     c->req.loop = srv->loop;
@@ -1002,8 +953,7 @@ void lx_http_resp_end(struct lx_http_req *req)
      * what a large request grew. */
     if (req->body.cap > KEEP_BUF_MAX)
         lx_buf_deinit(&req->body);
-    if (c->head.cap > KEEP_BUF_MAX)
-        lx_buf_deinit(&c->head);
+    lx_headers_reset(&c->hd, KEEP_BUF_MAX);
     if (c->dead)
         return; /* the timer closes it */
     if (!req->keep_alive || c->srv->closing) {

@@ -25,13 +25,7 @@
 #include <uv.h>
 
 #include "../core/buf.h"
-
-struct lx_http_header {
-    const char *name;
-    size_t name_len;
-    const char *value;
-    size_t value_len;
-};
+#include "headers.h"
 
 struct lx_http_limits {
     size_t head_max;          /* bytes of request line + headers; over -> 431 */

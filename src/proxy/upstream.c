@@ -26,10 +26,6 @@
 
 enum up_state { UP_RESOLVE, UP_CONNECT, UP_ACTIVE, UP_IDLE, UP_CLOSING };
 
-struct hoff {
-    uint32_t name_off, name_len, value_off, value_len;
-};
-
 struct up_conn {
     uv_tcp_t tcp;
     uv_timer_t timer;
@@ -52,11 +48,7 @@ struct up_conn {
     enum lx_upstream_err pending_err; /* reported from the timer, 0 = none */
     struct lx_upstream_req *req;   /* current exchange, NULL when idle/cancelled */
     http_parser parser;
-    struct lx_buf head;
-    struct hoff hoff[UP_MAX_HEADERS];
-    struct lx_http_header hdrs[UP_MAX_HEADERS];
-    size_t n_hdr;
-    bool in_value;
+    struct lx_headers hd;          /* the response's header fields */
 };
 
 struct lx_upstream_pool {
@@ -155,7 +147,7 @@ static void on_closed(uv_handle_t *h)
     if (--c->handles_open > 0)
         return;
     lx_node_unref(c->node);
-    lx_buf_deinit(&c->head);
+    lx_headers_deinit(&c->hd);
     free(c);
     pool->n_conns--;
     pool_maybe_free(pool);
@@ -244,37 +236,12 @@ static struct up_conn *pconn(http_parser *p)
 
 static int on_header_field(http_parser *p, const char *at, size_t len)
 {
-    struct up_conn *c = pconn(p);
-
-    if (c->n_hdr == 0 || c->in_value) {
-        if (c->n_hdr == UP_MAX_HEADERS)
-            return -1;
-        c->hoff[c->n_hdr].name_off = (uint32_t)c->head.len;
-        c->hoff[c->n_hdr].name_len = 0;
-        c->hoff[c->n_hdr].value_off = (uint32_t)c->head.len;
-        c->hoff[c->n_hdr].value_len = 0;
-        c->n_hdr++;
-        c->in_value = false;
-    }
-    if (lx_buf_append(&c->head, at, len))
-        return -1;
-    c->hoff[c->n_hdr - 1].name_len += (uint32_t)len;
-    return 0;
+    return lx_headers_field(&pconn(p)->hd, at, len) < 0 ? -1 : 0;
 }
 
 static int on_header_value(http_parser *p, const char *at, size_t len)
 {
-    struct up_conn *c = pconn(p);
-    struct hoff *h = &c->hoff[c->n_hdr - 1];
-
-    if (!c->in_value) {
-        h->value_off = (uint32_t)c->head.len;
-        c->in_value = true;
-    }
-    if (lx_buf_append(&c->head, at, len))
-        return -1;
-    h->value_len += (uint32_t)len;
-    return 0;
+    return lx_headers_value(&pconn(p)->hd, at, len) < 0 ? -1 : 0;
 }
 
 static int on_headers_complete(http_parser *p)
@@ -285,22 +252,14 @@ static int on_headers_complete(http_parser *p)
 
     /* 1xx interim responses (100 Continue) carry no body: skip them. */
     if (p->status_code >= 100 && p->status_code < 200) {
-        c->n_hdr = 0;
-        c->in_value = false;
-        lx_buf_reset(&c->head);
+        lx_headers_reset(&c->hd, UP_HEAD_MAX);
         return 0;
-    }
-    for (size_t i = 0; i < c->n_hdr; i++) {
-        c->hdrs[i].name = c->head.data + c->hoff[i].name_off;
-        c->hdrs[i].name_len = c->hoff[i].name_len;
-        c->hdrs[i].value = c->head.data + c->hoff[i].value_off;
-        c->hdrs[i].value_len = c->hoff[i].value_len;
     }
     if (!(p->flags & F_CHUNKED) && (p->flags & F_CONTENTLENGTH))
         clen = (int64_t)p->content_length;
     c->got_head = true;
     timer_set(c, ur->timeouts.idle_ms);
-    ur->cbs->on_head(ur->ctx, p->status_code, c->hdrs, c->n_hdr, clen);
+    ur->cbs->on_head(ur->ctx, p->status_code, lx_headers_resolve(&c->hd), c->hd.n, clen);
     return c->req ? 0 : -1;
 }
 
@@ -451,9 +410,7 @@ static void conn_send(struct up_conn *c)
     c->state = UP_ACTIVE;
     c->pending_err = 0;
     c->got_byte = c->got_head = c->done = false;
-    c->n_hdr = 0;
-    c->in_value = false;
-    lx_buf_reset(&c->head);
+    lx_headers_reset(&c->hd, UP_HEAD_MAX);
     http_parser_init(&c->parser, HTTP_RESPONSE);
     c->parser.data = c;
     timer_set(c, ur->timeouts.first_byte_ms);
@@ -588,7 +545,7 @@ static void conn_start(struct lx_upstream_pool *pool, struct lx_upstream_req *ur
     c->node = lx_node_ref(node);
     c->req = ur;
     ur->conn = c;
-    lx_buf_init(&c->head, UP_HEAD_MAX);
+    lx_headers_init(&c->hd, UP_HEAD_MAX, UP_MAX_HEADERS);
     uv_tcp_init(pool->loop, &c->tcp);
     uv_timer_init(pool->loop, &c->timer);
     c->tcp.data = c;
