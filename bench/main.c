@@ -22,6 +22,7 @@
 #include <sys/resource.h>
 
 #include "../src/core/lx.h"
+#include "../src/core/parse.h"
 #include "bench.h"
 
 #define DEFAULT_MODEL "mistralai/Mistral-7B-Instruct-v0.3"
@@ -177,31 +178,21 @@ static void die_usage(const char *fmt, ...)
 
 static double parse_num(const char *opt, const char *val, double min, double max)
 {
-    char *end;
-    double v;
+    double v = 0;
+    const char *why = lx_parse_double(val, min, max, &v);
 
-    errno = 0;
-    v = strtod(val, &end);
-    if (end == val || *end || errno || !isfinite(v))
-        die_usage("--%s %s: not a number", opt, val);
-    if (v < min || v > max)
-        die_usage("--%s %s: out of range", opt, val);
+    if (why)
+        die_usage("--%s %s: %s", opt, val, why);
     return v;
 }
 
 static uint64_t parse_uint(const char *opt, const char *val, uint64_t min, uint64_t max)
 {
-    unsigned long long v;
-    char *end;
+    uint64_t v = 0;
+    const char *why = lx_parse_u64(val, min, max, &v);
 
-    errno = 0;
-    if (*val == '-' || *val == '+' || *val == ' ')
-        die_usage("--%s %s: not a positive whole number", opt, val);
-    v = strtoull(val, &end, 10);
-    if (end == val || *end || errno)
-        die_usage("--%s %s: not a whole number", opt, val);
-    if (v < min || v > max)
-        die_usage("--%s %s: out of range", opt, val);
+    if (why)
+        die_usage("--%s %s: %s", opt, val, why);
     return v;
 }
 

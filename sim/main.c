@@ -17,6 +17,7 @@
 #include <uv.h>
 
 #include "../src/core/log.h"
+#include "../src/core/parse.h"
 #include "../src/http/server.h"
 #include "api.h"
 #include "engine.h"
@@ -125,31 +126,21 @@ static void die_usage(const char *opt, const char *val, const char *why)
 
 static double parse_num(const char *opt, const char *val, double min, double max)
 {
-    char *end;
-    double v;
+    double v = 0;
+    const char *why = lx_parse_double(val, min, max, &v);
 
-    errno = 0;
-    v = strtod(val, &end);
-    if (end == val || *end || errno || isnan(v))
-        die_usage(opt, val, "not a number");
-    if (v < min || v > max)
-        die_usage(opt, val, "out of range");
+    if (why)
+        die_usage(opt, val, why);
     return v;
 }
 
 static uint64_t parse_uint(const char *opt, const char *val, uint64_t min, uint64_t max)
 {
-    char *end;
-    unsigned long long v;
+    uint64_t v = 0;
+    const char *why = lx_parse_u64(val, min, max, &v);
 
-    errno = 0;
-    if (*val == '-')
-        die_usage(opt, val, "must not be negative");
-    v = strtoull(val, &end, 10);
-    if (end == val || *end || errno)
-        die_usage(opt, val, "not a whole number");
-    if (v < min || v > max)
-        die_usage(opt, val, "out of range");
+    if (why)
+        die_usage(opt, val, why);
     return v;
 }
 

@@ -135,6 +135,8 @@ const char *lx_conf_usage(void);
 int lx_conf_pool_from_json(struct lx_conf_pool *out, const char *model, const struct json_t *obj,
                            const char *default_strategy, const char *who, char *err,
                            size_t errlen);
+/* "an object", "a string", ...: a JSON value's type for error messages. */
+const char *lx_conf_json_type(const struct json_t *v);
 /* Frees what a pool owns (not <pool> itself) and zeroes it. */
 void lx_conf_pool_free(struct lx_conf_pool *pool);
 

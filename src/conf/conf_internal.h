@@ -112,8 +112,6 @@ void lx_conf_servers_free(struct lx_conf_server *v, size_t n);
 /* Applies a JSON value to <s>. */
 int lx_conf_set_json(struct lx_conf_build *b, const struct lx_conf_setting *s, json_t *val,
                      const char *who, char *err, size_t errlen);
-/* "a string", "an object"...: what a JSON value is, for error messages. */
-const char *lx_conf_json_type(const json_t *v);
 /* Reads the JSON file at <path> into <b>; 0 or LX_EINVAL with <err> set. */
 int lx_conf_json_apply(struct lx_conf_build *b, const char *path, char *err, size_t errlen);
 /* Parses a JSON array of servers (URL strings or objects) into a new array. */

@@ -159,27 +159,6 @@ static json_t *json_num(double v)
     return json_real(v);
 }
 
-static const char *json_type_name(const json_t *v)
-{
-    switch (json_typeof(v)) {
-    case JSON_OBJECT:
-        return "an object";
-    case JSON_ARRAY:
-        return "an array";
-    case JSON_STRING:
-        return "a string";
-    case JSON_INTEGER:
-        return "an integer";
-    case JSON_REAL:
-        return "a number";
-    case JSON_TRUE:
-    case JSON_FALSE:
-        return "a boolean";
-    default:
-        return "null";
-    }
-}
-
 /* <p> as a config file entry, in its shortest form (a server with only a
  * URL is the URL string). Real secrets: for the file, never for a client. */
 static json_t *pool_to_src(const struct lx_conf_pool *p)
@@ -706,7 +685,7 @@ static void op_create(struct admin_job *job)
     if (!mn || !json_is_string(mn)) {
         job_error(job, 400, "invalid_request_error", "invalid_pool", "body.model_name: %s%s",
                   mn ? "expected a string, got " : "missing",
-                  mn ? json_type_name(mn) : " (the model name clients will send)");
+                  mn ? lx_conf_json_type(mn) : " (the model name clients will send)");
         return;
     }
     name = json_string_value(mn);
@@ -1131,7 +1110,7 @@ void lx_obs_admin(struct lx_worker *w, struct lx_http_req *req, const char *rid)
         if (!job->body || !json_is_object(job->body)) {
             if (job->body)
                 snprintf(why, sizeof(why), "the request body must be a JSON object, got %s",
-                         json_type_name(job->body));
+                         lx_conf_json_type(job->body));
             else
                 snprintf(why, sizeof(why),
                          "the request body must be a JSON object: %s (line %d, column %d)", je.text,
