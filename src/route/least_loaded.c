@@ -12,7 +12,8 @@
 #include "router.h"
 
 struct ll_state {
-    atomic_uint_fast64_t ticket;
+    atomic_uint_fast64_t ticket;        /* first attempts */
+    atomic_uint_fast64_t retry_ticket;  /* retries: they must not shift the rotation */
 };
 
 static void *ll_init(struct lx_pool *pool)
@@ -40,7 +41,10 @@ static int ll_pick(struct lx_pool *pool, void *state, const struct lx_pick *ctx)
         if (load == best_load)
             c[n_tied++] = c[k];
     }
-    return c[atomic_fetch_add_explicit(&st->ticket, 1, memory_order_relaxed) % n_tied].idx;
+    return c[atomic_fetch_add_explicit(ctx->n_tried ? &st->retry_ticket : &st->ticket, 1,
+                                       memory_order_relaxed) %
+             n_tied]
+        .idx;
 }
 
 static void ll_destroy(void *state)

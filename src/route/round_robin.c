@@ -6,7 +6,8 @@
  * rotation. The rotation is over the candidates of this pick, so when a node
  * leaves or joins, or a retry excludes the node already tried, the others
  * keep equal shares instead of the next node in line taking the missing
- * node's share.
+ * node's share. Retries rotate on a separate ticket, so they do not shift the
+ * rotation of first attempts.
  *
  * With unequal weights (or nodes in slow start), the ticket is turned into a
  * point of a low-discrepancy sequence (the golden-ratio sequence) and the
@@ -20,7 +21,8 @@
 #include "router.h"
 
 struct rr_state {
-    atomic_uint_fast64_t ticket;
+    atomic_uint_fast64_t ticket;        /* first attempts */
+    atomic_uint_fast64_t retry_ticket;  /* retries */
 };
 
 static void *rr_init(struct lx_pool *pool)
@@ -39,7 +41,11 @@ static int rr_pick(struct lx_pool *pool, void *state, const struct lx_pick *ctx)
 
     if (n == 0)
         return -1;
-    t = atomic_fetch_add_explicit(&st->ticket, 1, memory_order_relaxed);
+    /* Retries rotate on a ticket of their own: taking a first-attempt ticket
+     * would shift that rotation by one per retry (with one node answering
+     * 429, every first attempt would land on it). */
+    t = atomic_fetch_add_explicit(ctx->n_tried > 0 ? &st->retry_ticket : &st->ticket, 1,
+                                  memory_order_relaxed);
     for (size_t i = 0; i < n; i++) {
         total += c[i].weight;
         if (c[i].weight != c[0].weight)
