@@ -106,6 +106,15 @@ static void node_release(struct lx_proxy *p)
         p->in_flight = false;
         if (lx_waitq_len(&p->pool->parked) > 0)
             lx_waitq_wake_one(&p->pool->parked);
+        /* After a reload, requests park in the newer snapshot's pool (see
+         * adopt_newest) while this one still belongs to the older. */
+        if (p->reg != p->w->reg) {
+            struct lx_pool *now = lx_registry_find(p->w->reg, p->pool->model,
+                                                   strlen(p->pool->model));
+
+            if (now && now != p->pool && lx_waitq_len(&now->parked) > 0)
+                lx_waitq_wake_one(&now->parked);
+        }
     }
     lx_node_unref(p->node);
     p->node = NULL;
@@ -463,11 +472,35 @@ static void wait_start(struct lx_proxy *p, enum proxy_wait kind)
     wait_list_add(p);
 }
 
+/*
+ * A request not yet answered by any node follows the newest configuration:
+ * one that waited through a reload (or an admin change) is bound with the
+ * pools as they are now. Its pool must still exist with the same
+ * upstream_model (the body was written for it); otherwise it keeps its own.
+ */
+static void adopt_newest(struct lx_proxy *p)
+{
+    struct lx_registry *now = p->w->reg;
+    struct lx_pool *pool;
+
+    if (p->reg == now)
+        return;
+    pool = lx_registry_find(now, p->pool->model, strlen(p->pool->model));
+    if (!pool || strcmp(pool->model, p->pool->model) != 0 ||
+        !pool->upstream_model != !p->pool->upstream_model ||
+        (pool->upstream_model && strcmp(pool->upstream_model, p->pool->upstream_model) != 0))
+        return;
+    lx_registry_unref(p->reg);
+    p->reg = lx_registry_ref(now);
+    p->pool = pool;
+}
+
 static void proxy_attempt(struct lx_proxy *p)
 {
     const struct lx_conf *conf = p->w->gw->conf;
     struct lx_node *node;
 
+    adopt_newest(p);
     for (;;) {
         p->pick.rand = lx_worker_rand(p->w);
         p->pick.now_ms = lx_now_ms();

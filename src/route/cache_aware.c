@@ -11,7 +11,8 @@
  * a hash that is the same on every machine and run, so several llmux replicas
  * in front of the same nodes agree without talking, and a node joining or
  * leaving moves only its own share of keys. Weights follow the logarithmic
- * method (score = -w / ln(u)).
+ * method (score = -w / ln(u)), with the slow-start ramped weight, so a node
+ * coming back takes its keys back gradually.
  *
  * Bounded load: when the chosen node's in-flight requests per unit of weight
  * exceed load_factor times the pool's average (+1 request), the request goes
@@ -82,7 +83,7 @@ static int ca_pick(struct lx_pool *pool, void *state, const struct lx_pick *ctx)
         uint64_t h = lx_route_hash(node->url, strlen(node->url), kh);
         /* u in (0, 1): never 0 or 1, so the log is finite and negative. */
         double u = ((double)(h >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-        double score = -(double)node->weight / log(u);
+        double score = -c[i].weight / log(u);
         double load = lx_router_load(pool, &c[i]);
 
         total += atomic_load_explicit(&node->in_flight, memory_order_relaxed);
@@ -99,8 +100,7 @@ static int ca_pick(struct lx_pool *pool, void *state, const struct lx_pick *ctx)
     }
     /* Loads are per unit of weight, so a heavy node carrying its fair share
      * is not taken for overloaded. */
-    if (best_load > load_factor * (total / total_w) +
-                        1.0 / lx_node_effective_weight(pool->nodes[best], ctx->now_ms))
+    if (best_load > load_factor * (total / total_w) + 1.0 / pool->nodes[best]->weight)
         return least;
     return best;
 }
