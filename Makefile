@@ -151,7 +151,7 @@ format:
 
 lint:
 	cppcheck --quiet --enable=warning,performance,portability --error-exitcode=1 \
-	    --suppress=missingIncludeSystem -Isrc src sim
+	    --suppress=missingIncludeSystem -Isrc src sim bench
 	clang-tidy $(LIB_SRC) src/main.c -- $(CFLAGS)
 
 clean:

@@ -300,7 +300,7 @@ void lx_metrics_sample(struct lx_buf *out, const char *name, const char *label,
     lx_buf_append(out, name, strlen(name));
     if (label) {
         lx_buf_appendf(out, "{%s=\"", label);
-        lx_metrics_escape(out, value);
+        lx_metrics_escape(out, value ? value : "");
         lx_buf_append(out, "\"}", 2);
     }
     lx_buf_appendf(out, " %.17g\n", v);

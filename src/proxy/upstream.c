@@ -268,6 +268,8 @@ static int on_body(http_parser *p, const char *at, size_t len)
     struct up_conn *c = pconn(p);
     struct lx_upstream_req *ur = c->req;
 
+    if (!ur)
+        return -1;
     ur->cbs->on_body(ur->ctx, at, len);
     return c->req ? 0 : -1;
 }
