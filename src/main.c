@@ -3,6 +3,7 @@
  * the workers, wait for SIGINT/SIGTERM, stop gracefully. Nothing else.
  */
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <errno.h>
 #include <string.h>
@@ -82,6 +83,18 @@ static void on_signal(uv_signal_t *s, int signum)
     uv_signal_stop(&m->sighup);
 }
 
+/* One descriptor per client and per pooled node connection: take the whole
+ * hard limit (as HAProxy does), so a busy gateway is not capped at 1024. */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
 int main(int argc, char **argv)
 {
     struct lx_conf conf;
@@ -94,6 +107,7 @@ int main(int argc, char **argv)
     size_t n_nodes = 0;
 
     signal(SIGPIPE, SIG_IGN);
+    raise_fd_limit();
     switch (lx_conf_load(&conf, argc, argv, NULL, NULL, err, sizeof(err))) {
     case LX_CONF_OK:
         break;
