@@ -57,7 +57,7 @@ BINDIR := $(BUILD)/bin
 endif
 BINS := $(BINDIR)/llmux $(BINDIR)/llmux-sim $(BINDIR)/llmux-bench
 
-.PHONY: all run test test-unit test-e2e test-fuzz-replay asan asan-test fuzz fuzz-smoke bench format lint deps clean help
+.PHONY: all run test test-unit test-e2e test-fuzz-replay asan asan-test fuzz fuzz-smoke bench bench-quick bench-profile format lint deps clean help
 .SECONDARY:
 
 all: $(BINS)
@@ -143,6 +143,20 @@ asan-test: deps
 asan:
 	@$(MAKE) --no-print-directory MODE=asan all
 
+# Benchmarks (not tests): the relay check, the peer comparison with nginx and
+# HAProxy, and the routing-quality experiment. Figures go to docs/BENCHMARKS.md.
+bench: deps all
+	bench/relay.sh
+	bench/compare
+	bench/routing
+
+bench-quick: deps all
+	bench/compare --quick
+	bench/routing --quick
+
+bench-profile: deps all
+	bench/profile
+
 run: deps all
 	@scripts/run.sh
 
@@ -169,6 +183,8 @@ help:
 	@echo "  fuzz-smoke  run each fuzz target FUZZ_SECONDS (default 20) on its corpus"
 	@echo "  asan-test   unit + e2e tests under ASan+UBSan"
 	@echo "  deps        install missing Debian packages (root) or say what to install"
+	@echo "  bench       bench/relay.sh, bench/compare (vs nginx, HAProxy), bench/routing (~10 min)"
+	@echo "  bench-quick the comparison and routing benchmarks in ~2 min; bench-profile: callgrind"
 	@echo "  format lint clean"
 
 -include $(shell find build -name '*.d' 2>/dev/null)
