@@ -58,22 +58,45 @@ int lx_buf_append(struct lx_buf *b, const void *p, size_t n)
 
 int lx_buf_appendf(struct lx_buf *b, const char *fmt, ...)
 {
+    /* One vsnprintf into the spare room; a second only when it did not fit. */
     va_list ap;
     int n, rc;
 
-    va_start(ap, fmt);
-    n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        return LX_EINVAL;
-    rc = lx_buf_reserve(b, (size_t)n + 1);
+    rc = lx_buf_reserve(b, 128);
     if (rc)
         return rc;
     va_start(ap, fmt);
-    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    n = vsnprintf(b->data + b->len, b->cap - b->len, fmt, ap);
     va_end(ap);
+    if (n < 0)
+        return LX_EINVAL;
+    if ((size_t)n >= b->cap - b->len) {
+        rc = lx_buf_reserve(b, (size_t)n + 1);
+        if (rc)
+            return rc;
+        va_start(ap, fmt);
+        vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+        va_end(ap);
+    }
     b->len += (size_t)n;
     return 0;
+}
+
+int lx_buf_append_u64(struct lx_buf *b, uint64_t v)
+{
+    char t[24];
+    size_t i = sizeof(t);
+
+    do {
+        t[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    return lx_buf_append(b, t + i, sizeof(t) - i);
+}
+
+int lx_buf_append_str(struct lx_buf *b, const char *s)
+{
+    return lx_buf_append(b, s, strlen(s));
 }
 
 void lx_buf_consume(struct lx_buf *b, size_t n)
@@ -84,4 +107,19 @@ void lx_buf_consume(struct lx_buf *b, size_t n)
     }
     memmove(b->data, b->data + n, b->len - n);
     b->len -= n;
+}
+
+size_t lx_fmt_hex(char out[16], uint64_t v)
+{
+    static const char hex[] = "0123456789abcdef";
+    char t[16];
+    size_t i = sizeof(t), n;
+
+    do {
+        t[--i] = hex[v & 15];
+        v >>= 4;
+    } while (v);
+    n = sizeof(t) - i;
+    memcpy(out, t + i, n);
+    return n;
 }

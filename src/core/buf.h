@@ -22,6 +22,11 @@ void lx_buf_init(struct lx_buf *b, size_t max);
 void lx_buf_deinit(struct lx_buf *b);
 /* Appends <n> bytes; 0, LX_E2BIG (over max) or LX_ENOMEM. */
 int lx_buf_append(struct lx_buf *b, const void *p, size_t n);
+/* Appends <v> in decimal / the NUL-terminated <s>; without printf. */
+int lx_buf_append_u64(struct lx_buf *b, uint64_t v);
+int lx_buf_append_str(struct lx_buf *b, const char *s);
+/* Writes <v> in lowercase hex, no padding, into <out>; returns the length. */
+size_t lx_fmt_hex(char out[16], uint64_t v);
 int lx_buf_appendf(struct lx_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Ensures room for <n> more bytes without changing len. */
 int lx_buf_reserve(struct lx_buf *b, size_t n);

@@ -67,6 +67,8 @@ struct lx_http_conn {
     bool resp_chunked;
     bool resp_no_body;                 /* HEAD request */
     bool head_pending;                 /* hbuf holds a head not yet written (lazy start) */
+    bool corked;                       /* body writes gathered in `cork` until flush/end */
+    struct lx_buf cork;                /* framed body bytes waiting for one write */
     bool close_after;                  /* close once the response is flushed */
     bool dead;                         /* write failed; close from the timer */
     bool lingering;                    /* shut down, discarding input until EOF */
@@ -161,6 +163,7 @@ static void on_handle_closed(uv_handle_t *h)
     lx_buf_deinit(&c->url);
     lx_headers_deinit(&c->hd);
     lx_buf_deinit(&c->hbuf);
+    lx_buf_deinit(&c->cork);
     lx_buf_deinit(&c->req.body);
     free(c);
     srv->n_conns--;
@@ -552,6 +555,8 @@ static size_t conn_parse(struct lx_http_conn *c, const char *data, size_t len)
         c->req.on_drain = NULL;
         c->resp_started = false;
         c->head_pending = false;
+        c->corked = false;
+        lx_buf_reset(&c->cork);
         c->resp_no_body = c->req.method == HTTP_HEAD;
         c->srv->handler(&c->req, c->srv->ctx);
     }
@@ -660,6 +665,7 @@ static void on_connection(uv_stream_t *ls, int status)
     lx_buf_init(&c->url, srv->limits.head_max + 1);
     lx_headers_init(&c->hd, srv->limits.head_max, MAX_HEADERS);
     lx_buf_init(&c->hbuf, 0);
+    lx_buf_init(&c->cork, 0);
     lx_buf_init(&c->req.body, srv->limits.body_max);
     c->req.loop = srv->loop;
     c->req.conn = c;
@@ -822,7 +828,23 @@ void lx_http_req_peer_str(const struct lx_http_req *req, char *out, size_t len)
 
     if (ss->ss_family == AF_INET6)
         uv_ip6_name((const struct sockaddr_in6 *)ss, out, len);
-    else if (ss->ss_family == AF_INET)
+    else if (ss->ss_family == AF_INET && len >= 16) {
+        /* A dotted quad by hand: uv_ip4_name costs thousands of
+         * instructions, and this runs for every request (X-Forwarded-For). */
+        const unsigned char *a = (const unsigned char *)&((const struct sockaddr_in *)ss)->sin_addr;
+        size_t k = 0;
+
+        for (int i = 0; i < 4; i++) {
+            unsigned v = a[i];
+
+            if (v >= 100)
+                out[k++] = (char)('0' + v / 100);
+            if (v >= 10)
+                out[k++] = (char)('0' + v / 10 % 10);
+            out[k++] = (char)('0' + v % 10);
+            out[k++] = i < 3 ? '.' : '\0';
+        }
+    } else if (ss->ss_family == AF_INET)
         uv_ip4_name((const struct sockaddr_in *)ss, out, len);
     else
         snprintf(out, len, "-");
@@ -847,7 +869,12 @@ static int resp_start(struct lx_http_req *req, int status, const struct lx_http_
             req->keep_alive = false; /* HTTP/1.0: the close ends the body */
     }
     lx_buf_reset(b);
-    lx_buf_appendf(b, "HTTP/1.1 %d %s\r\n", status, lx_http_reason(status));
+    /* Appends, no printf: this runs for every response. */
+    lx_buf_append(b, "HTTP/1.1 ", 9);
+    lx_buf_append_u64(b, (uint64_t)status);
+    lx_buf_append(b, " ", 1);
+    lx_buf_append_str(b, lx_http_reason(status));
+    lx_buf_append(b, "\r\n", 2);
     for (size_t i = 0; i < n_hdrs; i++) {
         lx_buf_append(b, hdrs[i].name, hdrs[i].name_len);
         lx_buf_append(b, ": ", 2);
@@ -855,7 +882,11 @@ static int resp_start(struct lx_http_req *req, int status, const struct lx_http_
         lx_buf_append(b, "\r\n", 2);
     }
     if (content_length >= 0)
-        lx_buf_appendf(b, "Content-Length: %lld\r\n", (long long)content_length);
+    {
+        lx_buf_append(b, "Content-Length: ", 16);
+        lx_buf_append_u64(b, (uint64_t)content_length);
+        lx_buf_append(b, "\r\n", 2);
+    }
     else if (c->resp_chunked)
         lx_buf_append(b, "Transfer-Encoding: chunked\r\n", 28);
     if (!req->keep_alive)
@@ -884,11 +915,38 @@ int lx_http_resp_start_lazy(struct lx_http_req *req, int status,
     return resp_start(req, status, hdrs, n_hdrs, content_length, true);
 }
 
+void lx_http_resp_cork(struct lx_http_req *req)
+{
+    req->conn->corked = true;
+}
+
+static int cork_flush(struct lx_http_conn *c, const char *extra, size_t extra_len)
+{
+    uv_buf_t b[3];
+    unsigned int n = 0;
+    int rc;
+
+    if (c->head_pending) {
+        c->head_pending = false;
+        b[n++] = uv_buf_init(c->hbuf.data, (unsigned int)c->hbuf.len);
+    }
+    if (c->cork.len)
+        b[n++] = uv_buf_init(c->cork.data, (unsigned int)c->cork.len);
+    if (extra_len)
+        b[n++] = uv_buf_init((char *)extra, (unsigned int)extra_len);
+    c->corked = false;
+    rc = n ? conn_write(c, b, n) : 0;
+    lx_buf_reset(&c->cork);
+    return rc;
+}
+
 int lx_http_resp_flush(struct lx_http_req *req)
 {
     struct lx_http_conn *c = req->conn;
     uv_buf_t ub;
 
+    if (c->corked)
+        return cork_flush(c, NULL, 0);
     if (!c->head_pending)
         return 0;
     c->head_pending = false;
@@ -906,6 +964,19 @@ int lx_http_resp_write(struct lx_http_req *req, const void *data, size_t len)
     LX_ASSERT(c->resp_started);
     if (len == 0 || c->resp_no_body)
         return lx_http_resp_flush(req);
+    if (c->corked) {
+        if (c->resp_chunked) {
+            char hx[16];
+
+            lx_buf_append(&c->cork, hx, lx_fmt_hex(hx, len));
+            lx_buf_append(&c->cork, "\r\n", 2);
+            lx_buf_append(&c->cork, data, len);
+            lx_buf_append(&c->cork, "\r\n", 2);
+        } else {
+            lx_buf_append(&c->cork, data, len);
+        }
+        return 0;
+    }
     if (c->head_pending) {
         c->head_pending = false;
         bufs[n++] = uv_buf_init(c->hbuf.data, (unsigned int)c->hbuf.len);
@@ -914,8 +985,13 @@ int lx_http_resp_write(struct lx_http_req *req, const void *data, size_t len)
         bufs[n++] = uv_buf_init((char *)data, (unsigned int)len);
         return conn_write(c, bufs, n);
     }
-    bufs[n++] = uv_buf_init(size_line, (unsigned int)snprintf(size_line, sizeof(size_line),
-                                                              "%zx\r\n", len));
+    {
+        size_t k = lx_fmt_hex(size_line, len);
+
+        size_line[k++] = '\r';
+        size_line[k++] = '\n';
+        bufs[n++] = uv_buf_init(size_line, (unsigned int)k);
+    }
     bufs[n++] = uv_buf_init((char *)data, (unsigned int)len);
     bufs[n++] = uv_buf_init((char *)"\r\n", 2);
     return conn_write(c, bufs, n);
@@ -931,6 +1007,12 @@ void lx_http_resp_end(struct lx_http_req *req)
     struct lx_http_conn *c = req->conn;
 
     LX_ASSERT(c->state == C_BUSY && c->resp_started);
+    if (c->corked) {
+        if (c->resp_chunked && !c->resp_no_body)
+            cork_flush(c, "0\r\n\r\n", 5);
+        else
+            cork_flush(c, NULL, 0);
+    } else
     {
         uv_buf_t b[2];
         unsigned int n = 0;
@@ -979,6 +1061,8 @@ void lx_http_resp_abort(struct lx_http_req *req)
 
     LX_ASSERT(c->state == C_BUSY);
     c->head_pending = false;
+    c->corked = false;
+    lx_buf_reset(&c->cork);
     c->srv->n_busy--;
     c->state = C_IDLE; /* not BUSY: conn_close must not call on_abort */
     req->on_abort = NULL;

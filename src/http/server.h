@@ -116,6 +116,14 @@ int lx_http_resp_start_lazy(struct lx_http_req *req, int status,
                             int64_t content_length);
 /* Sends a held-back head now, if there is one. */
 int lx_http_resp_flush(struct lx_http_req *req);
+/*
+ * Gathers the following body writes (framed, copied) until
+ * lx_http_resp_flush or lx_http_resp_end, which send them, the held-back head
+ * and the chunked terminator in one write. The proxy corks for the span of
+ * one node read, so a read that brings many chunks costs one writev, not one
+ * per chunk.
+ */
+void lx_http_resp_cork(struct lx_http_req *req);
 /* Sends body bytes (framed as one chunk when chunked). Copies what the
  * socket does not take at once. */
 int lx_http_resp_write(struct lx_http_req *req, const void *data, size_t len);

@@ -69,21 +69,32 @@ void lx_usage_scan(const char *p, size_t len, struct lx_usage *u)
     }
 }
 
-/* Looks at one complete event; true if it should be relayed. */
+/* Looks at one complete event; true if it should be relayed. Cheap on the
+ * common token event: one search for "choices"; [DONE] only looked for in
+ * short events; usage only in events without choices or with empty ones
+ * (where vLLM puts it). */
 static bool on_event(struct lx_sse *s, const char *p, size_t len)
 {
-    bool usage_only;
+    bool usage_only = false;
+    const char *ch;
 
     s->events++;
-    if (len >= 12 && find(p, len, "data: [DONE]")) {
+    if (len <= 32 && find(p, len, "data: [DONE]")) {
         s->done = true;
         return true;
     }
-    if (find(p, len, "\"usage\"") && !find(p, len, "\"usage\":null"))
+    ch = find(p, len, "\"choices\"");
+    if (ch) {
+        const char *end = p + len, *q = ch + 9;
+
+        while (q < end && (*q == ' ' || *q == ':'))
+            q++;
+        usage_only = q + 1 < end && q[0] == '[' && q[1] == ']';
+        if (!usage_only)
+            s->data_events++;
+    }
+    if ((usage_only || !ch) && find(p, len, "\"usage\"") && !find(p, len, "\"usage\":null"))
         lx_usage_scan(p, len, &s->usage);
-    usage_only = find(p, len, "\"choices\":[]") != NULL;
-    if (!usage_only && find(p, len, "\"choices\""))
-        s->data_events++;
     return !(s->drop_usage && usage_only);
 }
 
@@ -93,14 +104,19 @@ void lx_sse_feed(struct lx_sse *s, const char *p, size_t len, lx_sse_out_cb out,
     size_t run = 0;   /* start of the kept events not yet handed to out */
 
     for (size_t i = 0; i < len; i++) {
-        char c = p[i];
+        /* Jump to the next newline with memchr; any character but \r
+         * before it resets the newline count. */
+        const char *q = memchr(p + i, '\n', len - i);
+        size_t j = q ? (size_t)(q - p) : len;
 
-        if (c == '\r')
-            continue;
-        if (c != '\n') {
-            s->nl = 0;
-            continue;
-        }
+        for (size_t k = i; k < j; k++)
+            if (p[k] != '\r') {
+                s->nl = 0;
+                break;
+            }
+        if (!q)
+            break;
+        i = j;
         if (++s->nl < 2)
             continue;
         /* An event ends at p[i]. */
