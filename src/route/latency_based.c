@@ -23,7 +23,7 @@ static int latency_pick(struct lx_pool *pool, void *state, const struct lx_pick 
     struct lx_cand c[LX_ROUTE_MAX_CANDIDATES];
     size_t n = lx_router_candidates(pool, ctx, c), start;
     int best = -1;
-    double best_score = 0;
+    double best_score = 0, mean;
 
     if (n == 0)
         return -1;
@@ -41,10 +41,27 @@ static int latency_pick(struct lx_pool *pool, void *state, const struct lx_pick 
     }
     if ((ctx->rand >> 32) % LATENCY_EXPLORE == 0)
         return c[start].idx;
+    /* A node still waiting for its first sample counts as the pool's mean,
+     * not as 0: otherwise it would take every request until it answers. */
+    {
+        double sum = 0;
+        size_t n_sampled = 0;
+
+        for (size_t i = 0; i < n; i++) {
+            uint64_t e = atomic_load_explicit(&pool->nodes[c[i].idx]->ewma_ttfb_us,
+                                              memory_order_relaxed);
+
+            if (e) {
+                sum += (double)e;
+                n_sampled++;
+            }
+        }
+        mean = n_sampled ? sum / (double)n_sampled : 1.0;
+    }
     for (size_t i = 0; i < n; i++) {
         const struct lx_node *node = pool->nodes[c[i].idx];
         double ewma = (double)atomic_load_explicit(&node->ewma_ttfb_us, memory_order_relaxed);
-        double score = ewma * (1.0 + lx_router_load(pool, &c[i]));
+        double score = (ewma ? ewma : mean) * (1.0 + lx_router_load(pool, &c[i]));
 
         if (best < 0 || score < best_score) {
             best = c[i].idx;
