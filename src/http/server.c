@@ -425,6 +425,11 @@ static int on_headers_complete(http_parser *p)
         req->path_len -= (size_t)(slash - req->path);
         req->path = slash;
     }
+    {
+        const char *q = memchr(req->path, '?', req->path_len);
+
+        req->path_only_len = q ? (size_t)(q - req->path) : req->path_len;
+    }
     req->method = p->method;
     req->http_major = p->http_major;
     req->http_minor = p->http_minor;

@@ -47,6 +47,7 @@ struct lx_http_req {
     int method;                       /* enum http_method */
     const char *path;                 /* request target, NUL-terminated */
     size_t path_len;
+    size_t path_only_len;             /* the path without its "?query" */
     struct lx_http_header *headers;   /* n_headers entries */
     size_t n_headers;
     struct lx_buf body;               /* decoded body */

@@ -852,37 +852,6 @@ out:
 
 /* ---- HTTP (the worker's loop) ---------------------------------------- */
 
-/* Counts and logs an answered admin request, as the gateway does its own. */
-static void account(struct lx_worker *w, struct lx_http_req *req, const char *rid, int status)
-{
-    struct lx_request_record r = {"", status, 0, -1, -1, -1, -1};
-    const char *q;
-    char client[64], path[128];
-
-    lx_metrics_request(w->metrics, &r);
-    if (status == 401 || status == 403)
-        lx_metrics_reject(w->metrics, LX_REJECT_AUTH);
-    else if (status == 400 || status == 404 || status == 405)
-        lx_metrics_reject(w->metrics, LX_REJECT_BAD_REQUEST);
-    if (!req || !lx_access_log_enabled())
-        return;
-    q = strchr(req->path, '?');
-    lx_http_req_peer_str(req, client, sizeof(client));
-    snprintf(path, sizeof(path), "%.*s",
-             (int)(q ? (size_t)(q - req->path) : LX_MIN(req->path_len, 127)), req->path);
-    lx_access_log_write(&(struct lx_access_entry){.request_id = rid,
-                                                  .client = client,
-                                                  .method = http_method_str(req->method),
-                                                  .path = path,
-                                                  .model = "",
-                                                  .status = status,
-                                                  .queue_wait_s = -1,
-                                                  .ttft_s = -1,
-                                                  .bytes_in = req->body.len,
-                                                  .prompt_tokens = -1,
-                                                  .completion_tokens = -1});
-}
-
 /* An error in OpenAI's shape with X-Request-Id (and WWW-Authenticate on
  * 401, Allow on 405). Ends the response. */
 static void send_error(struct lx_worker *w, struct lx_http_req *req, const char *rid, int status,
@@ -891,7 +860,7 @@ static void send_error(struct lx_worker *w, struct lx_http_req *req, const char 
     struct lx_http_header h[2] = {{"X-Request-Id", 12, rid, strlen(rid)}};
     size_t n = 1;
 
-    account(w, req, rid, status);
+    lx_gateway_account(w, req, rid, status);
     if (status == 401)
         h[n++] = (struct lx_http_header){"WWW-Authenticate", 16, "Bearer", 6};
     else if (allow)
@@ -918,7 +887,7 @@ static void send_json(struct lx_worker *w, struct lx_http_req *req, const char *
     text = lx_realloc(text, len + 2);
     text[len++] = '\n';
     text[len] = '\0';
-    account(w, req, rid, status);
+    lx_gateway_account(w, req, rid, status);
     lx_http_resp_send(req, status, "application/json", h, ARRAY_SIZE(h), text, len);
     free(text);
 }
@@ -945,7 +914,7 @@ static void on_after_work(uv_work_t *wk, int status)
 
     LX_UNUSED(status);
     if (!req) {
-        account(job->w, NULL, job->rid, 499);
+        lx_gateway_account(job->w, NULL, job->rid, 499);
     } else if (job->result) {
         req->on_abort = NULL;
         send_json(job->w, req, job->rid, job->status, job->result);
@@ -1075,8 +1044,7 @@ out_method:
 void lx_obs_admin(struct lx_worker *w, struct lx_http_req *req, const char *rid)
 {
     const char *token = w->gw->conf->admin_token;
-    const char *q = strchr(req->path, '?');
-    size_t plen = q ? (size_t)(q - req->path) : req->path_len;
+    size_t plen = req->path_only_len;
     const char *code, *allow, *msg;
     struct admin_job *job;
     int status;

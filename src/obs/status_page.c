@@ -28,7 +28,6 @@
 #include <string.h>
 
 #include "../core/lx.h"
-#include "metrics.h"
 
 #define LX_STATUS_CSP                                                                              \
     "default-src 'self'; "                                                                         \
@@ -670,7 +669,7 @@ void lx_obs_status_page(struct lx_worker *w, struct lx_http_req *req, const char
         struct lx_http_header allow[] = {{"X-Request-Id", 12, rid, strlen(rid)},
                                          {"Allow", 5, "GET, HEAD", 9}};
 
-        lx_metrics_reject(w->metrics, LX_REJECT_BAD_REQUEST);
+        lx_gateway_account(w, req, rid, 405);
         lx_http_resp_error(req, 405, "invalid_request_error", "method_not_allowed", allow,
                            ARRAY_SIZE(allow), "this endpoint accepts GET only");
         return;

@@ -74,19 +74,21 @@ static void on_wake(uv_async_t *a)
     }
 }
 
-/* Counts and logs a request answered by the gateway itself. */
-static void gw_account(struct lx_worker *w, struct lx_http_req *req, const char *rid, int status)
+void lx_gateway_account(struct lx_worker *w, struct lx_http_req *req, const char *rid,
+                        int status)
 {
     struct lx_request_record r = {"", status, 0, -1, -1, -1, -1};
-    const char *q = strchr(req->path, '?');
     char client[64], path[128];
 
     lx_metrics_request(w->metrics, &r);
-    if (!lx_access_log_enabled())
+    if (status == 401 || status == 403)
+        lx_metrics_reject(w->metrics, LX_REJECT_AUTH);
+    else if (status == 400 || status == 404 || status == 405)
+        lx_metrics_reject(w->metrics, LX_REJECT_BAD_REQUEST);
+    if (!req || !lx_access_log_enabled())
         return;
     lx_http_req_peer_str(req, client, sizeof(client));
-    snprintf(path, sizeof(path), "%.*s", (int)(q ? (size_t)(q - req->path) : LX_MIN(req->path_len, 127)),
-             req->path);
+    snprintf(path, sizeof(path), "%.*s", (int)req->path_only_len, req->path);
     lx_access_log_write(&(struct lx_access_entry){
         .request_id = rid, .client = client, .method = http_method_str(req->method),
         .path = path, .model = "", .status = status, .queue_wait_s = -1, .ttft_s = -1,
@@ -100,11 +102,7 @@ static void gw_error(struct lx_worker *w, struct lx_http_req *req, const char *r
     struct lx_http_header h[2] = {{"X-Request-Id", 12, rid, strlen(rid)}};
     size_t n = 1;
 
-    if (status == 401)
-        lx_metrics_reject(w->metrics, LX_REJECT_AUTH);
-    else if (status == 400 || status == 404 || status == 405)
-        lx_metrics_reject(w->metrics, LX_REJECT_BAD_REQUEST);
-    gw_account(w, req, rid, status);
+    lx_gateway_account(w, req, rid, status);
 
     if (status == 401)
         h[n++] = (struct lx_http_header){"WWW-Authenticate", 16, "Bearer", 6};
@@ -202,8 +200,7 @@ static void handle_inference(struct lx_worker *w, struct lx_http_req *req, const
 void lx_gateway_handle(struct lx_http_req *req, void *arg)
 {
     struct lx_worker *w = arg;
-    const char *q = strchr(req->path, '?');
-    size_t plen = q ? (size_t)(q - req->path) : req->path_len;
+    size_t plen = req->path_only_len;
     char rid[80];
 
     lx_request_id(w, req, rid, sizeof(rid));

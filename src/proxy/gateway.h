@@ -75,6 +75,10 @@ void lx_gateway_set_registry(struct lx_gateway *gw, struct lx_registry *reg);
 /* Joins the workers and frees their resources. */
 void lx_gateway_join(struct lx_gateway *gw);
 
+/* Counts (metrics, rejections by status) and access-logs a request the
+ * gateway answered itself; <req> may be NULL when its client is gone. */
+void lx_gateway_account(struct lx_worker *w, struct lx_http_req *req, const char *rid,
+                        int status);
 /* The per-request handler behind every worker's server. */
 void lx_gateway_handle(struct lx_http_req *req, void *worker);
 /* Hands <p> to its worker's loop (any thread); lx_proxy_resume runs there. */

@@ -345,7 +345,6 @@ static void build_request(struct lx_proxy *p)
     struct lx_buf *b = &p->head;
     const char *body = p->body.len ? p->body.data : req->body.data;
     size_t body_len = p->body.len ? p->body.len : req->body.len;
-    char peer[64];
 
     lx_buf_reset(b);
     /* Appends, no printf: this runs for every request. */
@@ -379,9 +378,8 @@ static void build_request(struct lx_proxy *p)
         lx_buf_append(b, h->value, h->value_len);
         lx_buf_append(b, "\r\n", 2);
     }
-    lx_http_req_peer_str(req, peer, sizeof(peer));
     lx_buf_append(b, "X-Forwarded-For: ", 17);
-    lx_buf_append_str(b, peer);
+    lx_buf_append_str(b, p->client_addr);
     lx_buf_append(b, "\r\n\r\n", 4);
     p->up.nbufs = 0;
     p->up.bufs[p->up.nbufs++] = uv_buf_init(b->data, (unsigned int)b->len);
@@ -893,13 +891,10 @@ void lx_proxy_start(struct lx_worker *w, struct lx_http_req *req, struct lx_pool
     p->usage.prompt_tokens = p->usage.completion_tokens = -1;
     lx_sse_init(&p->sse, false);
     lx_buf_init(&p->tail, 0);
+    /* Formatted once: X-Forwarded-For of every attempt, and the access log. */
     lx_http_req_peer_str(req, p->client_addr, sizeof(p->client_addr));
-    {
-        const char *q = strchr(req->path, '?');
-        size_t plen = q ? (size_t)(q - req->path) : req->path_len;
-
-        snprintf(p->path_copy, sizeof(p->path_copy), "%.*s", (int)LX_MIN(plen, 127), req->path);
-    }
+    if (lx_access_log_enabled())
+        snprintf(p->path_copy, sizeof(p->path_copy), "%.*s", (int)req->path_only_len, req->path);
     if (scan && scan->model_is_string)
         snprintf(p->asked_model, sizeof(p->asked_model), "%.*s",
                  (int)LX_MIN(scan->model.len, sizeof(p->asked_model) - 1), scan->model.p);

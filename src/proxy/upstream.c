@@ -58,7 +58,6 @@ struct lx_upstream_pool {
     uint32_t *n_idle;
     uint32_t n_slots;
     size_t n_conns;                /* open connections */
-    uint64_t connects;
     bool closing;
     char rbuf[UP_READ_BUF];
 };
@@ -78,11 +77,6 @@ struct lx_upstream_pool *lx_upstream_pool_new(uv_loop_t *loop, uint64_t idle_kee
     pool->loop = loop;
     pool->idle_keepalive_ms = idle_keepalive_ms;
     return pool;
-}
-
-uint64_t lx_upstream_pool_connects(const struct lx_upstream_pool *pool)
-{
-    return pool->connects;
 }
 
 static void pool_maybe_free(struct lx_upstream_pool *pool)
@@ -487,7 +481,6 @@ static void conn_connect(struct up_conn *c, const struct sockaddr *sa)
     int rc;
 
     c->state = UP_CONNECT;
-    c->pool->connects++;
     c->connect_req.data = c;
     rc = uv_tcp_connect(&c->connect_req, &c->tcp, sa, on_connected);
     if (rc < 0) {

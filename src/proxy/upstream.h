@@ -72,9 +72,6 @@ struct lx_upstream_pool *lx_upstream_pool_new(uv_loop_t *loop, uint64_t idle_kee
 /* Closes idle connections and frees the pool once no exchange uses it; the
  * caller must have cancelled or finished every exchange first. */
 void lx_upstream_pool_close(struct lx_upstream_pool *pool);
-/* Connections opened to nodes since start (for stats and tests). */
-uint64_t lx_upstream_pool_connects(const struct lx_upstream_pool *pool);
-
 /* Starts an exchange with <node> (borrowed for its duration). Returns 0; the
  * outcome arrives through the callbacks. */
 int lx_upstream_send(struct lx_upstream_pool *pool, struct lx_node *node,

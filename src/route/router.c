@@ -60,12 +60,6 @@ struct lx_node *lx_router_pick(struct lx_pool *pool, const struct lx_pick *ctx)
     return lx_node_ref(pool->nodes[i]);
 }
 
-void lx_router_done(struct lx_pool *pool, struct lx_node *node, const struct lx_pick_result *res)
-{
-    if (pool->strategy->on_done)
-        pool->strategy->on_done(pool, pool->strategy_state, node, res);
-}
-
 size_t lx_router_candidates(struct lx_pool *pool, const struct lx_pick *ctx, struct lx_cand *out)
 {
     size_t n = 0;

@@ -35,21 +35,12 @@ struct lx_cand {
 
 #define LX_ROUTE_MAX_CANDIDATES 1024
 
-/* What a finished request tells its strategy. */
-struct lx_pick_result {
-    bool ok;              /* the node answered (any status it did not fail with) */
-    uint64_t ttfb_us;     /* time to the first response byte */
-};
-
 struct lx_strategy {
     const char *name;
     /* Per-pool state; may return NULL when the strategy keeps none. */
     void *(*init)(struct lx_pool *pool);
     /* An index into pool->nodes of an eligible candidate, or -1 if none. */
     int (*pick)(struct lx_pool *pool, void *state, const struct lx_pick *ctx);
-    /* Optional: a request sent to <node> has finished. */
-    void (*on_done)(struct lx_pool *pool, void *state, struct lx_node *node,
-                    const struct lx_pick_result *res);
     void (*destroy)(void *state);
 };
 
@@ -81,7 +72,6 @@ bool lx_router_is_any_candidate(struct lx_pool *pool, const struct lx_pick *ctx)
 /* Picks a node of <pool>; returns a new reference, or NULL when no node is a
  * candidate. */
 struct lx_node *lx_router_pick(struct lx_pool *pool, const struct lx_pick *ctx);
-void lx_router_done(struct lx_pool *pool, struct lx_node *node, const struct lx_pick_result *res);
 
 extern const struct lx_strategy lx_strategy_round_robin;
 extern const struct lx_strategy lx_strategy_least_loaded;

@@ -763,35 +763,6 @@ static void test_lat_failure_loses_preference(void **state)
     drop_reg(reg);
 }
 
-/* lx_router_done reaches the strategy's on_done when it has one, and is a
- * no-op otherwise. */
-static int done_calls;
-static void count_done(struct lx_pool *pool, void *state, struct lx_node *node,
-                       const struct lx_pick_result *res)
-{
-    assert_true(res->ok);
-    assert_int_equal(res->ttfb_us, 1234);
-    done_calls++;
-}
-
-static void test_router_done(void **state)
-{
-    struct lx_registry *reg = make_reg("latency_based", 1, NULL);
-    struct lx_pool *pool = &reg->pools[0];
-    struct lx_pick_result res = {.ok = true, .ttfb_us = 1234};
-    struct lx_strategy s = lx_strategy_latency_based;
-    const struct lx_strategy *saved = pool->strategy;
-
-    lx_router_done(pool, pool->nodes[0], &res);
-    s.on_done = count_done;
-    pool->strategy = &s;
-    done_calls = 0;
-    lx_router_done(pool, pool->nodes[0], &res);
-    assert_int_equal(done_calls, 1);
-    pool->strategy = saved;
-    drop_reg(reg);
-}
-
 /* ---- random ----------------------------------------------------------- */
 
 static void test_random_weights(void **state)
@@ -1274,7 +1245,6 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_lat_load_penalty, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lat_stale_reprobed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lat_failure_loses_preference, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_router_done, setup, teardown),
         cmocka_unit_test_setup_teardown(test_random_weights, setup, teardown),
         cmocka_unit_test_setup_teardown(test_p2_less_loaded_of_two, setup, teardown),
         cmocka_unit_test_setup_teardown(test_p2_never_most_loaded, setup, teardown),
