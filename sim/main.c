@@ -283,8 +283,7 @@ int main(int argc, char **argv)
     struct lx_http_limits limits = {
         .head_max = 64 * 1024,
         .body_max = 64u << 20,
-        .head_timeout_ms = 30000,
-        .body_timeout_ms = 30000,
+        .request_timeout_ms = 30000,
     };
     const char *env_level = getenv("LOG_LEVEL");
     int rc;

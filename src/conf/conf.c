@@ -57,14 +57,17 @@ const struct lx_conf_setting lx_conf_settings[] = {
     {"NODE_TIMEOUT_SECONDS", "node_timeout_seconds", NULL, "node-timeout", 0, "S", LX_CONF_K_SECS,
      F(node_timeout_s), 0, SECS_MAX, "120", "seconds to a node's first response byte"},
     {"STREAM_IDLE_TIMEOUT_SECONDS", "stream_idle_timeout_seconds", NULL, "stream-idle-timeout", 0,
-     "S", LX_CONF_K_SECS_OFF, F(stream_idle_timeout_s), 0, SECS_MAX, "0",
-     "longest gap between a node's response bytes, 0 = off"},
+     "S", LX_CONF_K_SECS_OFF, F(stream_idle_timeout_s), 0, SECS_MAX, "120",
+     "longest gap between a node's bytes after its response head, 0 = off"},
     {"QUEUE_TIMEOUT_SECONDS", "queue_timeout_seconds", NULL, "queue-timeout", 0, "S",
      LX_CONF_K_SECS, F(queue_timeout_s), 0, SECS_MAX, "30",
      "longest wait in the admission queue (then 503)"},
     {"REQUEST_TIMEOUT_SECONDS", "request_timeout_seconds", NULL, "request-timeout", 0, "S",
      LX_CONF_K_SECS, F(request_timeout_s), 0, SECS_MAX, "30",
-     "seconds to read a client's request head and body (then 408)"},
+     "seconds to read a client's request head and body, from its first byte (then 408)"},
+    {"SEND_TIMEOUT_SECONDS", "send_timeout_seconds", NULL, "send-timeout", 0, "S",
+     LX_CONF_K_SECS_OFF, F(send_timeout_s), 0, SECS_MAX, "60",
+     "a client that reads none of its answer this long is closed, 0 = off"},
     {"KEEPALIVE_TIMEOUT_SECONDS", "keepalive_timeout_seconds", NULL, "keepalive-timeout", 0, "S",
      LX_CONF_K_SECS, F(keepalive_timeout_s), 0, SECS_MAX, "75",
      "idle client connections are closed after this"},
@@ -111,6 +114,9 @@ const struct lx_conf_setting lx_conf_settings[] = {
      "requests in flight to nodes, at most"},
     {"MAX_QUEUE_SIZE", "max_queue_size", NULL, "max-queue", 0, "N", LX_CONF_K_INT,
      F(max_queue_size), 0, 1000000, "1024", "requests waiting for a slot, 0 = no queue (then 429)"},
+    {"MAX_CONNECTIONS", "max_connections", NULL, "max-connections", 0, "N", LX_CONF_K_INT,
+     F(max_connections), 0, 100000000, "16384",
+     "open client connections at most; more are closed at accept, 0 = no limit"},
     {"MAX_BODY_BYTES", "max_body_bytes", NULL, "max-body-bytes", 0, "N", LX_CONF_K_U64,
      F(max_body_bytes), 1, 1LL << 40, "33554432", "largest request body (then 413)"},
     {"MAX_HEADER_BYTES", "max_header_bytes", NULL, "max-header-bytes", 0, "N", LX_CONF_K_U64,
@@ -348,7 +354,9 @@ static void build_init(struct lx_conf_build *b)
     c->strategy = lx_strdup("round_robin");
     c->connect_timeout_s = 10;
     c->node_timeout_s = 120;
-    c->stream_idle_timeout_s = 0;
+    c->stream_idle_timeout_s = 120;
+    c->send_timeout_s = 60;
+    c->max_connections = 16384;
     c->queue_timeout_s = 30;
     c->request_timeout_s = 30;
     c->keepalive_timeout_s = 75;
@@ -575,6 +583,13 @@ static int finalize(struct lx_conf_build *b, char *err, size_t errlen)
     if (c->n_pools == 0) {
         lx_conf_fmt(err, errlen,
                     "no nodes configured: set VLLM_NODES, --nodes or a config file with models");
+        return LX_EINVAL;
+    }
+    /* One token for both would give every client the admin API. */
+    if (c->admin_token && *c->admin_token && c->auth_token &&
+        strcmp(c->admin_token, c->auth_token) == 0) {
+        lx_conf_fmt(err, errlen, "ADMIN_TOKEN must differ from AUTH_TOKEN: with the same "
+                                 "token every client could change the pools");
         return LX_EINVAL;
     }
     return 0;

@@ -55,9 +55,10 @@ struct lx_conf {
     /* timeouts, seconds (double: fractions allowed) */
     double connect_timeout_s;           /* CONNECT_TIMEOUT_SECONDS, default 10 */
     double node_timeout_s;              /* NODE_TIMEOUT_SECONDS (to first byte), default 120 */
-    double stream_idle_timeout_s;       /* STREAM_IDLE_TIMEOUT_SECONDS, default 0 = off */
+    double stream_idle_timeout_s;       /* STREAM_IDLE_TIMEOUT_SECONDS, after the head, default 120 */
     double queue_timeout_s;             /* QUEUE_TIMEOUT_SECONDS, default 30 */
     double request_timeout_s;           /* REQUEST_TIMEOUT_SECONDS head+body read, default 30 */
+    double send_timeout_s;              /* SEND_TIMEOUT_SECONDS, client not reading, default 60 */
     double keepalive_timeout_s;         /* KEEPALIVE_TIMEOUT_SECONDS, idle client conns, default 75 */
     double shutdown_timeout_s;          /* SHUTDOWN_TIMEOUT_SECONDS, graceful stop bound, default 30 */
     double total_timeout_s;             /* TOTAL_TIMEOUT_SECONDS, whole request, default 0 = off */
@@ -80,6 +81,7 @@ struct lx_conf {
     /* admission */
     int max_concurrent_requests;        /* MAX_CONCURRENT_REQUESTS, default 256 */
     int max_queue_size;                 /* MAX_QUEUE_SIZE, default 1024 */
+    int max_connections;                /* MAX_CONNECTIONS, whole process, default 16384 */
 
     /* limits */
     uint64_t max_body_bytes;            /* MAX_BODY_BYTES, default 32 MiB */

@@ -3,12 +3,23 @@
  *
  * Connection states:
  *   IDLE  keep-alive, waiting for the first byte of a request (idle timer)
- *   HEAD  receiving the request line and headers (head timer -> 408)
- *   BODY  receiving the body (gap timer -> 408)
+ *   HEAD  receiving the request line and headers (request timer -> 408)
+ *   BODY  receiving the body (the same deadline, from the request's first
+ *         byte: a body trickled in byte by byte does not extend it)
  *   BUSY  the handler owns the request until resp_end / resp_abort; bytes of
  *         pipelined requests wait in c->in, unparsed
  * A connection closes after a response when either side did not ask for
  * keep-alive, when the server is closing, or on any error.
+ *
+ * The one timer per connection means, by state: HEAD/BODY the request
+ * deadline; BUSY and IDLE with output queued the send timeout (re-armed on
+ * every completed write); IDLE otherwise the keep-alive limit, or 0 ms to
+ * parse pipelined input on the next loop turn; dead / lingering the close.
+ *
+ * Bounds on one client: pipelined input is kept up to IN_HIGH_WATER (then
+ * reading stops), and no pipelined request is parsed while OUT_HIGH_WATER
+ * bytes of answers wait for the client, so a client that sends without
+ * reading stalls itself, not the gateway's memory.
  *
  * Input: every read lands in the server's one read buffer (the loop is
  * single-threaded, and libuv pairs each alloc_cb with its read_cb), is parsed
@@ -34,7 +45,10 @@
 
 #define READ_BUF_SIZE (64 * 1024)
 #define IN_HIGH_WATER (256 * 1024)     /* pipelined input held before we stop reading */
+#define IN_MAX (IN_HIGH_WATER + READ_BUF_SIZE) /* one more read always fits */
+#define OUT_HIGH_WATER (256 * 1024)    /* queued answers that hold back the next request */
 #define DRAIN_LOW_WATER (64 * 1024)     /* on_drain fires once pending falls below this */
+#define LOG_EVERY_MS 10000              /* one warning per this for accept trouble */
 #define LINGER_MS 2000                  /* read-and-discard after a rejected request */
 #define MAX_HEADERS 256
 #define KEEP_BUF_MAX (16 * 1024)       /* larger per-request buffers are freed after use */
@@ -59,13 +73,15 @@ struct lx_http_conn {
     int reject;                        /* status to answer and close with, 0 = none */
     bool message_done;                 /* parser finished a request; handler not yet called */
     int in_parse;                      /* > 0 while parsing: resp_end must not re-enter */
-    bool read_stopped;                 /* input over high water while BUSY */
+    bool read_stopped;                 /* input over high water, or output backed up */
     bool eof;                          /* client closed its side */
+    bool in_trailers;                  /* the chunked body ended: fields are trailers */
+    bool counted;                      /* counted in the connection limit */
 
     /* Response state. */
     bool resp_started;
     bool resp_chunked;
-    bool resp_no_body;                 /* HEAD request */
+    bool resp_no_body;                 /* HEAD request, or a 1xx/204/304 status */
     bool head_pending;                 /* hbuf holds a head not yet written (lazy start) */
     bool corked;                       /* body writes gathered in `cork` until flush/end */
     struct lx_buf cork;                /* framed body bytes waiting for one write */
@@ -83,6 +99,10 @@ struct lx_http_server {
     lx_http_handler_cb handler;
     void *ctx;
     void (*reject_cb)(void *ctx, int status);
+    lx_http_head_cb head_cb;
+    _Atomic size_t own_count;          /* conn_count when limits.conn_count is NULL */
+    uint64_t last_limit_log_ms, last_accept_log_ms;
+    size_t refused_since_log;          /* connections refused since the last warning */
     int port;
     size_t n_conns, n_busy, accepted;
     struct lx_http_conn *conns;        /* doubly linked, for close */
@@ -105,10 +125,25 @@ static uv_once_t settings_once = UV_ONCE_INIT;
 
 static void conn_close(struct lx_http_conn *c);
 static void conn_drain_input(struct lx_http_conn *c);
+static void read_update(struct lx_http_conn *c);
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static void conn_send_reject(struct lx_http_conn *c, int status);
 static void server_maybe_done(struct lx_http_server *srv);
 
 /* ---- timers ---------------------------------------------------------- */
+
+static _Atomic size_t *conn_count(struct lx_http_server *srv)
+{
+    return srv->limits.conn_count ? srv->limits.conn_count : &srv->own_count;
+}
+
+/* No new request is parsed from <c>: it closes after its answer, or the
+ * client is not reading the answers it has. */
+static bool conn_can_parse(const struct lx_http_conn *c)
+{
+    return !c->close_after && !c->lingering && c->write_pending < OUT_HIGH_WATER;
+}
 
 static void on_timer(uv_timer_t *t)
 {
@@ -124,12 +159,20 @@ static void on_timer(uv_timer_t *t)
         conn_send_reject(c, 408);
         break;
     case C_IDLE:
-        /* A 0 ms timer set by resp_end resumes pipelined input; otherwise
-         * the keep-alive idle limit has passed. */
-        if (c->in.len > 0)
+        /* Pipelined input to parse (a 0 ms timer), unless the client is
+         * not reading its answers; otherwise the keep-alive limit or the
+         * send timeout has passed. */
+        if (c->in.len > 0 && conn_can_parse(c))
             conn_drain_input(c);
         else
             conn_close(c);
+        break;
+    case C_BUSY:
+        /* Send timeout: the client stopped reading. Closing aborts the
+         * request, which frees its slot and cancels the node's work. */
+        lx_debug("client stopped reading for %llu ms; closing",
+                 (unsigned long long)c->srv->limits.send_timeout_ms);
+        conn_close(c);
         break;
     default:
         break;
@@ -142,6 +185,21 @@ static void timer_set(struct lx_http_conn *c, uint64_t ms)
         uv_timer_start(&c->timer, on_timer, ms, 0);
     else
         uv_timer_stop(&c->timer);
+}
+
+/* Sets the timer for a connection that is BUSY or IDLE (see the top). */
+static void timer_update(struct lx_http_conn *c)
+{
+    const struct lx_http_limits *l = &c->srv->limits;
+
+    if (c->dead || c->lingering || (c->state != C_BUSY && c->state != C_IDLE))
+        return;
+    if (c->state == C_IDLE && c->in.len > 0 && conn_can_parse(c))
+        uv_timer_start(&c->timer, on_timer, 0, 0);
+    else if (c->write_pending > 0)
+        timer_set(c, l->send_timeout_ms);
+    else
+        timer_set(c, c->state == C_IDLE ? l->idle_timeout_ms : 0);
 }
 
 /* ---- close ----------------------------------------------------------- */
@@ -165,6 +223,8 @@ static void on_handle_closed(uv_handle_t *h)
     lx_buf_deinit(&c->hbuf);
     lx_buf_deinit(&c->cork);
     lx_buf_deinit(&c->req.body);
+    if (c->counted)
+        atomic_fetch_sub_explicit(conn_count(srv), 1, memory_order_relaxed);
     free(c);
     srv->n_conns--;
     server_maybe_done(srv);
@@ -202,6 +262,7 @@ static void on_shutdown(uv_shutdown_t *sr, int status)
      * response before the client has read it. */
     c->lingering = true;
     timer_set(c, LINGER_MS);
+    read_update(c);
 }
 
 /* Closes after the response is flushed: FIN first, then a short linger. */
@@ -212,7 +273,9 @@ static void conn_finish(struct lx_http_conn *c)
     if (c->state == C_CLOSING || c->lingering)
         return;
     if (c->write_pending > 0) {
+        /* Bounded by the send timeout (timer_update). */
         c->close_after = true;
+        timer_update(c);
         return;
     }
     sr = lx_malloc(sizeof(*sr));
@@ -228,6 +291,7 @@ static void conn_finish(struct lx_http_conn *c)
      * so no further request is parsed from it. */
     c->lingering = true;
     timer_set(c, LINGER_MS);
+    read_update(c);
 }
 
 /* ---- output ---------------------------------------------------------- */
@@ -253,6 +317,9 @@ static void on_write(uv_write_t *w, int status)
     if (c->state == C_BUSY && c->req.on_drain && before >= DRAIN_LOW_WATER &&
         c->write_pending < DRAIN_LOW_WATER)
         c->req.on_drain(&c->req);
+    /* Progress: the send timeout starts again; an IDLE connection whose
+     * output fell below the high watermark parses its pipelined input. */
+    timer_update(c);
 }
 
 /* Writes <bufs>; what the socket does not take now is copied and queued. */
@@ -309,6 +376,8 @@ static int conn_write(struct lx_http_conn *c, uv_buf_t *bufs, unsigned int nbufs
         return -EPIPE;
     }
     c->write_pending += wr->len;
+    if (c->write_pending == wr->len)
+        timer_update(c); /* output now queued: the send timeout runs */
     return 0;
 }
 
@@ -335,10 +404,13 @@ static int on_message_begin(http_parser *p)
 
     c->state = C_HEAD;
     c->head_bytes = 0;
+    c->in_trailers = false;
+    c->req.body_skipped = false;
     lx_headers_reset(&c->hd, KEEP_BUF_MAX);
     lx_buf_reset(&c->url);
     lx_buf_reset(&c->req.body);
-    timer_set(c, c->srv->limits.head_timeout_ms);
+    /* One deadline for head and body, from the request's first byte. */
+    timer_set(c, c->srv->limits.request_timeout_ms);
     return 0;
 }
 
@@ -346,6 +418,14 @@ static int on_url(http_parser *p, const char *at, size_t len)
 {
     struct lx_http_conn *c = parser_conn(p);
 
+    /* http-parser lets a TAB or a form feed through in the target; a node
+     * could read such a target differently from us. */
+    for (size_t i = 0; i < len; i++) {
+        if ((unsigned char)at[i] <= ' ' || at[i] == 0x7f) {
+            c->reject = 400;
+            return -1;
+        }
+    }
     if (head_grow(c, len) || lx_buf_append(&c->url, at, len)) {
         c->reject = 431;
         return -1;
@@ -373,6 +453,11 @@ static int on_header_field(http_parser *p, const char *at, size_t len)
 
     if (head_grow(c, len))
         return -1;
+    /* Trailer fields (after a chunked body) count against the head limit
+     * and are dropped: nothing uses them, and the request's header views
+     * must not move once the handler may see them. */
+    if (c->in_trailers)
+        return 0;
     if (!is_token(at, len)) {
         c->reject = 400;
         return -1;
@@ -388,7 +473,11 @@ static int on_header_value(http_parser *p, const char *at, size_t len)
 {
     struct lx_http_conn *c = parser_conn(p);
 
-    if (head_grow(c, len) || lx_headers_value(&c->hd, at, len) < 0) {
+    if (head_grow(c, len))
+        return -1;
+    if (c->in_trailers)
+        return 0;
+    if (lx_headers_value(&c->hd, at, len) < 0) {
         c->reject = 431;
         return -1;
     }
@@ -400,25 +489,44 @@ static bool header_is(const struct lx_http_header *h, const char *name)
     return strlen(name) == h->name_len && strncasecmp(h->name, name, h->name_len) == 0;
 }
 
+/* The request's Host fields: exactly one in HTTP/1.1, at most one in 1.0
+ * (RFC 9112 3.2); two that disagree are a classic smuggling vector. */
+static bool host_ok(const struct lx_http_req *req)
+{
+    int n = 0;
+
+    for (size_t i = 0; i < req->n_headers; i++)
+        n += header_is(&req->headers[i], "host");
+    return n == 1 || (n == 0 && req->http_minor == 0);
+}
+
 static int on_headers_complete(http_parser *p)
 {
     struct lx_http_conn *c = parser_conn(p);
     struct lx_http_req *req = &c->req;
     const struct lx_http_header *expect;
+    bool has_body;
 
+    c->in_trailers = true; /* any field from here on is a trailer */
     if (lx_buf_append(&c->url, "", 1)) {
         c->reject = 431;
+        return -1;
+    }
+    if (p->http_major != 1) {
+        c->reject = 505;
         return -1;
     }
     req->path = c->url.data;
     req->path_len = c->url.len - 1;
     /* Absolute form (RFC 9112 3.2.2), "http://host/path": a server must
-     * accept it; the path is what routes. */
+     * accept it; the path is what routes. The authority ends at the first
+     * '/', '?' or '#'; a path must follow it. */
     if (req->path_len > 7 && (strncasecmp(req->path, "http://", 7) == 0 ||
                               strncasecmp(req->path, "https://", 8) == 0)) {
-        const char *slash = strchr(strstr(req->path, "://") + 3, '/');
+        const char *auth = strstr(req->path, "://") + 3;
+        const char *slash = auth + strcspn(auth, "/?#");
 
-        if (!slash) {
+        if (*slash != '/') {
             c->reject = 400;
             return -1;
         }
@@ -436,9 +544,26 @@ static int on_headers_complete(http_parser *p)
     req->keep_alive = http_should_keep_alive(p) != 0;
     req->headers = lx_headers_resolve(&c->hd);
     req->n_headers = c->hd.n;
+    if (p->method == HTTP_CONNECT) {
+        c->reject = 405;
+        return -1;
+    }
+    if (!host_ok(req)) {
+        c->reject = 400;
+        return -1;
+    }
     if ((p->flags & F_CONTENTLENGTH) && p->content_length > c->srv->limits.body_max) {
         c->reject = 413;
         return -1;
+    }
+    has_body = (p->flags & F_CHUNKED) || ((p->flags & F_CONTENTLENGTH) && p->content_length > 0);
+    if (has_body && c->srv->head_cb && !c->srv->head_cb(req, c->srv->ctx)) {
+        /* Refused whatever the body says: answer now, never buffer it. */
+        req->body_skipped = true;
+        req->keep_alive = false;
+        c->message_done = true;
+        http_parser_pause(p, 1);
+        return 0;
     }
     expect = lx_http_req_header(req, "expect");
     if (expect && expect->value_len == 12 &&
@@ -449,7 +574,19 @@ static int on_headers_complete(http_parser *p)
         conn_write(c, &b, 1);
     }
     c->state = C_BODY;
-    timer_set(c, c->srv->limits.body_timeout_ms);
+    return 0;
+}
+
+/* A chunk's size is known before its data: refuse it at once when it
+ * cannot fit the body limit, instead of waiting for the bytes. */
+static int on_chunk_header(http_parser *p)
+{
+    struct lx_http_conn *c = parser_conn(p);
+
+    if (p->content_length > c->srv->limits.body_max - c->req.body.len) {
+        c->reject = 413;
+        return -1;
+    }
     return 0;
 }
 
@@ -465,7 +602,6 @@ static int on_body(http_parser *p, const char *at, size_t len)
         c->reject = 503;
         return -1;
     }
-    timer_set(c, c->srv->limits.body_timeout_ms);
     return 0;
 }
 
@@ -487,6 +623,7 @@ static void settings_init(void)
     parser_settings.on_header_value = on_header_value;
     parser_settings.on_headers_complete = on_headers_complete;
     parser_settings.on_body = on_body;
+    parser_settings.on_chunk_header = on_chunk_header;
     parser_settings.on_message_complete = on_message_complete;
 }
 
@@ -497,9 +634,12 @@ static void conn_send_reject(struct lx_http_conn *c, int status)
         const char *type, *code, *msg;
     } rejects[] = {
         {400, "invalid_request_error", "bad_request", "malformed HTTP request"},
+        {405, "invalid_request_error", "method_not_allowed", "CONNECT is not supported"},
         {408, "invalid_request_error", "request_timeout", "request not received in time"},
         {413, "invalid_request_error", "request_too_large", "request body too large"},
         {431, "invalid_request_error", "header_too_large", "request header fields too large"},
+        {505, "invalid_request_error", "http_version_not_supported",
+         "only HTTP/1.0 and HTTP/1.1 are supported"},
         {503, "server_error", "overloaded", "out of memory reading the request"},
     };
     struct lx_http_req *req = &c->req;
@@ -554,7 +694,7 @@ static size_t conn_parse(struct lx_http_conn *c, const char *data, size_t len)
         c->message_done = false;
         c->state = C_BUSY;
         c->srv->n_busy++;
-        timer_set(c, 0);
+        timer_update(c);
         c->req.data = NULL;
         c->req.on_abort = NULL;
         c->req.on_drain = NULL;
@@ -574,7 +714,7 @@ static void conn_drain_input(struct lx_http_conn *c)
 {
     c->in_parse++;
     while (c->in.len > 0 && (c->state == C_IDLE || c->state == C_HEAD || c->state == C_BODY) &&
-           !c->lingering) {
+           conn_can_parse(c)) {
         size_t n = conn_parse(c, c->in.data, c->in.len);
 
         lx_buf_consume(&c->in, n);
@@ -582,8 +722,30 @@ static void conn_drain_input(struct lx_http_conn *c)
             break;
     }
     c->in_parse--;
-    if (c->eof && c->state != C_BUSY && c->state != C_CLOSING)
+    if (c->eof && c->state != C_BUSY && c->state != C_CLOSING) {
         conn_close(c);
+        return;
+    }
+    timer_update(c);
+    read_update(c);
+}
+
+/* Reading stops while the input held reaches its high watermark (pipelined
+ * requests behind a busy one, or behind answers the client does not read),
+ * and goes on otherwise; a lingering connection reads to discard. */
+static void read_update(struct lx_http_conn *c)
+{
+    bool want = c->lingering || c->in.len < IN_HIGH_WATER;
+
+    if (c->state == C_CLOSING || c->eof)
+        return;
+    if (want && c->read_stopped) {
+        c->read_stopped = false;
+        uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    } else if (!want && !c->read_stopped) {
+        c->read_stopped = true;
+        uv_read_stop((uv_stream_t *)&c->tcp);
+    }
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -609,29 +771,55 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         conn_close(c);
         return;
     }
-    if (c->lingering)
-        return;
-    if (c->in.len > 0 || c->state == C_BUSY) {
-        /* Pipelined input, or a request is in progress: keep it for later. */
-        lx_buf_append(&c->in, buf->base, (size_t)nread);
-        if (c->state == C_BUSY && c->in.len >= IN_HIGH_WATER) {
-            uv_read_stop(s);
-            c->read_stopped = true;
+    if (c->lingering || c->close_after)
+        return; /* nothing more is parsed from this connection */
+    if (c->in.len > 0 || c->state == C_BUSY || !conn_can_parse(c)) {
+        /* Pipelined input, or a request is in progress, or the client is
+         * not reading its answers: keep it for later. Reading stops at the
+         * high watermark, so the buffer (IN_MAX) always has room for one
+         * more read; a failure here would be a gap in the input. */
+        if (lx_buf_append(&c->in, buf->base, (size_t)nread) < 0) {
+            conn_close(c);
+            return;
         }
         if (c->state != C_BUSY)
             conn_drain_input(c);
+        else
+            read_update(c);
         return;
     }
     c->in_parse++;
     n = conn_parse(c, buf->base, (size_t)nread);
-    if (n < (size_t)nread && c->state != C_CLOSING)
-        lx_buf_append(&c->in, buf->base + n, (size_t)nread - n);
+    if (n < (size_t)nread && c->state != C_CLOSING && !c->lingering && !c->close_after &&
+        lx_buf_append(&c->in, buf->base + n, (size_t)nread - n) < 0) {
+        c->in_parse--;
+        conn_close(c);
+        return;
+    }
     c->in_parse--;
-    if (c->state != C_BUSY && c->state != C_CLOSING && c->in.len > 0)
+    if (c->state == C_CLOSING)
+        return;
+    if (c->state != C_BUSY && c->in.len > 0) {
         conn_drain_input(c);
+        return;
+    }
+    timer_update(c);
+    read_update(c);
 }
 
 /* ---- accept and listen ------------------------------------------------ */
+
+/* True at most once per LOG_EVERY_MS for <last>: trouble at accept can
+ * repeat thousands of times a second, and the log must not. */
+static bool log_due(struct lx_http_server *srv, uint64_t *last)
+{
+    uint64_t now = uv_now(srv->loop);
+
+    if (*last && now - *last < LOG_EVERY_MS)
+        return false;
+    *last = now;
+    return true;
+}
 
 static void on_connection(uv_stream_t *ls, int status)
 {
@@ -640,7 +828,17 @@ static void on_connection(uv_stream_t *ls, int status)
     int len;
 
     if (status < 0) {
-        lx_warn("accept failed: %s", uv_strerror(status));
+        /* libuv drains the backlog itself when descriptors run out (it
+         * keeps one in reserve), so this does not spin; say why, once. */
+        if (log_due(srv, &srv->last_accept_log_ms)) {
+            if (status == UV_EMFILE || status == UV_ENFILE)
+                lx_warn("accept failed: out of file descriptors (%s); new connections are "
+                        "closed at once: raise the descriptor limit (ulimit -n, LimitNOFILE) "
+                        "or lower MAX_CONNECTIONS",
+                        uv_strerror(status));
+            else
+                lx_warn("accept failed: %s", uv_strerror(status));
+        }
         return;
     }
     c = lx_calloc(1, sizeof(*c));
@@ -661,12 +859,29 @@ static void on_connection(uv_stream_t *ls, int status)
         uv_close((uv_handle_t *)&c->timer, on_handle_closed);
         return;
     }
+    if (srv->limits.max_conns &&
+        atomic_fetch_add_explicit(conn_count(srv), 1, memory_order_relaxed) >=
+            srv->limits.max_conns) {
+        atomic_fetch_sub_explicit(conn_count(srv), 1, memory_order_relaxed);
+        srv->refused_since_log++;
+        if (log_due(srv, &srv->last_limit_log_ms)) {
+            lx_warn("connection limit reached (MAX_CONNECTIONS=%zu): closed %zu new "
+                    "connection(s)",
+                    srv->limits.max_conns, srv->refused_since_log);
+            srv->refused_since_log = 0;
+        }
+        c->state = C_CLOSING;
+        uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+        uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+        return;
+    }
+    c->counted = srv->limits.max_conns > 0;
     srv->accepted++;
     uv_tcp_nodelay(&c->tcp, 1);
     len = sizeof(c->req.peer);
     uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&c->req.peer, &len);
     http_parser_init(&c->parser, HTTP_REQUEST);
-    lx_buf_init(&c->in, IN_HIGH_WATER + 2 * READ_BUF_SIZE);
+    lx_buf_init(&c->in, IN_MAX);
     lx_buf_init(&c->url, srv->limits.head_max + 1);
     lx_headers_init(&c->hd, srv->limits.head_max, MAX_HEADERS);
     lx_buf_init(&c->hbuf, 0);
@@ -754,6 +969,11 @@ void lx_http_server_set_reject_cb(struct lx_http_server *srv, void (*cb)(void *c
     srv->reject_cb = cb;
 }
 
+void lx_http_server_set_head_cb(struct lx_http_server *srv, lx_http_head_cb cb)
+{
+    srv->head_cb = cb;
+}
+
 int lx_http_server_port(const struct lx_http_server *srv)
 {
     return srv->port;
@@ -827,6 +1047,15 @@ const struct lx_http_header *lx_http_req_header(const struct lx_http_req *req, c
     return NULL;
 }
 
+bool lx_http_req_bearer_is(const struct lx_http_req *req, const char *token)
+{
+    const struct lx_http_header *h = lx_http_req_header(req, "authorization");
+
+    if (!h || h->value_len < 7 || strncasecmp(h->value, "Bearer ", 7) != 0)
+        return false;
+    return lx_secure_equal(h->value + 7, h->value_len - 7, token, strlen(token));
+}
+
 void lx_http_req_peer_str(const struct lx_http_req *req, char *out, size_t len)
 {
     const struct sockaddr_storage *ss = &req->peer;
@@ -860,6 +1089,7 @@ static int resp_start(struct lx_http_req *req, int status, const struct lx_http_
 {
     struct lx_http_conn *c = req->conn;
     struct lx_buf *b = &c->hbuf;
+    bool bodiless;
     uv_buf_t ub;
 
     LX_ASSERT(c->state == C_BUSY && !c->resp_started);
@@ -867,7 +1097,13 @@ static int resp_start(struct lx_http_req *req, int status, const struct lx_http_
     if (c->srv->closing)
         req->keep_alive = false;
     c->resp_chunked = false;
-    if (content_length < 0) {
+    /* No body and no framing for these statuses (RFC 9112 6.3): a
+     * chunked terminator after a 204 would be read as the next response. */
+    bodiless = status < 200 || status == 204 || status == 304;
+    c->resp_no_body = bodiless || req->method == HTTP_HEAD;
+    if (bodiless) {
+        content_length = -1;
+    } else if (content_length < 0) {
         if (req->http_major == 1 && req->http_minor >= 1)
             c->resp_chunked = true;
         else
@@ -886,7 +1122,9 @@ static int resp_start(struct lx_http_req *req, int status, const struct lx_http_
         lx_buf_append(b, hdrs[i].value, hdrs[i].value_len);
         lx_buf_append(b, "\r\n", 2);
     }
-    if (content_length >= 0)
+    if (bodiless)
+        ;
+    else if (content_length >= 0)
     {
         lx_buf_append(b, "Content-Length: ", 16);
         lx_buf_append_u64(b, (uint64_t)content_length);
@@ -1047,17 +1285,32 @@ void lx_http_resp_end(struct lx_http_req *req)
         conn_finish(c);
         return;
     }
-    timer_set(c, c->srv->limits.idle_timeout_ms);
-    if (c->read_stopped) {
-        c->read_stopped = false;
-        uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
-    }
-    /* Pipelined input is parsed on the next loop turn, so the handler is
-     * never re-entered from inside its own call. */
-    if (!c->in_parse && c->in.len > 0)
-        uv_timer_start(&c->timer, on_timer, 0, 0);
-    else if (!c->in_parse && c->eof)
+    /* Inside a parse, the parsing caller goes on and sets the timer.
+     * Otherwise pipelined input is parsed on the next loop turn (a 0 ms
+     * timer), so the handler is never re-entered from its own call. */
+    if (c->in_parse)
+        return;
+    if (c->eof && c->in.len == 0) {
         conn_close(c);
+        return;
+    }
+    timer_update(c);
+    read_update(c);
+}
+
+bool lx_http_resp_retract(struct lx_http_req *req)
+{
+    struct lx_http_conn *c = req->conn;
+
+    if (!c->resp_started)
+        return true;
+    if (!c->head_pending)
+        return false;
+    c->head_pending = false;
+    c->corked = false;
+    lx_buf_reset(&c->cork);
+    c->resp_started = false;
+    return true;
 }
 
 void lx_http_resp_abort(struct lx_http_req *req)

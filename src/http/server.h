@@ -8,9 +8,21 @@
  * connection are handled one at a time: pipelined requests wait in the
  * connection's input buffer and are answered in order.
  *
- * Limits answered by the server itself: head over head_max -> 431, body over
- * body_max -> 413, head or body not received in time -> 408 (then close),
- * malformed request -> 400. All in OpenAI's error JSON.
+ * Limits answered by the server itself: head (or trailers) over head_max ->
+ * 431, body over body_max -> 413 (a declared length or chunk size over it is
+ * refused before the data arrives), head and body not received within
+ * request_timeout_ms of the request's first byte -> 408, malformed request or
+ * a request target with control characters, a missing or repeated Host ->
+ * 400, HTTP version other than 1.x -> 505, CONNECT -> 405; each is answered
+ * in OpenAI's error JSON and the connection closed.
+ *
+ * What one client can cost is bounded: pipelined input is held up to a high
+ * watermark, then reading stops; a new pipelined request is not parsed while
+ * the answers already queued for the client exceed an output high watermark
+ * (a client that sends and never reads gets no more work done); queued output
+ * that makes no progress for send_timeout_ms closes the connection (aborting
+ * the request it belongs to); connections beyond max_conns are closed at
+ * accept.
  *
  * Lifetimes: a struct lx_http_req belongs to its connection. The handler
  * borrows it from the handler call until it calls lx_http_resp_end(), or until
@@ -21,6 +33,7 @@
 #ifndef LX_HTTP_SERVER_H
 #define LX_HTTP_SERVER_H
 
+#include <stdatomic.h>
 #include <sys/socket.h>
 #include <uv.h>
 
@@ -28,11 +41,16 @@
 #include "headers.h"
 
 struct lx_http_limits {
-    size_t head_max;          /* bytes of request line + headers; over -> 431 */
-    size_t body_max;          /* bytes of (decoded) body; over -> 413 */
-    uint64_t head_timeout_ms; /* head must arrive within this -> else 408; 0 = off */
-    uint64_t body_timeout_ms; /* longest gap while reading a body -> else 408; 0 = off */
-    uint64_t idle_timeout_ms; /* keep-alive idle time before close; 0 = off */
+    size_t head_max;             /* bytes of request line + headers (+ trailers); over -> 431 */
+    size_t body_max;             /* bytes of (decoded) body; over -> 413 */
+    uint64_t request_timeout_ms; /* head and body must arrive within this of the
+                                  * request's first byte -> else 408; 0 = off */
+    uint64_t idle_timeout_ms;    /* keep-alive idle time before close; 0 = off */
+    uint64_t send_timeout_ms;    /* queued output making no progress this long
+                                  * -> close; 0 = off */
+    size_t max_conns;            /* open connections at most, 0 = no limit */
+    _Atomic size_t *conn_count;  /* shared count for max_conns (several servers,
+                                  * one limit); NULL = this server's own */
 };
 
 struct lx_http_conn; /* opaque */
@@ -40,6 +58,12 @@ struct lx_http_req;
 
 typedef void (*lx_http_handler_cb)(struct lx_http_req *req, void *ctx);
 typedef void (*lx_http_req_cb)(struct lx_http_req *req);
+/* Told of a request's head before its body is read: returns true to read
+ * the body, false when the handler will refuse the request whatever its
+ * body says (no token, unknown path): the handler is then called at once
+ * with req->body_skipped set, no `100 Continue` is sent, and the connection
+ * closes after the answer (the unread body is discarded, never buffered). */
+typedef bool (*lx_http_head_cb)(const struct lx_http_req *req, void *ctx);
 
 struct lx_http_req {
     /* Parsed request: valid until resp_end or on_abort. Strings are not
@@ -53,6 +77,7 @@ struct lx_http_req {
     struct lx_buf body;               /* decoded body */
     unsigned short http_major, http_minor;
     bool keep_alive;                  /* client wants keep-alive; handler may clear */
+    bool body_skipped;                /* the head callback refused the body: empty */
     struct sockaddr_storage peer;     /* client address */
     uv_loop_t *loop;
 
@@ -79,6 +104,8 @@ int lx_http_server_port(const struct lx_http_server *srv);
 /* Sets a function told of every request the server answers itself (400,
  * 408, 413, 431, 503) without calling the handler; <ctx> is the handler's. */
 void lx_http_server_set_reject_cb(struct lx_http_server *srv, void (*cb)(void *ctx, int status));
+/* Sets the head callback (see lx_http_head_cb); <ctx> is the handler's. */
+void lx_http_server_set_head_cb(struct lx_http_server *srv, lx_http_head_cb cb);
 /* Number of open client connections and of requests being handled. */
 size_t lx_http_server_conns(const struct lx_http_server *srv);
 size_t lx_http_server_busy(const struct lx_http_server *srv);
@@ -96,13 +123,19 @@ void lx_http_server_close(struct lx_http_server *srv, bool force,
 
 /* Case-insensitive header lookup; returns NULL when absent. */
 const struct lx_http_header *lx_http_req_header(const struct lx_http_req *req, const char *name);
+/* True when <req> carries "Authorization: Bearer <token>" (compared in
+ * constant time). */
+bool lx_http_req_bearer_is(const struct lx_http_req *req, const char *token);
 /* Client address as text, e.g. "127.0.0.1"; writes into <out>. */
 void lx_http_req_peer_str(const struct lx_http_req *req, char *out, size_t len);
 
 /*
  * Starts the response. <content_length> >= 0 sends Content-Length; -1 streams
- * the body chunked (HTTP/1.1) or close-delimited (HTTP/1.0). The server adds
- * Content-Length / Transfer-Encoding and Connection; <hdrs> must not.
+ * the body chunked (HTTP/1.1) or close-delimited (HTTP/1.0). A 1xx, 204 or
+ * 304 status has no body and no framing header whatever <content_length>
+ * says, and a HEAD request's body is never sent (RFC 9112 6.3): body writes
+ * are then dropped. The server adds Content-Length / Transfer-Encoding and
+ * Connection; <hdrs> must not.
  * Returns 0, or a negative error when the connection is gone.
  */
 int lx_http_resp_start(struct lx_http_req *req, int status, const struct lx_http_header *hdrs,
@@ -115,6 +148,12 @@ int lx_http_resp_start(struct lx_http_req *req, int status, const struct lx_http
 int lx_http_resp_start_lazy(struct lx_http_req *req, int status,
                             const struct lx_http_header *hdrs, size_t n_hdrs,
                             int64_t content_length);
+/*
+ * Takes back a started response of which nothing has reached the socket yet
+ * (a lazy head and corked body bytes still held): the request may then be
+ * answered afresh. Returns false, changing nothing, when bytes were written.
+ */
+bool lx_http_resp_retract(struct lx_http_req *req);
 /* Sends a held-back head now, if there is one. */
 int lx_http_resp_flush(struct lx_http_req *req);
 /*

@@ -130,8 +130,11 @@ void lx_ewma_update(atomic_uint_fast64_t *v, uint64_t sample)
 
 void lx_node_report_success(struct lx_node *node, uint64_t ttfb_us)
 {
+    uint64_t now = lx_now_ms();
+
     lx_ewma_update(&node->ewma_ttfb_us, ttfb_us);
-    atomic_store_explicit(&node->ttfb_sample_ms, lx_now_ms(), memory_order_relaxed);
+    atomic_store_explicit(&node->ttfb_sample_ms, now, memory_order_relaxed);
+    atomic_store_explicit(&node->last_success_ms, now, memory_order_relaxed);
     atomic_store_explicit(&node->consecutive_failures, 0, memory_order_relaxed);
     if (atomic_exchange_explicit(&node->ejections, 0, memory_order_relaxed) > 0)
         atomic_store_explicit(&node->last_error, NULL, memory_order_relaxed);

@@ -40,6 +40,7 @@ struct lx_node {
     atomic_uint_fast64_t failures_total;  /* connect errors, timeouts, 5xx */
     atomic_uint_fast64_t ewma_ttfb_us;    /* EWMA of time to first byte, 0 = no sample */
     atomic_uint_fast64_t ttfb_sample_ms;  /* lx_now_ms() of the last sample */
+    atomic_uint_fast64_t last_success_ms; /* lx_now_ms() of the last good answer, 0 = none */
     atomic_uint_fast64_t ewma_ttft_us;    /* EWMA of time to first streamed byte, 0 = none */
     atomic_uint_fast64_t errors[5];       /* by kind: connect, timeout, 5xx, protocol,
                                              stream broken (metrics.h order) */

@@ -926,15 +926,6 @@ static void on_after_work(uv_work_t *wk, int status)
     job_free(job);
 }
 
-static bool admin_authorized(const struct lx_http_req *req, const char *token)
-{
-    const struct lx_http_header *h = lx_http_req_header(req, "authorization");
-
-    if (!h || h->value_len < 7 || strncasecmp(h->value, "Bearer ", 7) != 0)
-        return false;
-    return lx_secure_equal(h->value + 7, h->value_len - 7, token, strlen(token));
-}
-
 static int hex_value(char c)
 {
     if (c >= '0' && c <= '9')
@@ -1054,7 +1045,7 @@ void lx_obs_admin(struct lx_worker *w, struct lx_http_req *req, const char *rid)
                    "the admin API is disabled: set ADMIN_TOKEN (or --admin-token) to enable it");
         return;
     }
-    if (!admin_authorized(req, token)) {
+    if (!lx_http_req_bearer_is(req, token)) {
         send_error(w, req, rid, 401, "invalid_request_error", "invalid_api_key", NULL,
                    "missing or invalid admin bearer token");
         return;

@@ -112,19 +112,37 @@ static void gw_error(struct lx_worker *w, struct lx_http_req *req, const char *r
 static bool client_authorized(const struct lx_gateway *gw, const struct lx_http_req *req)
 {
     const char *token = gw->conf->auth_token;
-    const struct lx_http_header *h;
 
-    if (!token || !*token)
-        return true;
-    h = lx_http_req_header(req, "authorization");
-    if (!h || h->value_len < 7 || strncasecmp(h->value, "Bearer ", 7) != 0)
-        return false;
-    return lx_secure_equal(h->value + 7, h->value_len - 7, token, strlen(token));
+    return !token || !*token || lx_http_req_bearer_is(req, token);
 }
 
 static bool path_is(const char *path, size_t len, const char *want)
 {
     return strlen(want) == len && memcmp(path, want, len) == 0;
+}
+
+static bool is_inference_path(const struct lx_http_req *req)
+{
+    return path_is(req->path, req->path_only_len, "/v1/chat/completions") ||
+           path_is(req->path, req->path_only_len, "/v1/completions");
+}
+
+/*
+ * The server asks before reading a body: only a request that the dispatch
+ * below would read it for gets it buffered (an authorized POST to an
+ * inference endpoint, an authorized admin call). Anything else is refused
+ * or answered whatever its body says, so an unauthenticated client cannot
+ * make llmux hold MAX_BODY_BYTES per connection. Keep in step with
+ * lx_gateway_handle.
+ */
+static bool gateway_wants_body(const struct lx_http_req *req, void *arg)
+{
+    struct lx_worker *w = arg;
+    const char *admin = w->gw->conf->admin_token;
+
+    if (req->path_only_len >= 7 && memcmp(req->path, "/admin/", 7) == 0)
+        return admin && *admin && lx_http_req_bearer_is(req, admin);
+    return is_inference_path(req) && req->method == HTTP_POST && client_authorized(w->gw, req);
 }
 
 /* The model name, decoded when written with JSON escapes; NULL if invalid. */
@@ -155,6 +173,12 @@ static void handle_inference(struct lx_worker *w, struct lx_http_req *req, const
     if (req->method != HTTP_POST) {
         gw_error(w, req, rid, 405, "invalid_request_error", "method_not_allowed",
                  "this endpoint accepts POST only");
+        return;
+    }
+    if (req->body_skipped) {
+        /* gateway_wants_body said no: it and this dispatch disagree. */
+        gw_error(w, req, rid, 400, "invalid_request_error", "invalid_request",
+                 "the request body was not read");
         return;
     }
     rc = lx_body_scan(req->body.data ? req->body.data : "", req->body.len, &scan);
@@ -235,8 +259,7 @@ void lx_gateway_handle(struct lx_http_req *req, void *arg)
                      "missing or invalid bearer token");
             return;
         }
-        if (path_is(req->path, plen, "/v1/chat/completions") ||
-            path_is(req->path, plen, "/v1/completions")) {
+        if (is_inference_path(req)) {
             handle_inference(w, req, rid);
             return;
         }
@@ -319,9 +342,11 @@ int lx_gateway_init(struct lx_gateway *gw, const struct lx_conf *conf, struct lx
     struct lx_http_limits limits = {
         .head_max = conf->max_header_bytes,
         .body_max = conf->max_body_bytes,
-        .head_timeout_ms = (uint64_t)(conf->request_timeout_s * 1000),
-        .body_timeout_ms = (uint64_t)(conf->request_timeout_s * 1000),
+        .request_timeout_ms = (uint64_t)(conf->request_timeout_s * 1000),
         .idle_timeout_ms = (uint64_t)(conf->keepalive_timeout_s * 1000),
+        .send_timeout_ms = (uint64_t)(conf->send_timeout_s * 1000),
+        .max_conns = (size_t)conf->max_connections,
+        .conn_count = &gw->n_conns,
     };
     int port = conf->listen_port;
 
@@ -352,6 +377,7 @@ int lx_gateway_init(struct lx_gateway *gw, const struct lx_conf *conf, struct lx
         }
         port = lx_http_server_port(w->srv);
         lx_http_server_set_reject_cb(w->srv, on_server_reject);
+        lx_http_server_set_head_cb(w->srv, gateway_wants_body);
         w->metrics = lx_metrics_new();
         w->pool = lx_upstream_pool_new(&w->loop, UPSTREAM_KEEPALIVE_MS);
         uv_async_init(&w->loop, &w->stop_async, on_stop);

@@ -29,6 +29,8 @@ struct lx_gateway {
     uint64_t start_hr_ns;            /* uv_hrtime() at start */
     int port;                        /* the port actually bound */
     struct lx_admit admit;           /* global in-flight limit and queue */
+    _Atomic size_t n_conns;          /* open client connections, all workers
+                                        (MAX_CONNECTIONS) */
     struct lx_worker *workers;
     int n_workers;
 };

@@ -77,6 +77,7 @@ struct lx_proxy {
     uint64_t t_start_ns;            /* arrival */
     uint64_t t_admit_ns;            /* admission slot taken, 0 = not yet */
     uint64_t t_send_ns;             /* this attempt sent */
+    uint64_t t_send_ms;             /* the same, lx_now_ms() based */
     uint64_t t_first_ns;            /* first body byte relayed, 0 = none */
     uint64_t bytes_in, bytes_out;
     char request_id[80];
@@ -311,18 +312,46 @@ static bool header_is(const struct lx_http_header *h, const char *name, size_t l
 
 /* Hop-by-hop and framing headers that a proxy must not pass on (RFC 9110 7.6.1),
  * and the ones llmux sets itself. */
-static bool is_request_header_dropped(const struct lx_http_header *h)
+/* <h>'s name is one of the comma-separated tokens of <list> (a Connection
+ * field's value: the hop-by-hop fields a sender names, RFC 9110 7.6.1). */
+static bool header_named_in(const struct lx_http_header *h, const struct lx_http_header *list)
+{
+    const char *p = list->value, *end = list->value + list->value_len;
+
+    while (p < end) {
+        const char *comma = memchr(p, ',', (size_t)(end - p));
+        const char *tok_end = comma ? comma : end;
+
+        while (p < tok_end && (*p == ' ' || *p == '\t'))
+            p++;
+        while (tok_end > p && (tok_end[-1] == ' ' || tok_end[-1] == '\t'))
+            tok_end--;
+        if (header_is(h, p, (size_t)(tok_end - p)))
+            return true;
+        p = comma ? comma + 1 : end;
+    }
+    return false;
+}
+
+/*
+ * Hop-by-hop and framing headers, the ones llmux sets itself, and the
+ * client's own forwarding headers: X-Forwarded-For is rebuilt (the client's
+ * value, then the peer's address); Forwarded and X-Real-IP would let a
+ * client pose as any address to the node, so they are dropped.
+ */
+static bool is_request_header_dropped(const struct lx_http_header *h,
+                                      const struct lx_http_header *conn)
 {
     static const char *const drop[] = {
         "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
         "upgrade", "proxy-authorization", "proxy-authenticate", "host", "content-length",
-        "authorization", "expect", "x-request-id",
+        "authorization", "expect", "x-request-id", "x-forwarded-for", "forwarded", "x-real-ip",
     };
 
     for (size_t i = 0; i < ARRAY_SIZE(drop); i++)
         if (header_is(h, drop[i], strlen(drop[i])))
             return true;
-    return false;
+    return conn && header_named_in(h, conn);
 }
 
 static bool is_response_header_dropped(const struct lx_http_header *h)
@@ -342,6 +371,8 @@ static bool is_response_header_dropped(const struct lx_http_header *h)
 static void build_request(struct lx_proxy *p)
 {
     const struct lx_http_req *req = p->client;
+    const struct lx_http_header *conn = lx_http_req_header(req, "connection");
+    const struct lx_http_header *xff = lx_http_req_header(req, "x-forwarded-for");
     struct lx_buf *b = &p->head;
     const char *body = p->body.len ? p->body.data : req->body.data;
     size_t body_len = p->body.len ? p->body.len : req->body.len;
@@ -371,7 +402,7 @@ static void build_request(struct lx_proxy *p)
     for (size_t i = 0; i < req->n_headers; i++) {
         const struct lx_http_header *h = &req->headers[i];
 
-        if (is_request_header_dropped(h))
+        if (is_request_header_dropped(h, conn))
             continue;
         lx_buf_append(b, h->name, h->name_len);
         lx_buf_append(b, ": ", 2);
@@ -379,6 +410,10 @@ static void build_request(struct lx_proxy *p)
         lx_buf_append(b, "\r\n", 2);
     }
     lx_buf_append(b, "X-Forwarded-For: ", 17);
+    if (xff && xff->value_len) {
+        lx_buf_append(b, xff->value, xff->value_len);
+        lx_buf_append(b, ", ", 2);
+    }
     lx_buf_append_str(b, p->client_addr);
     lx_buf_append(b, "\r\n\r\n", 4);
     p->up.nbufs = 0;
@@ -554,6 +589,7 @@ static void proxy_attempt(struct lx_proxy *p)
     p->up.timeouts.first_byte_ms = (uint64_t)(conf->node_timeout_s * 1000);
     p->up.timeouts.idle_ms = (uint64_t)(conf->stream_idle_timeout_s * 1000);
     p->t_send_ns = now_ns();
+    p->t_send_ms = lx_now_ms();
     lx_upstream_send(p->w->pool, node, &p->up);
 }
 
@@ -619,6 +655,10 @@ static void up_on_head(void *ctx, int status, const struct lx_http_header *hdrs,
     out[n++] = (struct lx_http_header){"X-Routed-Node", 13, p->node->name, strlen(p->node->name)};
     out[n++] = (struct lx_http_header){"X-Request-Id", 12, p->request_id, strlen(p->request_id)};
     p->sse.drop_usage = p->is_sse && p->usage_injected;
+    /* The relay may change an event stream's length (usage filtered, an
+     * error event on a break): never promise the node's length for it. */
+    if (p->is_sse)
+        content_length = -1;
     /* The head leaves with the first body bytes (or at the end of this
      * read): one write per response instead of two. */
     lx_http_resp_start_lazy(p->client, status, out, n, content_length);
@@ -731,20 +771,54 @@ static void relay_break(struct lx_proxy *p, const char *code, const char *msg)
     proxy_free(p);
 }
 
+/* Forgets a response that was started and then taken back (nothing of it
+ * reached the client), so the request can be answered afresh. */
+static void relay_reset(struct lx_proxy *p)
+{
+    p->relaying = false;
+    p->is_sse = false;
+    p->status = 0;
+    p->t_first_ns = 0;
+    p->bytes_out = 0;
+    lx_buf_reset(&p->tail);
+    lx_sse_deinit(&p->sse);
+    lx_sse_init(&p->sse, false);
+}
+
 static void up_on_error(void *ctx, enum lx_upstream_err kind, bool got_head)
 {
     struct lx_proxy *p = ctx;
     static const char *const kinds[] = {"", "connect", "timeout", "idle timeout", "protocol",
-                                        "closed"};
+                                        "closed", "local"};
+    /* A node that answered other requests after this one was sent is slow
+     * for this request (a long generation), not down: no ejection for it. */
+    bool node_alive = kind == LX_UP_TIMEOUT &&
+                      atomic_load_explicit(&p->node->last_success_ms, memory_order_relaxed) >=
+                          p->t_send_ms;
 
+    if (kind == LX_UP_LOCAL) {
+        lx_warn("[%s] cannot connect to node %s: llmux is out of file descriptors or local "
+                "ports (raise the descriptor limit or lower MAX_CONNECTIONS)",
+                p->request_id, p->node->name);
+        node_release(p);
+        proxy_fail(p, 503, "server_error", "gateway_overloaded",
+                   "llmux is out of connections; try again later");
+        return;
+    }
     lx_warn("[%s] node %s: %s error%s", p->request_id, p->node ? p->node->name : "-",
             kinds[kind], got_head ? " mid-response" : "");
-    lx_node_report_failure(p->node, kind == LX_UP_CONNECT   ? "connect error"
-                                    : kind == LX_UP_TIMEOUT ? "timeout before first byte"
-                                    : kind == LX_UP_IDLE    ? "stream idle timeout"
-                                    : kind == LX_UP_PROTOCOL ? "malformed response"
-                                                             : "connection closed mid-response");
-    lx_metrics_node_failure(p->w->metrics, p->node->name);
+    if (!node_alive) {
+        lx_node_report_failure(p->node, kind == LX_UP_CONNECT   ? "connect error"
+                                        : kind == LX_UP_TIMEOUT ? "timeout before the response head"
+                                        : kind == LX_UP_IDLE    ? "stream idle timeout"
+                                        : kind == LX_UP_PROTOCOL ? "malformed response"
+                                                                 : "connection closed mid-response");
+        lx_metrics_node_failure(p->w->metrics, p->node->name);
+    }
+    /* A response whose head was still held back has not reached the
+     * client: it can be answered (502/504) or retried instead of cut. */
+    if (p->relaying && p->client && lx_http_resp_retract(p->client))
+        relay_reset(p);
     if (!p->relaying) {
         enum lx_upstream_error_kind k = kind == LX_UP_CONNECT   ? LX_UPERR_CONNECT
                                         : kind == LX_UP_TIMEOUT ? LX_UPERR_TIMEOUT

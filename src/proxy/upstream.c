@@ -4,8 +4,13 @@
  * Connection states:
  *   RESOLVE -> CONNECT -> ACTIVE (request written, response parsed) -> IDLE
  *   (in the pool, read for EOF) -> ACTIVE ... -> CLOSING
- * One timer per connection covers connect, first byte, body gaps and the idle
- * keep-alive limit, according to the state.
+ * One timer per connection covers connect, the response head (from send to
+ * its end), body gaps and the idle keep-alive limit, according to the state.
+ *
+ * A connection goes back to the pool only when its response was complete,
+ * nothing followed it, the node allows keep-alive, and the request was
+ * written whole: a node that answers before reading the request (an early
+ * 401) leaves a write in flight, and that connection is closed instead.
  *
  * Reads land in the pool's one read buffer (single-threaded loop), and body
  * bytes are handed to the caller straight from it: nothing is copied here.
@@ -203,7 +208,7 @@ static void on_timer(uv_timer_t *t)
         conn_fail(c, LX_UP_CONNECT);
         break;
     case UP_ACTIVE:
-        conn_fail(c, c->got_byte ? LX_UP_IDLE : LX_UP_TIMEOUT);
+        conn_fail(c, c->got_head ? LX_UP_IDLE : LX_UP_TIMEOUT);
         break;
     case UP_IDLE:
         conn_close(c);
@@ -244,10 +249,15 @@ static int on_headers_complete(http_parser *p)
     struct lx_upstream_req *ur = c->req;
     int64_t clen = -1;
 
-    /* 1xx interim responses (100 Continue) carry no body: skip them. */
+    /* 1xx interim responses (100 Continue) carry no body whatever their
+     * head says (RFC 9110 15.2): skip it (1), so that bytes after the head
+     * are parsed as the next response. 101 would switch protocols, which
+     * llmux never asks for. */
     if (p->status_code >= 100 && p->status_code < 200) {
+        if (p->status_code == 101)
+            return -1;
         lx_headers_reset(&c->hd, UP_HEAD_MAX);
-        return 0;
+        return 1;
     }
     if (!(p->flags & F_CHUNKED) && (p->flags & F_CONTENTLENGTH))
         clen = (int64_t)p->content_length;
@@ -262,7 +272,7 @@ static int on_body(http_parser *p, const char *at, size_t len)
     struct up_conn *c = pconn(p);
     struct lx_upstream_req *ur = c->req;
 
-    if (!ur)
+    if (!ur || !c->got_head)
         return -1;
     ur->cbs->on_body(ur->ctx, at, len);
     return c->req ? 0 : -1;
@@ -357,12 +367,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         conn_fail(c, LX_UP_CLOSED);
         return;
     }
-    if (!c->got_byte) {
-        c->got_byte = true;
+    /* Until the head is complete, first_byte_ms (set at send) runs on. */
+    c->got_byte = true;
+    if (c->got_head && c->req->timeouts.idle_ms)
         timer_set(c, c->req->timeouts.idle_ms);
-    } else if (c->got_head && c->req->timeouts.idle_ms) {
-        timer_set(c, c->req->timeouts.idle_ms);
-    }
     c->in_parse = true;
     n = http_parser_execute(&c->parser, &settings, buf->base, (size_t)nread);
     c->in_parse = false;
@@ -372,7 +380,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     err = HTTP_PARSER_ERRNO(&c->parser);
     if (c->done) {
-        bool reusable = http_should_keep_alive(&c->parser) && n == (size_t)nread;
+        bool reusable = http_should_keep_alive(&c->parser) && n == (size_t)nread && !c->writing;
 
         http_parser_pause(&c->parser, 0);
         conn_release(c, reusable);
@@ -457,6 +465,13 @@ out_fail:
     }
 }
 
+/* Errors that say llmux ran out of something, not that the node failed. */
+static bool is_local_error(int err)
+{
+    return err == UV_EMFILE || err == UV_ENFILE || err == UV_ENOBUFS || err == UV_ENOMEM ||
+           err == UV_EADDRNOTAVAIL;
+}
+
 static void on_connected(uv_connect_t *cr, int status)
 {
     struct up_conn *c = cr->data;
@@ -465,7 +480,7 @@ static void on_connected(uv_connect_t *cr, int status)
         return;
     if (status < 0) {
         lx_debug("connect to %s failed: %s", c->node->name, uv_strerror(status));
-        conn_fail(c, LX_UP_CONNECT);
+        conn_fail(c, is_local_error(status) ? LX_UP_LOCAL : LX_UP_CONNECT);
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
@@ -486,7 +501,7 @@ static void conn_connect(struct up_conn *c, const struct sockaddr *sa)
     if (rc < 0) {
         lx_debug("connect to %s failed: %s", c->node->name, uv_strerror(rc));
         /* Fail from the timer so the callback does not run inside send. */
-        c->pending_err = LX_UP_CONNECT;
+        c->pending_err = is_local_error(rc) ? LX_UP_LOCAL : LX_UP_CONNECT;
         timer_set(c, 1);
         return;
     }

@@ -26,6 +26,8 @@ enum lx_upstream_err {
     LX_UP_IDLE,         /* gap between body chunks over idle_ms */
     LX_UP_PROTOCOL,     /* malformed response */
     LX_UP_CLOSED,       /* the node closed or reset the connection mid-response */
+    LX_UP_LOCAL,        /* llmux itself is out of resources (descriptors, ports,
+                           memory): not the node's fault */
 };
 
 struct lx_upstream_cbs {
@@ -45,8 +47,10 @@ struct lx_upstream_cbs {
 
 struct lx_upstream_timeouts {
     uint64_t connect_ms;     /* 0 = no limit */
-    uint64_t first_byte_ms;  /* from send to the first response byte; 0 = no limit */
-    uint64_t idle_ms;        /* longest gap between body reads; 0 = no limit */
+    uint64_t first_byte_ms;  /* from send to the end of the response head (a node
+                                that sends part of a head and stalls is timed out
+                                too); 0 = no limit */
+    uint64_t idle_ms;        /* after the head, longest gap between reads; 0 = no limit */
 };
 
 struct up_conn;

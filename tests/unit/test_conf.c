@@ -127,7 +127,9 @@ static void test_defaults(void **state)
     assert_null(c.model_name);
     assert_true(c.connect_timeout_s == 10);
     assert_true(c.node_timeout_s == 120);
-    assert_true(c.stream_idle_timeout_s == 0);
+    assert_true(c.stream_idle_timeout_s == 120);
+    assert_true(c.send_timeout_s == 60);
+    assert_int_equal(c.max_connections, 16384);
     assert_true(c.queue_timeout_s == 30);
     assert_true(c.request_timeout_s == 30);
     assert_true(c.keepalive_timeout_s == 75);
@@ -176,6 +178,14 @@ static void test_no_nodes(void **state)
 
         expect_error((const char *[]){"--config", file, NULL}, NULL, NULL, "no nodes configured");
     }
+}
+
+/* The admin token must not be the clients' token. */
+static void test_admin_token_differs(void **state)
+{
+    expect_error((const char *[]){"--nodes", "http://a:1", "--auth-token", "same",
+                                  "--admin-token", "same", NULL},
+                 NULL, NULL, "ADMIN_TOKEN must differ from AUTH_TOKEN");
 }
 
 /* Each layer overrides the one before: file < .env < environment < flags. */
@@ -1026,6 +1036,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_defaults, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_nodes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_admin_token_differs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_layers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_empty_env_is_unset, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dotenv_syntax, setup, teardown),
