@@ -31,6 +31,7 @@ const char *lx_http_reason(int status)
     case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
     case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
     default: break;
     }
     if (status >= 200 && status < 300)

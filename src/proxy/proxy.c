@@ -485,6 +485,10 @@ static void proxy_give_up(struct lx_proxy *p)
     case FAIL_TIMEOUT:
         proxy_fail(p, 504, "server_error", "upstream_timeout", "the node did not answer in time");
         break;
+    case FAIL_PROTOCOL:
+        proxy_fail(p, 502, "server_error", "upstream_protocol_error",
+                   "the node's answer broke the HTTP protocol");
+        break;
     default:
         proxy_fail(p, 502, "server_error", "upstream_unreachable",
                    "the node could not be reached");
@@ -829,9 +833,9 @@ static void up_on_error(void *ctx, enum lx_upstream_err kind, bool got_head)
     }
     if (!p->relaying) {
         node_release(p);
-        p->last_fail = kind == LX_UP_TIMEOUT ? FAIL_TIMEOUT
-                       : kind == LX_UP_CONNECT ? FAIL_CONNECT
-                                               : FAIL_PROTOCOL;
+        p->last_fail = kind == LX_UP_TIMEOUT    ? FAIL_TIMEOUT
+                       : kind == LX_UP_PROTOCOL ? FAIL_PROTOCOL
+                                                : FAIL_CONNECT;
         if (can_retry(p))
             proxy_retry(p);
         else
