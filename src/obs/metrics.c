@@ -100,13 +100,87 @@ static uv_mutex_t shards_lock;
 static uv_once_t shards_once = UV_ONCE_INIT;
 static struct lx_metrics *shards;
 
+/* The model names clients chose, interned for labels (process-wide). */
+static struct {
+    uv_mutex_t lock;
+    size_t n;
+    char *names[LX_METRICS_MAX_CLIENT_MODELS];
+} client_models;
+
 static void shards_init(void)
 {
     uv_mutex_init(&shards_lock);
+    uv_mutex_init(&client_models.lock);
 }
 
 static struct series *series_get(struct lx_metrics *m, int family, const char *l1,
                                  const char *l2);
+
+/* Printable UTF-8 (RFC 3629: no overlongs, no surrogates), no control
+ * characters: safe as a label value in any scraper. */
+static bool is_printable_utf8(const unsigned char *s, size_t len)
+{
+    for (size_t i = 0; i < len;) {
+        unsigned c = s[i];
+        size_t n;
+        uint32_t cp;
+
+        if (c < 0x80) {
+            if (c < 0x20 || c == 0x7f)
+                return false;
+            i++;
+            continue;
+        }
+        if (c >= 0xc2 && c <= 0xdf)
+            n = 1, cp = c & 0x1f;
+        else if (c >= 0xe0 && c <= 0xef)
+            n = 2, cp = c & 0x0f;
+        else if (c >= 0xf0 && c <= 0xf4)
+            n = 3, cp = c & 0x07;
+        else
+            return false;
+        if (len - i - 1 < n)
+            return false;
+        for (size_t k = 1; k <= n; k++) {
+            if ((s[i + k] & 0xc0) != 0x80)
+                return false;
+            cp = cp << 6 | (s[i + k] & 0x3f);
+        }
+        if ((n == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+            (n == 3 && (cp < 0x10000 || cp > 0x10ffff)))
+            return false;
+        i += n + 1;
+    }
+    return true;
+}
+
+void lx_metrics_model_label(char *out, size_t outlen, const char *name, size_t len)
+{
+    size_t i;
+
+    uv_once(&shards_once, shards_init);
+    if (len == 0 || len >= outlen || !is_printable_utf8((const unsigned char *)name, len)) {
+        snprintf(out, outlen, "other");
+        return;
+    }
+    uv_mutex_lock(&client_models.lock);
+    for (i = 0; i < client_models.n; i++)
+        if (strlen(client_models.names[i]) == len && memcmp(client_models.names[i], name, len) == 0)
+            break;
+    if (i == client_models.n && i < LX_METRICS_MAX_CLIENT_MODELS) {
+        client_models.names[i] = lx_malloc(len + 1);
+        memcpy(client_models.names[i], name, len);
+        client_models.names[i][len] = '\0';
+        client_models.n++;
+    }
+    uv_mutex_unlock(&client_models.lock);
+    if (i < LX_METRICS_MAX_CLIENT_MODELS) {
+        memcpy(out, name, len);
+        out[len] = '\0';
+    } else {
+        snprintf(out, outlen, "other");
+    }
+}
 
 struct lx_metrics *lx_metrics_new(void)
 {

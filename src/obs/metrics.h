@@ -49,6 +49,15 @@ struct lx_request_record {
     int64_t completion_tokens;
 };
 
+/*
+ * Writes into <out> the label value for a model name a client chose (a
+ * catch-all pool): the name itself for the first LX_METRICS_MAX_CLIENT_MODELS
+ * distinct names of the process, "other" for any later one or for a name
+ * that is not printable UTF-8 or longer than <outlen> - 1, so clients can
+ * neither grow the series count nor break a scrape. Thread-safe.
+ */
+#define LX_METRICS_MAX_CLIENT_MODELS 64
+void lx_metrics_model_label(char *out, size_t outlen, const char *name, size_t len);
 /* Creates a shard and adds it to the process-wide list the scrape sums. */
 struct lx_metrics *lx_metrics_new(void);
 /* Removes it from the list and frees it (after its worker stopped). */

@@ -976,10 +976,13 @@ void lx_proxy_start(struct lx_worker *w, struct lx_http_req *req, struct lx_pool
     if (scan && scan->model_is_string)
         snprintf(p->asked_model, sizeof(p->asked_model), "%.*s",
                  (int)LX_MIN(scan->model.len, sizeof(p->asked_model) - 1), scan->model.p);
-    /* A catch-all pool labels metrics with the model asked for (cut short),
-     * a named pool with its own name: bounded label sets either way. */
-    snprintf(p->model, sizeof(p->model), "%s",
-             strcmp(pool->model, "*") == 0 && p->asked_model[0] ? p->asked_model : pool->model);
+    /* A named pool labels metrics with its own name; a catch-all pool with
+     * the model asked for, bounded (lx_metrics_model_label). */
+    if (strcmp(pool->model, "*") == 0 && p->asked_model[0])
+        lx_metrics_model_label(p->model, sizeof(p->model), p->asked_model,
+                               strlen(p->asked_model));
+    else
+        snprintf(p->model, sizeof(p->model), "%s", pool->model);
     p->stream = scan && scan->stream;
     p->waiter.wake = on_waiter_wake;
     if (scan)
