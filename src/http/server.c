@@ -35,6 +35,7 @@
 #include "server.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <http_parser.h>
 #include <netdb.h>
 #include <string.h>
@@ -49,6 +50,8 @@
 #define OUT_HIGH_WATER (256 * 1024)    /* queued answers that hold back the next request */
 #define DRAIN_LOW_WATER (64 * 1024)     /* on_drain fires once pending falls below this */
 #define LOG_EVERY_MS 10000              /* one warning per this for accept trouble */
+#define ACCEPT_PAUSE_MS 100             /* accepting pauses this long at a limit */
+#define ACCEPT_BATCH 64                 /* connections accepted per listener wake-up */
 #define LINGER_MS 2000                  /* read-and-discard after a rejected request */
 #define MAX_HEADERS 256
 #define KEEP_BUF_MAX (16 * 1024)       /* larger per-request buffers are freed after use */
@@ -94,7 +97,10 @@ struct lx_http_conn {
 
 struct lx_http_server {
     uv_loop_t *loop;
-    uv_tcp_t listener;
+    int listen_fd;                     /* ours: closed after accept_poll */
+    uv_poll_t accept_poll;             /* readable listener -> on_acceptable */
+    uv_timer_t accept_timer;           /* resumes accepting after a pause */
+    int listener_handles_closed;
     struct lx_http_limits limits;
     lx_http_handler_cb handler;
     void *ctx;
@@ -102,7 +108,6 @@ struct lx_http_server {
     lx_http_head_cb head_cb;
     _Atomic size_t own_count;          /* conn_count when limits.conn_count is NULL */
     uint64_t last_limit_log_ms, last_accept_log_ms;
-    size_t refused_since_log;          /* connections refused since the last warning */
     int port;
     size_t n_conns, n_busy, accepted;
     struct lx_http_conn *conns;        /* doubly linked, for close */
@@ -821,27 +826,13 @@ static bool log_due(struct lx_http_server *srv, uint64_t *last)
     return true;
 }
 
-static void on_connection(uv_stream_t *ls, int status)
+/* Takes the connected socket <fd> as a new client connection. 0 or -errno
+ * (then <fd> is closed). */
+static int conn_open(struct lx_http_server *srv, int fd)
 {
-    struct lx_http_server *srv = ls->data;
-    struct lx_http_conn *c;
-    int len;
+    struct lx_http_conn *c = lx_calloc(1, sizeof(*c));
+    int len, rc;
 
-    if (status < 0) {
-        /* libuv drains the backlog itself when descriptors run out (it
-         * keeps one in reserve), so this does not spin; say why, once. */
-        if (log_due(srv, &srv->last_accept_log_ms)) {
-            if (status == UV_EMFILE || status == UV_ENFILE)
-                lx_warn("accept failed: out of file descriptors (%s); new connections are "
-                        "closed at once: raise the descriptor limit (ulimit -n, LimitNOFILE) "
-                        "or lower MAX_CONNECTIONS",
-                        uv_strerror(status));
-            else
-                lx_warn("accept failed: %s", uv_strerror(status));
-        }
-        return;
-    }
-    c = lx_calloc(1, sizeof(*c));
     c->srv = srv;
     uv_tcp_init(srv->loop, &c->tcp);
     uv_timer_init(srv->loop, &c->timer);
@@ -853,33 +844,22 @@ static void on_connection(uv_stream_t *ls, int status)
     if (srv->conns)
         srv->conns->prev = c;
     srv->conns = c;
-    if (uv_accept(ls, (uv_stream_t *)&c->tcp) < 0) {
-        c->state = C_CLOSING;
-        uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
-        uv_close((uv_handle_t *)&c->timer, on_handle_closed);
-        return;
-    }
-    if (srv->limits.max_conns &&
-        atomic_fetch_add_explicit(conn_count(srv), 1, memory_order_relaxed) >=
-            srv->limits.max_conns) {
-        atomic_fetch_sub_explicit(conn_count(srv), 1, memory_order_relaxed);
-        srv->refused_since_log++;
-        if (log_due(srv, &srv->last_limit_log_ms)) {
-            lx_warn("connection limit reached (MAX_CONNECTIONS=%zu): closed %zu new "
-                    "connection(s)",
-                    srv->limits.max_conns, srv->refused_since_log);
-            srv->refused_since_log = 0;
-        }
-        c->state = C_CLOSING;
-        uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
-        uv_close((uv_handle_t *)&c->timer, on_handle_closed);
-        return;
-    }
     c->counted = srv->limits.max_conns > 0;
+    if (c->counted)
+        atomic_fetch_add_explicit(conn_count(srv), 1, memory_order_relaxed);
+    rc = uv_tcp_open(&c->tcp, fd);
+    if (rc < 0) {
+        close(fd);
+        c->state = C_CLOSING;
+        uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+        uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+        return rc;
+    }
     srv->accepted++;
-    uv_tcp_nodelay(&c->tcp, 1);
+    uv_tcp_nodelay(&c->tcp, 1); /* fails harmlessly on a non-TCP socket */
     len = sizeof(c->req.peer);
-    uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&c->req.peer, &len);
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&c->req.peer, &len) < 0)
+        c->req.peer.ss_family = AF_UNSPEC;
     http_parser_init(&c->parser, HTTP_REQUEST);
     lx_buf_init(&c->in, IN_MAX);
     lx_buf_init(&c->url, srv->limits.head_max + 1);
@@ -892,6 +872,72 @@ static void on_connection(uv_stream_t *ls, int status)
     c->state = C_IDLE;
     timer_set(c, srv->limits.idle_timeout_ms);
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    return 0;
+}
+
+static void on_acceptable(uv_poll_t *h, int status, int events);
+
+static void on_accept_resume(uv_timer_t *t)
+{
+    struct lx_http_server *srv = container_of(t, struct lx_http_server, accept_timer);
+
+    if (!srv->closing)
+        uv_poll_start(&srv->accept_poll, UV_READABLE, on_acceptable);
+}
+
+/* Stops accepting for ACCEPT_PAUSE_MS: new connections wait in the
+ * kernel's backlog instead of costing a spin or a descriptor now. */
+static void accept_pause(struct lx_http_server *srv)
+{
+    uv_poll_stop(&srv->accept_poll);
+    uv_timer_start(&srv->accept_timer, on_accept_resume, ACCEPT_PAUSE_MS, 0);
+}
+
+/*
+ * The listener is polled and accepted here rather than by uv_listen, so
+ * that accepting can pause: at MAX_CONNECTIONS, or when descriptors run out
+ * (libuv's own loop would call back with EMFILE again and again). At most
+ * ACCEPT_BATCH connections per wake-up keep one busy listener from starving
+ * the connections already open.
+ */
+static void on_acceptable(uv_poll_t *h, int status, int events)
+{
+    struct lx_http_server *srv = container_of(h, struct lx_http_server, accept_poll);
+
+    for (int i = 0; i < ACCEPT_BATCH && !srv->closing; i++) {
+        int fd;
+
+        if (srv->limits.max_conns &&
+            atomic_load_explicit(conn_count(srv), memory_order_relaxed) >= srv->limits.max_conns) {
+            if (log_due(srv, &srv->last_limit_log_ms))
+                lx_warn("connection limit reached (MAX_CONNECTIONS=%zu): new connections "
+                        "wait until others close",
+                        srv->limits.max_conns);
+            accept_pause(srv);
+            return;
+        }
+        fd = accept4(srv->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            int err = errno;
+
+            if (err == EAGAIN || err == EWOULDBLOCK)
+                return;
+            if (err == EINTR || err == ECONNABORTED || err == EPROTO)
+                continue;
+            if (log_due(srv, &srv->last_accept_log_ms)) {
+                if (err == EMFILE || err == ENFILE)
+                    lx_warn("accept failed: out of file descriptors (%s); accepting pauses "
+                            "until some close: raise the descriptor limit (ulimit -n, "
+                            "LimitNOFILE) or lower MAX_CONNECTIONS",
+                            strerror(err));
+                else
+                    lx_warn("accept failed: %s", strerror(err));
+            }
+            accept_pause(srv);
+            return;
+        }
+        conn_open(srv, fd);
+    }
 }
 
 static int bind_reuseport(const char *host, int port, struct sockaddr_storage *ss, int *fd_out)
@@ -933,7 +979,8 @@ int lx_http_server_new(uv_loop_t *loop, const char *host, int port,
 {
     struct lx_http_server *srv;
     struct sockaddr_storage ss;
-    int fd = -1, rc, len = sizeof(ss);
+    socklen_t len = sizeof(ss);
+    int fd = -1, rc;
 
     uv_once(&settings_once, settings_init);
     rc = bind_reuseport(host, port, &ss, &fd);
@@ -944,20 +991,21 @@ int lx_http_server_new(uv_loop_t *loop, const char *host, int port,
     srv->limits = *limits;
     srv->handler = handler;
     srv->ctx = ctx;
-    uv_tcp_init(loop, &srv->listener);
-    srv->listener.data = srv;
-    rc = uv_tcp_open(&srv->listener, fd);
-    if (rc == 0)
-        rc = uv_listen((uv_stream_t *)&srv->listener, 4096, on_connection);
-    if (rc == 0)
-        rc = uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&ss, &len);
-    if (rc < 0) {
-        /* The loop is not running yet; close and let the caller run it. */
-        srv->closing = true;
-        srv->listener_closed = true;
-        uv_close((uv_handle_t *)&srv->listener, NULL);
+    srv->listen_fd = fd;
+    if (listen(fd, 4096) < 0 || getsockname(fd, (struct sockaddr *)&ss, &len) < 0) {
+        rc = -errno;
+        close(fd);
+        free(srv);
         return rc;
     }
+    rc = uv_poll_init_socket(loop, &srv->accept_poll, fd);
+    if (rc < 0) {
+        close(fd);
+        free(srv);
+        return rc;
+    }
+    uv_timer_init(loop, &srv->accept_timer);
+    uv_poll_start(&srv->accept_poll, UV_READABLE, on_acceptable);
     srv->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
                                                 : ((struct sockaddr_in *)&ss)->sin_port);
     *out = srv;
@@ -1013,6 +1061,9 @@ static void on_listener_closed(uv_handle_t *h)
 {
     struct lx_http_server *srv = h->data;
 
+    if (++srv->listener_handles_closed < 2)
+        return;
+    close(srv->listen_fd);
     srv->listener_closed = true;
     server_maybe_done(srv);
 }
@@ -1026,7 +1077,10 @@ void lx_http_server_close(struct lx_http_server *srv, bool force, void (*cb)(voi
         srv->closing = true;
         srv->close_cb = cb;
         srv->close_arg = arg;
-        uv_close((uv_handle_t *)&srv->listener, on_listener_closed);
+        srv->accept_poll.data = srv;
+        srv->accept_timer.data = srv;
+        uv_close((uv_handle_t *)&srv->accept_poll, on_listener_closed);
+        uv_close((uv_handle_t *)&srv->accept_timer, on_listener_closed);
     }
     for (c = srv->conns; c; c = next) {
         next = c->next;

@@ -21,8 +21,9 @@
  * the answers already queued for the client exceed an output high watermark
  * (a client that sends and never reads gets no more work done); queued output
  * that makes no progress for send_timeout_ms closes the connection (aborting
- * the request it belongs to); connections beyond max_conns are closed at
- * accept.
+ * the request it belongs to); at max_conns open connections, or when
+ * descriptors run out, accepting pauses (new connections wait in the
+ * kernel's backlog) and a warning is logged at most every 10 s.
  *
  * Lifetimes: a struct lx_http_req belongs to its connection. The handler
  * borrows it from the handler call until it calls lx_http_resp_end(), or until
