@@ -90,8 +90,20 @@ class RawResponse:
 class RawConn:
     """A client socket with a buffered HTTP/1.1 response reader."""
 
-    def __init__(self, port, timeout=30.0, host="127.0.0.1"):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, port, timeout=30.0, host="127.0.0.1", rcvbuf=None):
+        if rcvbuf is None:
+            self.sock = socket.create_connection((host, port), timeout=timeout)
+        else:
+            # A small receive buffer (set before connect, so the window is
+            # small from the start) makes the server's output back up.
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self.sock.settimeout(timeout)
+            try:
+                self.sock.connect((host, port))
+            except OSError:
+                self.sock.close()
+                raise
         self.buf = b""
         self.eof = False
 
