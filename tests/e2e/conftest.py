@@ -138,14 +138,14 @@ def tail(path, limit=6000):
 class Proc:
     """A child process whose stdout/stderr go to files in <logdir>."""
 
-    def __init__(self, name, argv, env, cwd, logdir):
+    def __init__(self, name, argv, env, cwd, logdir, preexec_fn=None):
         self.name = name
         self.argv = argv
         self.out_path = Path(logdir) / ("%s.stdout" % name)
         self.err_path = Path(logdir) / ("%s.stderr" % name)
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
             self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                      env=env, cwd=str(cwd))
+                                      env=env, cwd=str(cwd), preexec_fn=preexec_fn)
         self.pid = self.p.pid
         self.expect_rc = 0
         self.stopped = False
@@ -257,8 +257,8 @@ class Sim(Proc):
 
 
 class Llmux(Proc):
-    def __init__(self, argv, env, cwd, logdir, index, ready=True):
-        super().__init__("llmux-%d" % index, argv, env, cwd, logdir)
+    def __init__(self, argv, env, cwd, logdir, index, ready=True, preexec_fn=None):
+        super().__init__("llmux-%d" % index, argv, env, cwd, logdir, preexec_fn=preexec_fn)
         self.cwd = cwd
         self.port = None
         self.url = None
@@ -319,8 +319,9 @@ class ProcManager:
         return s
 
     def llmux(self, nodes=(), args=(), env=None, workers=2, listen="127.0.0.1:0", ready=True,
-              dotenv=None, cwd=None):
-        """Starts llmux in front of <nodes> (objects with .url, or URL strings)."""
+              dotenv=None, cwd=None, preexec_fn=None):
+        """Starts llmux in front of <nodes> (objects with .url, or URL strings).
+        <preexec_fn> runs in the child before exec (e.g. to lower a limit)."""
         argv = [bin_path("llmux")]
         if listen:
             argv += ["--listen", listen]
@@ -335,7 +336,8 @@ class ProcManager:
             cwd.mkdir()
         if dotenv is not None:
             (Path(cwd) / ".env").write_text(dotenv)
-        lx = Llmux(argv, clean_env(env), cwd, self.tmp, self.n_llmux, ready=ready)
+        lx = Llmux(argv, clean_env(env), cwd, self.tmp, self.n_llmux, ready=ready,
+                   preexec_fn=preexec_fn)
         self.n_llmux += 1
         self.procs.append(lx)
         return lx
