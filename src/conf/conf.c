@@ -67,7 +67,7 @@ const struct lx_conf_setting lx_conf_settings[] = {
      "seconds to read a client's request head and body, from its first byte (then 408)"},
     {"SEND_TIMEOUT_SECONDS", "send_timeout_seconds", NULL, "send-timeout", 0, "S",
      LX_CONF_K_SECS_OFF, F(send_timeout_s), 0, SECS_MAX, "60",
-     "a client that reads none of its answer this long is closed, 0 = off"},
+     "a client that takes no byte of its answer this long is closed, 0 = off"},
     {"KEEPALIVE_TIMEOUT_SECONDS", "keepalive_timeout_seconds", NULL, "keepalive-timeout", 0, "S",
      LX_CONF_K_SECS, F(keepalive_timeout_s), 0, SECS_MAX, "75",
      "idle client connections are closed after this"},

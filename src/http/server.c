@@ -92,6 +92,8 @@ struct lx_http_conn {
     bool dead;                         /* write failed; close from the timer */
     bool lingering;                    /* shut down, discarding input until EOF */
     size_t write_pending;              /* bytes in uv_write requests */
+    size_t send_mark;                  /* libuv's write queue size when the send
+                                          timeout was armed */
     struct lx_buf hbuf;                /* response head being built */
 };
 
@@ -131,6 +133,7 @@ static uv_once_t settings_once = UV_ONCE_INIT;
 static void conn_close(struct lx_http_conn *c);
 static void conn_drain_input(struct lx_http_conn *c);
 static void read_update(struct lx_http_conn *c);
+static bool send_progressed(struct lx_http_conn *c);
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static void conn_send_reject(struct lx_http_conn *c, int status);
@@ -143,11 +146,14 @@ static _Atomic size_t *conn_count(struct lx_http_server *srv)
     return srv->limits.conn_count ? srv->limits.conn_count : &srv->own_count;
 }
 
-/* No new request is parsed from <c>: it closes after its answer, or the
- * client is not reading the answers it has. */
+/* Whether input may be parsed now: not on a connection that closes after
+ * its answer or whose write failed, and no new request (IDLE) while the
+ * client leaves OUT_HIGH_WATER of its answers unread. A request already
+ * begun is read on (a `100 Continue` may be what tipped the mark). */
 static bool conn_can_parse(const struct lx_http_conn *c)
 {
-    return !c->close_after && !c->lingering && c->write_pending < OUT_HIGH_WATER;
+    return !c->close_after && !c->lingering && !c->dead &&
+           (c->state != C_IDLE || c->write_pending < OUT_HIGH_WATER);
 }
 
 static void on_timer(uv_timer_t *t)
@@ -169,19 +175,36 @@ static void on_timer(uv_timer_t *t)
          * send timeout has passed. */
         if (c->in.len > 0 && conn_can_parse(c))
             conn_drain_input(c);
-        else
+        else if (!c->write_pending || !send_progressed(c))
             conn_close(c);
         break;
     case C_BUSY:
         /* Send timeout: the client stopped reading. Closing aborts the
          * request, which frees its slot and cancels the node's work. */
-        lx_debug("client stopped reading for %llu ms; closing",
+        if (send_progressed(c))
+            break;
+        lx_debug("client read nothing for %llu ms; closing",
                  (unsigned long long)c->srv->limits.send_timeout_ms);
         conn_close(c);
         break;
     default:
         break;
     }
+}
+
+/* The send timeout measures bytes the client takes, not whole writes: a
+ * client reading slowly but steadily through one large queued write is
+ * not "stopped". True (and the timer re-armed) when the kernel took some
+ * of the queue since the timer was set. */
+static bool send_progressed(struct lx_http_conn *c)
+{
+    size_t q = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+
+    if (q >= c->send_mark)
+        return false;
+    c->send_mark = q;
+    uv_timer_start(&c->timer, on_timer, c->srv->limits.send_timeout_ms, 0);
+    return true;
 }
 
 static void timer_set(struct lx_http_conn *c, uint64_t ms)
@@ -201,8 +224,10 @@ static void timer_update(struct lx_http_conn *c)
         return;
     if (c->state == C_IDLE && c->in.len > 0 && conn_can_parse(c))
         uv_timer_start(&c->timer, on_timer, 0, 0);
-    else if (c->write_pending > 0)
+    else if (c->write_pending > 0) {
+        c->send_mark = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
         timer_set(c, l->send_timeout_ms);
+    }
     else
         timer_set(c, c->state == C_IDLE ? l->idle_timeout_ms : 0);
 }
@@ -731,6 +756,10 @@ static void conn_drain_input(struct lx_http_conn *c)
         conn_close(c);
         return;
     }
+    /* A burst of pipelined input grew the buffer: an idle connection
+     * should not keep it. */
+    if (c->in.len == 0 && c->in.cap > KEEP_BUF_MAX)
+        lx_buf_deinit(&c->in);
     timer_update(c);
     read_update(c);
 }
@@ -776,7 +805,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         conn_close(c);
         return;
     }
-    if (c->lingering || c->close_after)
+    if (c->lingering || c->close_after || c->dead)
         return; /* nothing more is parsed from this connection */
     if (c->in.len > 0 || c->state == C_BUSY || !conn_can_parse(c)) {
         /* Pipelined input, or a request is in progress, or the client is
@@ -1086,6 +1115,8 @@ void lx_http_server_close(struct lx_http_server *srv, bool force, void (*cb)(voi
         next = c->next;
         if (c->state == C_BUSY && !force)
             c->req.keep_alive = false;
+        else if (c->state == C_IDLE && c->write_pending > 0 && !force)
+            conn_finish(c); /* the answer it has queued still leaves */
         else
             conn_close(c);
     }
@@ -1332,6 +1363,10 @@ void lx_http_resp_end(struct lx_http_req *req)
      * what a large request grew. */
     if (req->body.cap > KEEP_BUF_MAX)
         lx_buf_deinit(&req->body);
+    if (c->cork.cap > KEEP_BUF_MAX)
+        lx_buf_deinit(&c->cork);
+    if (c->in.len == 0 && c->in.cap > KEEP_BUF_MAX)
+        lx_buf_deinit(&c->in);
     lx_headers_reset(&c->hd, KEEP_BUF_MAX);
     if (c->dead)
         return; /* the timer closes it */

@@ -468,8 +468,7 @@ out_fail:
 /* Errors that say llmux ran out of something, not that the node failed. */
 static bool is_local_error(int err)
 {
-    return err == UV_EMFILE || err == UV_ENFILE || err == UV_ENOBUFS || err == UV_ENOMEM ||
-           err == UV_EADDRNOTAVAIL;
+    return err == UV_EMFILE || err == UV_ENFILE || err == UV_ENOBUFS || err == UV_ENOMEM;
 }
 
 static void on_connected(uv_connect_t *cr, int status)
