@@ -63,7 +63,7 @@ BINDIR := $(BUILD)/bin
 endif
 BINS := $(BINDIR)/llmux $(BINDIR)/llmux-sim $(BINDIR)/llmux-bench
 
-.PHONY: all run test test-unit test-e2e test-fuzz-replay asan asan-test tsan tsan-test fuzz fuzz-smoke bench bench-quick bench-profile format lint deps clean help
+.PHONY: all run test test-unit test-e2e test-fuzz-replay asan asan-test tsan tsan-test attack soak soak-asan fuzz fuzz-smoke bench bench-quick bench-profile format lint deps clean help
 .SECONDARY:
 
 all: $(BINS)
@@ -179,6 +179,20 @@ bench-quick: deps all
 bench-profile: deps all
 	bench/profile
 
+# Robustness runs (not tests): slowhttptest's slow attacks on llmux and HAProxy
+# (~10 min; ATTACK_ARGS=--quick: ~3 min), and a soak of mixed traffic with node
+# restarts that fails on RSS growth or leaked descriptors (1 h; SOAK_ARGS=
+# "--minutes 10"); soak-asan soaks the ASan+UBSan build. See docs/BENCHMARKS.md.
+attack: deps all
+	bench/attack $(ATTACK_ARGS)
+
+soak: deps all
+	bench/soak $(SOAK_ARGS)
+
+soak-asan: deps
+	@$(MAKE) --no-print-directory MODE=asan all
+	bench/soak --bin-dir build/asan/bin $(SOAK_ARGS)
+
 run: deps all
 	@scripts/run.sh
 
@@ -209,6 +223,10 @@ help:
 	@echo "  deps        install missing Debian packages (root) or say what to install"
 	@echo "  bench       bench/relay.sh, bench/compare (vs nginx, HAProxy), bench/routing (~10 min)"
 	@echo "  bench-quick the comparison and routing benchmarks in ~2 min; bench-profile: callgrind"
+	@echo "  attack      slowhttptest (slowloris, slow body, slow read) on llmux and HAProxy (~10 min;"
+	@echo "              ATTACK_ARGS=--quick ~3 min)"
+	@echo "  soak        1 h of mixed traffic and node restarts; fails on RSS growth or fd leaks"
+	@echo "              (SOAK_ARGS=\"--minutes 10\"); soak-asan: the same on the ASan build"
 	@echo "  format lint clean"
 
 -include $(shell find build -name '*.d' 2>/dev/null)
