@@ -149,12 +149,14 @@ asan-test: deps
 asan:
 	@$(MAKE) --no-print-directory MODE=asan all
 
-# ThreadSanitizer: the tests where threads meet (several workers, the control
-# thread's health checks, scrapes, admin changes and reloads against traffic).
+# ThreadSanitizer: the tests where threads meet (two workers, the control
+# thread's health checks, scrapes, admin changes and reloads against traffic);
+# not the CLI, deploy, status-page (Chromium) or bench-client tests (~3 min).
 # A report stops the process (halt_on_error) and fails the test; suppressions
 # only for proven false positives, each explained in tests/tsan/tsan.supp.
 TSAN_E2E ?= test_load.py test_admission.py test_admin.py test_reload.py test_resilience.py \
-            test_routing.py test_proxy.py test_stream.py test_access_log.py
+            test_routing.py test_proxy.py test_stream.py test_access_log.py test_errors.py \
+            test_http.py
 TSAN_OPTIONS_ALL := halt_on_error=1 second_deadlock_stack=1 suppressions=$(abspath tests/tsan/tsan.supp)
 tsan:
 	@$(MAKE) --no-print-directory MODE=tsan all
