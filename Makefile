@@ -23,6 +23,8 @@ CFLAGS_release := -O2 -g -DNDEBUG
 CFLAGS_debug := -O0 -g3
 CFLAGS_asan := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 LDFLAGS_asan := -fsanitize=address,undefined
+CFLAGS_tsan := -O1 -g -fsanitize=thread -fno-omit-frame-pointer
+LDFLAGS_tsan := -fsanitize=thread
 
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lhttp_parser -lpthread -lm
@@ -48,6 +50,10 @@ REPLAY_BIN := $(FUZZ_NAMES:%=$(BUILD)/fuzz-replay/%)
 FUZZ_BIN := $(FUZZ_NAMES:%=build/fuzz/fuzz_%)
 FUZZ_SECONDS ?= 20
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+# Linked into every program of a mode: under TSan, the hook that shows it the
+# descriptors libuv closes (tests/tsan/syscall_close.c).
+MODE_OBJ_tsan := $(BUILD)/tests/tsan/syscall_close.o
+MODE_OBJ := $(MODE_OBJ_$(MODE))
 
 # Release binaries land in bin/; other modes keep theirs under build/<mode>/bin.
 ifeq ($(MODE),release)
@@ -57,7 +63,7 @@ BINDIR := $(BUILD)/bin
 endif
 BINS := $(BINDIR)/llmux $(BINDIR)/llmux-sim $(BINDIR)/llmux-bench
 
-.PHONY: all run test test-unit test-e2e test-fuzz-replay asan asan-test fuzz fuzz-smoke bench bench-quick bench-profile format lint deps clean help
+.PHONY: all run test test-unit test-e2e test-fuzz-replay asan asan-test tsan tsan-test attack soak soak-asan fuzz fuzz-smoke bench bench-quick bench-profile format lint deps clean help
 .SECONDARY:
 
 all: $(BINS)
@@ -71,22 +77,22 @@ $(LIB): $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	$(Q)rm -f $@ && ar rcs $@ $^
 
-$(BINDIR)/llmux: $(MAIN_OBJ) $(LIB)
+$(BINDIR)/llmux: $(MAIN_OBJ) $(LIB) $(MODE_OBJ)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
-$(BINDIR)/llmux-sim: $(SIM_OBJ) $(LIB)
+$(BINDIR)/llmux-sim: $(SIM_OBJ) $(LIB) $(MODE_OBJ)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
-$(BINDIR)/llmux-bench: $(BENCH_OBJ) $(LIB)
+$(BINDIR)/llmux-bench: $(BENCH_OBJ) $(LIB) $(MODE_OBJ)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
-$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(LIB)
+$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(LIB) $(MODE_OBJ)
 	@mkdir -p $(dir $@)
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lcmocka
 
@@ -143,6 +149,24 @@ asan-test: deps
 asan:
 	@$(MAKE) --no-print-directory MODE=asan all
 
+# ThreadSanitizer: the tests where threads meet (two workers, the control
+# thread's health checks, scrapes, admin changes and reloads against traffic);
+# not the CLI, deploy, status-page (Chromium) or bench-client tests (~3 min).
+# A report stops the process (halt_on_error) and fails the test; suppressions
+# only for proven false positives, each explained in tests/tsan/tsan.supp.
+TSAN_E2E ?= test_load.py test_admission.py test_admin.py test_reload.py test_resilience.py \
+            test_routing.py test_proxy.py test_stream.py test_access_log.py test_errors.py \
+            test_http.py
+TSAN_OPTIONS_ALL := halt_on_error=1 second_deadlock_stack=1 suppressions=$(abspath tests/tsan/tsan.supp)
+tsan:
+	@$(MAKE) --no-print-directory MODE=tsan all
+
+tsan-test: deps
+	@$(MAKE) --no-print-directory MODE=tsan all build/tsan/tests/test_admit
+	TSAN_OPTIONS="$(TSAN_OPTIONS_ALL) $$TSAN_OPTIONS" build/tsan/tests/test_admit
+	TSAN_OPTIONS="$(TSAN_OPTIONS_ALL) $$TSAN_OPTIONS" LLMUX_BIN_DIR=$(abspath build/tsan/bin) \
+	    $(PYTHON) -m pytest -q $(addprefix tests/e2e/,$(TSAN_E2E)) $(PYTEST_ARGS)
+
 # Benchmarks (not tests): the relay check, the peer comparison with nginx and
 # HAProxy, and the routing-quality experiment. Figures go to docs/BENCHMARKS.md.
 bench: deps all
@@ -156,6 +180,20 @@ bench-quick: deps all
 
 bench-profile: deps all
 	bench/profile
+
+# Robustness runs (not tests): slowhttptest's slow attacks on llmux and HAProxy
+# (~10 min; ATTACK_ARGS=--quick: ~3 min), and a soak of mixed traffic with node
+# restarts that fails on RSS growth or leaked descriptors (1 h; SOAK_ARGS=
+# "--minutes 10"); soak-asan soaks the ASan+UBSan build. See docs/BENCHMARKS.md.
+attack: deps all
+	bench/attack $(ATTACK_ARGS)
+
+soak: deps all
+	bench/soak $(SOAK_ARGS)
+
+soak-asan: deps
+	@$(MAKE) --no-print-directory MODE=asan all
+	bench/soak --bin-dir build/asan/bin $(SOAK_ARGS)
 
 run: deps all
 	@scripts/run.sh
@@ -172,7 +210,7 @@ clean:
 	rm -rf build bin
 
 help:
-	@echo "make [MODE=release|debug|asan] [V=1] TARGET"
+	@echo "make [MODE=release|debug|asan|tsan] [V=1] TARGET"
 	@echo "  all         build bin/llmux and bin/llmux-sim (default)"
 	@echo "  run         build, start 3 llmux-sim nodes and llmux on :8000"
 	@echo "  test        install deps, build, run unit and end-to-end tests"
@@ -182,9 +220,15 @@ help:
 	@echo "  fuzz        libFuzzer builds of tests/fuzz/fuzz_*.c (clang) under build/fuzz"
 	@echo "  fuzz-smoke  run each fuzz target FUZZ_SECONDS (default 20) on its corpus"
 	@echo "  asan-test   unit + e2e tests under ASan+UBSan"
+	@echo "  tsan        build with ThreadSanitizer under build/tsan"
+	@echo "  tsan-test   the multi-threaded e2e tests (TSAN_E2E) and test_admit under TSan"
 	@echo "  deps        install missing Debian packages (root) or say what to install"
 	@echo "  bench       bench/relay.sh, bench/compare (vs nginx, HAProxy), bench/routing (~10 min)"
 	@echo "  bench-quick the comparison and routing benchmarks in ~2 min; bench-profile: callgrind"
+	@echo "  attack      slowhttptest (slowloris, slow body, slow read) on llmux and HAProxy (~10 min;"
+	@echo "              ATTACK_ARGS=--quick ~3 min)"
+	@echo "  soak        1 h of mixed traffic and node restarts; fails on RSS growth or fd leaks"
+	@echo "              (SOAK_ARGS=\"--minutes 10\"); soak-asan: the same on the ASan build"
 	@echo "  format lint clean"
 
 -include $(shell find build -name '*.d' 2>/dev/null)

@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -227,6 +228,59 @@ def rss_kib(pid):
     return 0
 
 
+def fd_count(pid):
+    """Open descriptors of a process (entries of /proc/PID/fd); None once it is gone."""
+    try:
+        return len(os.listdir("/proc/%d/fd" % pid))
+    except OSError:
+        return None
+
+
+class Sampler:
+    """A thread that reads a process's VmRSS and descriptor count (and the
+    descriptor count of other processes, e.g. the nodes) every <interval>
+    seconds, at most <max_seconds>, into samples: (time.monotonic(), rss KiB,
+    fds, other fds). A process that is gone gives None."""
+
+    def __init__(self, pid, interval=1.0, max_seconds=7200.0, others=lambda: ()):
+        self.pid, self.interval, self.max_seconds, self.others = pid, interval, max_seconds, others
+        self.samples = []
+        self.stop_ev = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self):
+        try:
+            rss = rss_kib(self.pid)
+        except OSError:
+            rss = None
+        ofd = [fd_count(p) for p in self.others()]
+        s = (time.monotonic(), rss, fd_count(self.pid), sum(x for x in ofd if x is not None))
+        self.samples.append(s)
+        return s
+
+    def _run(self):
+        end = time.monotonic() + self.max_seconds
+        while not self.stop_ev.is_set() and time.monotonic() < end:
+            self.sample()
+            self.stop_ev.wait(self.interval)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self):
+        self.stop_ev.set()
+        self.thread.join(self.interval + 5)
+
+    def window(self, t0, t1):
+        return [s for s in self.samples if t0 <= s[0] < t1]
+
+
+def peak(samples, i):
+    xs = [s[i] for s in samples if s[i] is not None]
+    return max(xs) if xs else None
+
+
 # ---- HTTP helpers ----------------------------------------------------------
 
 def http_get(port, path, timeout=5.0):
@@ -252,6 +306,118 @@ def sim_prefix_counters(port):
             if line.startswith(name + "{") or line.startswith(name + " "):
                 vals[name] = float(line.rsplit(" ", 1)[1])
     return vals.get("vllm:prefix_cache_hits_total", 0.0), vals.get("vllm:prefix_cache_queries_total", 0.0)
+
+
+def chat_once(port, body, timeout=10.0, path="/v1/chat/completions"):
+    """One non-streamed POST on a new connection (as a new client comes);
+    returns (ok, status or exception name, latency s). ok: 200 with a body
+    that has "choices", within <timeout> in all."""
+    t0 = time.monotonic()
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        c.request("POST", path, body, {"Content-Type": "application/json"})
+        r = c.getresponse()
+        data = r.read()
+        ok, st = r.status == 200 and b'"choices"' in data, r.status
+    except Exception as e:  # noqa: BLE001 - a failure is a result
+        ok, st = False, type(e).__name__
+    finally:
+        c.close()
+    lat = time.monotonic() - t0
+    if ok and lat > timeout:
+        ok, st = False, "slow"
+    return ok, st, lat
+
+
+class OpenLoop:
+    """Open-loop traffic: fn() started every 1/<rate> s, each in its own
+    thread, whether or not earlier calls returned (a stalled server shows
+    as failures and latency, not as a lower send rate). At most <max_inflight>
+    at once (a call due beyond that is recorded as ("skipped")); stops after
+    <max_seconds> or stop(). results: (start time.monotonic(), ok, status, latency s)."""
+
+    def __init__(self, rate, fn, max_seconds, max_inflight=200):
+        self.rate, self.fn, self.max_seconds, self.max_inflight = rate, fn, max_seconds, max_inflight
+        self.results = []
+        self.lock = threading.Lock()
+        self.inflight = threading.BoundedSemaphore(max_inflight)
+        self.stop_ev = threading.Event()
+        self.threads = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _one(self, t):
+        try:
+            ok, st, lat = self.fn()
+        except Exception as e:  # noqa: BLE001
+            ok, st, lat = False, type(e).__name__, time.monotonic() - t
+        finally:
+            self.inflight.release()
+        with self.lock:
+            self.results.append((t, ok, st, lat))
+
+    def _run(self):
+        t0 = time.monotonic()
+        i = 0
+        while not self.stop_ev.is_set():
+            due = t0 + i / self.rate
+            if due - t0 >= self.max_seconds:
+                break
+            self.stop_ev.wait(max(0.0, due - time.monotonic()))
+            if self.stop_ev.is_set():
+                break
+            i += 1
+            t = time.monotonic()
+            if not self.inflight.acquire(blocking=False):
+                with self.lock:
+                    self.results.append((t, False, "skipped", 0.0))
+                continue
+            th = threading.Thread(target=self._one, args=(t,), daemon=True)
+            th.start()
+            self.threads = [x for x in self.threads if x.is_alive()] + [th]
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self, wait=30.0):
+        """Stops sending and waits (bounded) for the calls in flight."""
+        self.stop_ev.set()
+        self.thread.join(5)
+        end = time.monotonic() + wait
+        for th in list(self.threads):
+            th.join(max(0.0, end - time.monotonic()))
+
+    def window(self, t0, t1):
+        with self.lock:
+            return [r for r in self.results if t0 <= r[0] < t1]
+
+
+def outcome(results):
+    """Success rate and latency of OpenLoop results."""
+    ok = sorted(r[3] * 1000 for r in results if r[1])
+    fails = {}
+    for r in results:
+        if not r[1]:
+            fails[str(r[2])] = fails.get(str(r[2]), 0) + 1
+    return {"n": len(results), "ok": len(ok),
+            "ok_pct": 100.0 * len(ok) / len(results) if results else None,
+            "p50_ms": pct(ok, 0.5), "p99_ms": pct(ok, 0.99), "max_ms": ok[-1] if ok else None,
+            "failures": fails}
+
+
+def version_line(argv):
+    """First line a program prints for its version (or "?")."""
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=5)
+        return (r.stdout + r.stderr).strip().splitlines()[0]
+    except Exception:  # noqa: BLE001
+        return "?"
+
+
+def haproxy_maxconn(nofile):
+    """HAProxy reserves two descriptors per connection (client + server side)
+    and cannot go past the hard limit: its maxconn is (limit - 20) / 2."""
+    return min(9990, (nofile - 20) // 2)
 
 
 # ---- servers ---------------------------------------------------------------
@@ -297,9 +463,11 @@ def llmux_env():
 
 
 class Llmux:
-    """llmux --workers 1 with a JSON config of pools {model: (strategy, [sims])}."""
+    """llmux --workers 1 (or <workers>; None: llmux's default, one per CPU)
+    with a JSON config of pools {model: (strategy, [sims])}."""
 
-    def __init__(self, procs, bins, name, pools, flags=(), core=1, wrap=(), timeout=10.0):
+    def __init__(self, procs, bins, name, pools, flags=(), core=1, wrap=(), timeout=10.0, workers=1,
+                 env=None):
         self.name = name
         conf = {"models": {m: {"servers": [{"url": s.url, "name": s.name} for s in sims],
                                "strategy": strat}
@@ -308,8 +476,10 @@ class Llmux:
         with open(path, "w") as f:
             json.dump(conf, f, indent=1)
         argv = list(wrap) + [os.path.join(bins, "llmux"), "--config", path, "--listen", "127.0.0.1:0",
-                             "--workers", "1", "--log-level", "warn"] + list(flags)
-        self.p = procs.start(name, argv, core=core, env=llmux_env())
+                             "--log-level", "warn"] + list(flags)
+        if workers:
+            argv += ["--workers", str(workers)]
+        self.p = procs.start(name, argv, core=core, env=dict(llmux_env(), **(env or {})))
         m = procs.wait_line(self.p, "err", r"listening on http://[^ ]*:(\d+)", timeout)
         self.port = int(m.group(1))
         self.pid = self.p.pid
@@ -474,10 +644,12 @@ def finish_bench(started, timeout=600):
 
 
 def run_bench(bins, tmp, url, args, core=0, label="b", timeout=600):
-    """llmux-bench run ... --output JSON; returns the phase dict (concurrent or naive)."""
+    """llmux-bench run ... --output JSON (pinned to <core>, unless None);
+    returns the phase dict (concurrent or naive)."""
     out = os.path.join(tmp, label + ".json")
-    argv = ["taskset", "-c", str(core), os.path.join(bins, "llmux-bench"), "run",
-            "--base-url", url, "--no-progress", "--output", out] + list(args)
+    argv = (["taskset", "-c", str(core)] if core is not None else []) + [
+        os.path.join(bins, "llmux-bench"), "run", "--base-url", url, "--no-progress",
+        "--output", out] + list(args)
     r = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                        timeout=timeout)
     if not os.path.exists(out):

@@ -9,8 +9,9 @@ then SIGKILLs, reaps, and fails the test when the exit code is not the
 expected one (0 after SIGTERM: this is how sanitizer reports surface), with
 the process's stderr in the message.
 
-Under ASan (a bin dir with "asan" in its path, or LLMUX_E2E_SLOW=N) every
-timeout is multiplied, since processes are ~3x slower.
+Under ASan (a bin dir with "asan" in its path) every timeout is multiplied
+by 3, since processes are ~3x slower; under TSan ("tsan" in the path) by 8
+(~5-10x slower); LLMUX_E2E_SLOW=N sets the factor.
 """
 import os
 import re
@@ -58,14 +59,15 @@ _nodelay_connect_tcp()
 
 REPO = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(os.environ.get("LLMUX_BIN_DIR") or REPO / "bin")
-SLOW = float(os.environ.get("LLMUX_E2E_SLOW") or (3 if "asan" in str(BIN_DIR) else 1))
+SLOW = float(os.environ.get("LLMUX_E2E_SLOW") or
+             (3 if "asan" in str(BIN_DIR) else 8 if "tsan" in str(BIN_DIR) else 1))
 
 LLMUX_READY = re.compile(rb"listening on http://(\S+):(\d+)")
 SIM_READY = re.compile(rb"llmux-sim listening on (\S+):(\d+)")
 
 # Variables a sanitizer build needs to behave as the caller asked.
-PASS_ENV = ("ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS", "ASAN_SYMBOLIZER_PATH",
-            "LLVM_SYMBOLIZER_PATH")
+PASS_ENV = ("ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS", "TSAN_OPTIONS",
+            "ASAN_SYMBOLIZER_PATH", "LLVM_SYMBOLIZER_PATH")
 
 
 def T(seconds):
