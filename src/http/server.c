@@ -633,17 +633,11 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
 /* ---- accept and listen ------------------------------------------------ */
 
-static void on_connection(uv_stream_t *ls, int status)
+/* A new connection on <srv>'s list, its handles initialised, not yet connected. */
+static struct lx_http_conn *conn_new(struct lx_http_server *srv)
 {
-    struct lx_http_server *srv = ls->data;
-    struct lx_http_conn *c;
-    int len;
+    struct lx_http_conn *c = lx_calloc(1, sizeof(*c));
 
-    if (status < 0) {
-        lx_warn("accept failed: %s", uv_strerror(status));
-        return;
-    }
-    c = lx_calloc(1, sizeof(*c));
     c->srv = srv;
     uv_tcp_init(srv->loop, &c->tcp);
     uv_timer_init(srv->loop, &c->timer);
@@ -655,13 +649,17 @@ static void on_connection(uv_stream_t *ls, int status)
     if (srv->conns)
         srv->conns->prev = c;
     srv->conns = c;
-    if (uv_accept(ls, (uv_stream_t *)&c->tcp) < 0) {
-        c->state = C_CLOSING;
-        uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
-        uv_close((uv_handle_t *)&c->timer, on_handle_closed);
-        return;
-    }
+    return c;
+}
+
+/* Starts serving <c>, whose tcp handle now holds the client's socket. */
+static void conn_start(struct lx_http_conn *c)
+{
+    struct lx_http_server *srv = c->srv;
+    int len;
+
     srv->accepted++;
+    /* Fails on a socket that is not TCP (lx_http_server_adopt): harmless. */
     uv_tcp_nodelay(&c->tcp, 1);
     len = sizeof(c->req.peer);
     uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&c->req.peer, &len);
@@ -677,6 +675,23 @@ static void on_connection(uv_stream_t *ls, int status)
     c->state = C_IDLE;
     timer_set(c, srv->limits.idle_timeout_ms);
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+}
+
+static void on_connection(uv_stream_t *ls, int status)
+{
+    struct lx_http_server *srv = ls->data;
+    struct lx_http_conn *c;
+
+    if (status < 0) {
+        lx_warn("accept failed: %s", uv_strerror(status));
+        return;
+    }
+    c = conn_new(srv);
+    if (uv_accept(ls, (uv_stream_t *)&c->tcp) < 0) {
+        conn_close(c);
+        return;
+    }
+    conn_start(c);
 }
 
 static int bind_reuseport(const char *host, int port, struct sockaddr_storage *ss, int *fd_out)
@@ -1073,4 +1088,22 @@ void lx_http_resp_abort(struct lx_http_req *req)
     req->on_abort = NULL;
     req->on_drain = NULL;
     conn_close(c);
+}
+
+int lx_http_server_adopt(struct lx_http_server *srv, int fd)
+{
+    struct lx_http_conn *c;
+    int rc;
+
+    if (srv->closing)
+        return UV_ECANCELED;
+    c = conn_new(srv);
+    rc = uv_tcp_open(&c->tcp, fd);
+    if (rc < 0) {
+        /* The handle does not hold <fd>: closing it leaves <fd> open. */
+        conn_close(c);
+        return rc;
+    }
+    conn_start(c);
+    return 0;
 }

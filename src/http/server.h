@@ -79,6 +79,14 @@ int lx_http_server_port(const struct lx_http_server *srv);
 /* Sets a function told of every request the server answers itself (400,
  * 408, 413, 431, 503) without calling the handler; <ctx> is the handler's. */
 void lx_http_server_set_reject_cb(struct lx_http_server *srv, void (*cb)(void *ctx, int status));
+/*
+ * Serves <fd>, an already connected stream socket (TCP, or e.g. one end of
+ * socketpair(AF_UNIX, SOCK_STREAM)), as a client connection, exactly as if
+ * the listener had accepted it. Returns 0, after which the server owns <fd>;
+ * or a negative error (UV_ECANCELED once the server is closing), and <fd>
+ * stays the caller's. Used by the fuzz target to skip the TCP handshake.
+ */
+int lx_http_server_adopt(struct lx_http_server *srv, int fd);
 /* Number of open client connections and of requests being handled. */
 size_t lx_http_server_conns(const struct lx_http_server *srv);
 size_t lx_http_server_busy(const struct lx_http_server *srv);
