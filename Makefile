@@ -120,7 +120,7 @@ fuzz-smoke: fuzz
 	@set -e; for n in $(FUZZ_NAMES); do \
 	    tmp=$$(mktemp -d); cp tests/fuzz/corpus/$$n/* $$tmp/ 2>/dev/null || true; \
 	    echo "== fuzz $$n ($(FUZZ_SECONDS) s)"; \
-	    build/fuzz/fuzz_$$n -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $$tmp \
+	    build/fuzz/fuzz_$$n -max_total_time=$(FUZZ_SECONDS) -timeout=10 -print_final_stats=1 $$tmp \
 	        >$$tmp.log 2>&1 || { tail -40 $$tmp.log; exit 1; }; \
 	    grep -E "number_of_executed_units|peak_rss" $$tmp.log; rm -rf $$tmp $$tmp.log; done
 

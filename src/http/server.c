@@ -1046,6 +1046,15 @@ void lx_http_server_set_reject_cb(struct lx_http_server *srv, void (*cb)(void *c
     srv->reject_cb = cb;
 }
 
+int lx_http_server_adopt(struct lx_http_server *srv, int fd)
+{
+    if (srv->closing) {
+        close(fd);
+        return UV_ECANCELED;
+    }
+    return conn_open(srv, fd);
+}
+
 void lx_http_server_set_head_cb(struct lx_http_server *srv, lx_http_head_cb cb)
 {
     srv->head_cb = cb;

@@ -105,6 +105,14 @@ int lx_http_server_port(const struct lx_http_server *srv);
 /* Sets a function told of every request the server answers itself (400,
  * 408, 413, 431, 503) without calling the handler; <ctx> is the handler's. */
 void lx_http_server_set_reject_cb(struct lx_http_server *srv, void (*cb)(void *ctx, int status));
+/*
+ * Serves <fd>, an already connected stream socket (TCP, or e.g. one end of
+ * socketpair(AF_UNIX, SOCK_STREAM)), as a client connection, exactly as an
+ * accepted one (the same code path). Takes <fd> in every case: 0, or a
+ * negative error (UV_ECANCELED once the server is closing) after closing it.
+ * Used by the fuzz target to skip the TCP handshake.
+ */
+int lx_http_server_adopt(struct lx_http_server *srv, int fd);
 /* Sets the head callback (see lx_http_head_cb); <ctx> is the handler's. */
 void lx_http_server_set_head_cb(struct lx_http_server *srv, lx_http_head_cb cb);
 /* Number of open client connections and of requests being handled. */

@@ -248,23 +248,32 @@ static int on_headers_complete(http_parser *p)
     struct up_conn *c = pconn(p);
     struct lx_upstream_req *ur = c->req;
     int64_t clen = -1;
+    bool bodiless;
 
     /* 1xx interim responses (100 Continue) carry no body whatever their
      * head says (RFC 9110 15.2): skip it (1), so that bytes after the head
      * are parsed as the next response. 101 would switch protocols, which
      * llmux never asks for. */
-    if (p->status_code >= 100 && p->status_code < 200) {
+    if (p->status_code < 100)
+        return -1; /* http-parser takes "HTTP/1.1 2 OK"; HTTP does not */
+    if (p->status_code < 200) {
         if (p->status_code == 101)
             return -1;
         lx_headers_reset(&c->hd, UP_HEAD_MAX);
         return 1;
     }
-    if (!(p->flags & F_CHUNKED) && (p->flags & F_CONTENTLENGTH))
+    /* 204 and 304 end at their head whatever framing it announces (RFC
+     * 9112 6.3): reading a body for them would eat the next response, or
+     * wait for bytes that never come. */
+    bodiless = p->status_code == 204 || p->status_code == 304;
+    if (!bodiless && !(p->flags & F_CHUNKED) && (p->flags & F_CONTENTLENGTH))
         clen = (int64_t)p->content_length;
     c->got_head = true;
     timer_set(c, ur->timeouts.idle_ms);
     ur->cbs->on_head(ur->ctx, p->status_code, lx_headers_resolve(&c->hd), c->hd.n, clen);
-    return c->req ? 0 : -1;
+    if (!c->req)
+        return -1;
+    return bodiless ? 1 : 0;
 }
 
 static int on_body(http_parser *p, const char *at, size_t len)
