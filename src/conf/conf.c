@@ -116,7 +116,7 @@ const struct lx_conf_setting lx_conf_settings[] = {
      F(max_queue_size), 0, 1000000, "1024", "requests waiting for a slot, 0 = no queue (then 429)"},
     {"MAX_CONNECTIONS", "max_connections", NULL, "max-connections", 0, "N", LX_CONF_K_INT,
      F(max_connections), 0, 100000000, "16384",
-     "open client connections at most; more are closed at accept, 0 = no limit"},
+     "open client connections at most; at the limit accepting pauses, 0 = no limit"},
     {"MAX_BODY_BYTES", "max_body_bytes", NULL, "max-body-bytes", 0, "N", LX_CONF_K_U64,
      F(max_body_bytes), 1, 1LL << 40, "33554432", "largest request body (then 413)"},
     {"MAX_HEADER_BYTES", "max_header_bytes", NULL, "max-header-bytes", 0, "N", LX_CONF_K_U64,
