@@ -103,6 +103,20 @@ bool lx_node_is_up(const struct lx_node *node, uint64_t now_ms)
            atomic_load_explicit(&node->ejected_until_ms, memory_order_relaxed) <= now_ms;
 }
 
+const char *lx_node_state(const struct lx_node *node, uint64_t now_ms)
+{
+    if (!atomic_load_explicit(&node->healthy, memory_order_relaxed))
+        return "unhealthy";
+    if (atomic_load_explicit(&node->ejected_until_ms, memory_order_relaxed) > now_ms)
+        return "ejected";
+    if (atomic_load_explicit(&node->drained, memory_order_relaxed))
+        return "drained";
+    if (atomic_load_explicit(&node->up_since_ms, memory_order_relaxed) &&
+        lx_node_effective_weight(node, now_ms) < node->weight)
+        return "slow_start";
+    return "healthy";
+}
+
 double lx_node_effective_weight(const struct lx_node *node, uint64_t now_ms)
 {
     uint64_t since = atomic_load_explicit(&node->up_since_ms, memory_order_relaxed);

@@ -102,6 +102,11 @@ void lx_node_unref(struct lx_node *node);
 bool lx_node_is_eligible(const struct lx_node *node);
 /* Healthy and not ejected (drain and capacity aside). */
 bool lx_node_is_up(const struct lx_node *node, uint64_t now_ms);
+/* A node's state in one word, the same in /health, /stats, /status and the
+ * admin API: "unhealthy" (probes fail), "ejected" (cooling down after
+ * failed requests), "drained", "slow_start" (back, ramping up) or
+ * "healthy"; the first that applies, in that order. */
+const char *lx_node_state(const struct lx_node *node, uint64_t now_ms);
 
 /* Monotonic milliseconds (for all *_ms timestamps above). */
 uint64_t lx_now_ms(void);

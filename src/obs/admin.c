@@ -447,17 +447,6 @@ static void job_error(struct admin_job *job, int status, const char *type, const
     va_end(ap);
 }
 
-static const char *node_state(const struct lx_node *n, uint64_t now)
-{
-    if (!atomic_load(&n->healthy))
-        return "unhealthy";
-    if (atomic_load(&n->ejected_until_ms) > now)
-        return "ejected";
-    if (atomic_load(&n->drained))
-        return "drained";
-    return "healthy";
-}
-
 static struct lx_pool *reg_pool(struct lx_registry *reg, const char *model)
 {
     for (size_t i = 0; reg && i < reg->n_pools; i++)
@@ -494,7 +483,7 @@ static json_t *pool_json(struct lx_gateway *gw, const struct lx_conf_pool *p)
         json_object_set_new(so, "api_key", s->api_key ? json_string("***") : json_null());
         if (n) {
             json_object_set_new(so, "healthy", json_boolean(lx_node_is_up(n, now)));
-            json_object_set_new(so, "state", json_string(node_state(n, now)));
+            json_object_set_new(so, "state", json_string(lx_node_state(n, now)));
             json_object_set_new(so, "drained", json_boolean(atomic_load(&n->drained)));
             json_object_set_new(so, "in_flight", json_integer(atomic_load(&n->in_flight)));
             json_object_set_new(so, "requests_total",

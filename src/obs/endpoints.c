@@ -14,22 +14,6 @@
 #include "metrics.h"
 #include "../route/router.h"
 
-/* One word for a node's state, and whether it takes traffic. */
-static const char *node_state(const struct lx_node *n, uint64_t now, bool *up)
-{
-    uint64_t since = atomic_load(&n->up_since_ms);
-
-    *up = lx_node_is_up(n, now);
-    if (!atomic_load(&n->healthy))
-        return "unhealthy";
-    if (atomic_load(&n->ejected_until_ms) > now)
-        return "ejected";
-    if (atomic_load(&n->drained))
-        return "drained";
-    if (since && lx_node_effective_weight(n, now) < n->weight)
-        return "slow_start";
-    return "healthy";
-}
 
 static json_t *iso_time(uint64_t wall_ms)
 {
@@ -74,8 +58,8 @@ void lx_obs_health(struct lx_worker *w, struct lx_http_req *req, const char *rid
 
         for (size_t k = 0; k < p->n_nodes; k++) {
             struct lx_node *n = p->nodes[k];
-            bool healthy;
-            const char *state = node_state(n, now, &healthy);
+            bool healthy = lx_node_is_up(n, now);
+            const char *state = lx_node_state(n, now);
             const char *why = atomic_load(&n->last_error);
             json_t *o = json_object();
 
@@ -249,12 +233,12 @@ static json_t *node_stats(const struct lx_pool *p, const struct lx_node *n, uint
     json_t *o = json_object(), *errs = json_object();
     const char *why = atomic_load(&n->last_error);
     uint64_t at = atomic_load(&n->scraped_at_ms);
-    bool up;
+    bool up = lx_node_is_up(n, now);
 
     json_object_set_new(o, "name", json_string(n->name));
     json_object_set_new(o, "url", json_string(n->url));
     json_object_set_new(o, "model", json_string(p->model));
-    json_object_set_new(o, "state", json_string(node_state(n, now, &up)));
+    json_object_set_new(o, "state", json_string(lx_node_state(n, now)));
     json_object_set_new(o, "healthy", json_boolean(up));
     json_object_set_new(o, "drained", json_boolean(atomic_load(&n->drained)));
     json_object_set_new(o, "last_error", why ? json_string(why) : json_null());
