@@ -228,8 +228,6 @@ static json_t *ms_or_null(uint64_t us)
 
 static json_t *node_stats(const struct lx_pool *p, const struct lx_node *n, uint64_t now)
 {
-    static const char *const kinds[] = {"connect", "timeout", "status_5xx", "protocol",
-                                        "stream_broken"};
     json_t *o = json_object(), *errs = json_object();
     const char *why = atomic_load(&n->last_error);
     uint64_t at = atomic_load(&n->scraped_at_ms);
@@ -251,8 +249,9 @@ static json_t *node_stats(const struct lx_pool *p, const struct lx_node *n, uint
                         json_integer((json_int_t)atomic_load(&n->requests_total)));
     json_object_set_new(o, "failures_total",
                         json_integer((json_int_t)atomic_load(&n->failures_total)));
-    for (size_t k = 0; k < ARRAY_SIZE(kinds); k++)
-        json_object_set_new(errs, kinds[k], json_integer((json_int_t)atomic_load(&n->errors[k])));
+    for (int k = 0; k < LX_UPERR__N; k++)
+        json_object_set_new(errs, lx_metrics_uperr_name(k),
+                            json_integer((json_int_t)atomic_load(&n->errors[k])));
     json_object_set_new(o, "errors", errs);
     json_object_set_new(o, "latency_ms", ms_or_null(atomic_load(&n->ewma_ttfb_us)));
     json_object_set_new(o, "ttft_ms", ms_or_null(atomic_load(&n->ewma_ttft_us)));

@@ -80,6 +80,11 @@ static const char *const reject_names[LX_REJECT__N] = {
 static const char *const uperr_names[LX_UPERR__N] = {"connect", "timeout", "status_5xx",
                                                      "protocol", "stream_broken"};
 
+const char *lx_metrics_uperr_name(enum lx_upstream_error_kind kind)
+{
+    return uperr_names[kind];
+}
+
 struct series {
     uint8_t family;
     char l1[LABEL_MAX], l2[LABEL_MAX];

@@ -36,6 +36,10 @@ enum lx_upstream_error_kind {
     LX_UPERR__N
 };
 
+/* The label of an upstream error kind ("connect", "timeout", ...), as in
+ * llmux_upstream_errors_total and /stats. */
+const char *lx_metrics_uperr_name(enum lx_upstream_error_kind kind);
+
 struct lx_metrics;  /* one per worker */
 
 /* What one finished request adds. Durations in seconds, < 0 = not measured. */

@@ -742,12 +742,14 @@ static void up_on_done(void *ctx)
  * end the body as cleanly as the framing allows. An SSE stream gets a last
  * `data: {"error": ...}` event and a proper end; other bodies are cut, so the
  * client sees a truncated response rather than a silently short one.
+ * <node_broke>: the node failed (counted as its stream_broken error), rather
+ * than a limit of llmux's ending the request.
  */
-static void relay_break(struct lx_proxy *p, const char *code, const char *msg)
+static void relay_break(struct lx_proxy *p, bool node_broke, const char *code, const char *msg)
 {
     struct lx_http_req *req = p->client;
 
-    if (p->node && strcmp(code, "stream_broken") == 0) {
+    if (p->node && node_broke) {
         lx_metrics_upstream_error(p->w->metrics, p->node->name, LX_UPERR_STREAM_BROKEN);
         atomic_fetch_add_explicit(&p->node->errors[LX_UPERR_STREAM_BROKEN], 1,
                                   memory_order_relaxed);
@@ -842,7 +844,8 @@ static void up_on_error(void *ctx, enum lx_upstream_err kind, bool got_head)
             proxy_give_up(p);
         return;
     }
-    relay_break(p, "stream_broken", "the node's stream broke before it finished");
+    relay_break(p, true, lx_metrics_uperr_name(LX_UPERR_STREAM_BROKEN),
+                "the node's stream broke before it finished");
 }
 
 static const struct lx_upstream_cbs up_cbs = {
@@ -940,7 +943,8 @@ void lx_proxy_sweep(uv_timer_t *t)
                 continue;
             lx_warn("[%s] total timeout reached", p->request_id);
             if (p->relaying) {
-                relay_break(p, "total_timeout", "the request took longer than the total timeout");
+                relay_break(p, false, "total_timeout",
+                            "the request took longer than the total timeout");
                 continue;
             }
             lx_upstream_cancel(&p->up);
