@@ -19,7 +19,6 @@
 #include <uv.h>
 
 #include "../core/log.h"
-#include "../proxy/upstream.h"
 #include "prom.h"
 
 #define TICK_MS 100 /* re-check of an exchange that was still busy when due */
@@ -106,6 +105,7 @@ static void hx_start(struct hx *x)
 {
     const struct lx_conf *conf = x->hn->h->conf;
     double t = conf->health_check_timeout_s;
+    struct lx_upstream_target target = lx_node_target(x->hn->node);
 
     x->busy = true;
     x->status = 0;
@@ -117,7 +117,7 @@ static void hx_start(struct hx *x)
     x->ur.timeouts.connect_ms = (uint64_t)(LX_MIN(conf->connect_timeout_s, t) * 1000);
     x->ur.timeouts.first_byte_ms = (uint64_t)(t * 1000);
     x->ur.timeouts.idle_ms = (uint64_t)(t * 1000);
-    lx_upstream_send(x->hn->h->pool, x->hn->node, &x->ur);
+    lx_upstream_send(x->hn->h->pool, &target, &x->ur);
 }
 
 static void probe_result(struct hnode *hn, bool ok, const char *why)

@@ -18,6 +18,7 @@
 
 #include "../admit/admit.h"
 #include "../conf/conf.h"
+#include "../http/upstream.h"
 
 struct lx_strategy;
 
@@ -107,6 +108,12 @@ bool lx_node_is_up(const struct lx_node *node, uint64_t now_ms);
  * failed requests), "drained", "slow_start" (back, ramping up) or
  * "healthy"; the first that applies, in that order. */
 const char *lx_node_state(const struct lx_node *node, uint64_t now_ms);
+
+/* Where the upstream client connects for <node> (strings borrowed from it). */
+static inline struct lx_upstream_target lx_node_target(const struct lx_node *node)
+{
+    return (struct lx_upstream_target){node->id, node->name, node->host, node->port};
+}
 
 /* Monotonic milliseconds (for all *_ms timestamps above). */
 uint64_t lx_now_ms(void);

@@ -15,7 +15,7 @@
 #include "../conf/conf.h"
 #include "../http/server.h"
 #include "../nodes/node.h"
-#include "upstream.h"
+#include "../http/upstream.h"
 
 struct lx_health;
 

@@ -551,6 +551,7 @@ static void adopt_newest(struct lx_proxy *p)
 static void proxy_attempt(struct lx_proxy *p)
 {
     const struct lx_conf *conf = p->w->gw->conf;
+    struct lx_upstream_target target;
     struct lx_node *node;
 
     adopt_newest(p);
@@ -594,7 +595,8 @@ static void proxy_attempt(struct lx_proxy *p)
     p->up.timeouts.idle_ms = (uint64_t)(conf->stream_idle_timeout_s * 1000);
     p->t_send_ns = now_ns();
     p->t_send_ms = lx_now_ms();
-    lx_upstream_send(p->w->pool, node, &p->up);
+    target = lx_node_target(node);
+    lx_upstream_send(p->w->pool, &target, &p->up);
 }
 
 /*

@@ -1,6 +1,6 @@
 /*
  * fuzz_upstream_response.c - libFuzzer target for the node client
- * (src/proxy/upstream.c) as a node drives it: the real pool, connections and
+ * (src/http/upstream.c) as a node drives it: the real pool, connections and
  * response parser, over loopback TCP.
  *
  * Input: byte 0 steers the harness, byte 1 where the node's bytes are cut
@@ -23,9 +23,8 @@
  *           16, 64, 300, 1500 bytes; the whole byte seeds the write sizes;
  *           at most 64 writes per answer, the 64th takes the rest
  *
- * The node is a plain listening socket on 127.0.0.1 (created once); a struct
- * lx_node for it comes from lx_registry_new(). Per input: a new pool; per
- * exchange, lx_upstream_send() of a small POST, then the node side takes the
+ * The node is a plain listening socket on 127.0.0.1 (created once), named
+ * by a struct lx_upstream_target. Per input: a new pool; per exchange, lx_upstream_send() of a small POST, then the node side takes the
  * connection (accepted, or the kept one if the pool reused it), writes its
  * answer piece by piece (each piece read by the client before the next is
  * written), and closes if the exchange has not ended once the client has
@@ -60,10 +59,8 @@
 #include <unistd.h>
 #include <uv.h>
 
-#include "conf/conf.h"
 #include "core/log.h"
-#include "nodes/node.h"
-#include "proxy/upstream.h"
+#include "http/upstream.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -99,7 +96,7 @@ struct node_side {
 
 static uv_loop_t loop;
 static int listen_fd = -1;
-static struct lx_node *node;
+static struct lx_upstream_target node;
 static int in_call;              /* > 0 inside a call the harness made */
 static struct exchange *current; /* the exchange being driven */
 static uint32_t rng;             /* the harness's choices, seeded per input */
@@ -422,11 +419,6 @@ static void init(void)
 {
     struct sockaddr_in sa;
     socklen_t len = sizeof(sa);
-    struct lx_conf_server server;
-    struct lx_conf_pool pool;
-    struct lx_conf conf;
-    struct lx_registry *reg;
-    char url[64], err[256];
     int rcvbuf = 16 * 1024;
     signal(SIGPIPE, SIG_IGN);
     lx_log_set_level(LX_LOG_ERROR);
@@ -444,28 +436,7 @@ static void init(void)
         listen(listen_fd, 64) < 0 || getsockname(listen_fd, (struct sockaddr *)&sa, &len) < 0)
         fail("node listener");
 
-    /* The node as the config would describe it, built by the registry. */
-    snprintf(url, sizeof(url), "http://127.0.0.1:%d", ntohs(sa.sin_port));
-    memset(&server, 0, sizeof(server));
-    server.url = url;
-    server.host = "127.0.0.1";
-    server.port = ntohs(sa.sin_port);
-    server.base_path = "";
-    server.weight = 1;
-    memset(&pool, 0, sizeof(pool));
-    pool.model = "m";
-    pool.servers = &server;
-    pool.n_servers = 1;
-    memset(&conf, 0, sizeof(conf));
-    conf.pools = &pool;
-    conf.n_pools = 1;
-    conf.strategy = "round_robin";
-    conf.metrics_update_interval_s = 10;
-    reg = lx_registry_new(&conf, NULL, err, sizeof(err));
-    if (!reg)
-        fail(err);
-    node = lx_node_ref(reg->pools[0].nodes[0]);
-    lx_registry_unref(reg);
+    node = (struct lx_upstream_target){1, "node", "127.0.0.1", ntohs(sa.sin_port)};
 }
 
 /* ---- one exchange ------------------------------------------------------ */
@@ -531,7 +502,7 @@ static void run_exchange(struct exchange *ex, struct lx_upstream_pool *pool, str
     ns->write_failed = false;
 
     in_call++;
-    lx_upstream_send(pool, node, &ex->ur);
+    lx_upstream_send(pool, &node, &ex->ur);
     in_call--;
     if (big)
         uv_walk(&loop, on_walk_sndbuf, NULL);

@@ -38,7 +38,8 @@ struct up_conn {
     uv_getaddrinfo_t gai;
     uv_write_t write_req;
     struct lx_upstream_pool *pool;
-    struct lx_node *node;          /* reference */
+    uint32_t id;                   /* the target's id: its idle list */
+    char *name;                    /* the target's name and host, for log lines */
     struct up_conn *next_idle;     /* idle list of this node */
     enum up_state state;
     int handles_open;
@@ -125,13 +126,13 @@ static void pool_grow(struct lx_upstream_pool *pool, uint32_t id)
 static void idle_unlink(struct up_conn *c)
 {
     struct lx_upstream_pool *pool = c->pool;
-    struct up_conn **pp = &pool->idle[c->node->id];
+    struct up_conn **pp = &pool->idle[c->id];
 
     while (*pp && *pp != c)
         pp = &(*pp)->next_idle;
     if (*pp) {
         *pp = c->next_idle;
-        pool->n_idle[c->node->id]--;
+        pool->n_idle[c->id]--;
     }
     c->next_idle = NULL;
 }
@@ -145,7 +146,7 @@ static void on_closed(uv_handle_t *h)
 
     if (--c->handles_open > 0)
         return;
-    lx_node_unref(c->node);
+    free(c->name);
     lx_headers_deinit(&c->hd);
     free(c);
     pool->n_conns--;
@@ -323,7 +324,7 @@ static void conn_release(struct up_conn *c, bool reusable)
 {
     struct lx_upstream_pool *pool = c->pool;
     struct lx_upstream_req *ur = c->req;
-    uint32_t id = c->node->id;
+    uint32_t id = c->id;
 
     c->req = NULL;
     ur->conn = NULL;
@@ -487,7 +488,7 @@ static void on_connected(uv_connect_t *cr, int status)
     if (c->state != UP_CONNECT)
         return;
     if (status < 0) {
-        lx_debug("connect to %s failed: %s", c->node->name, uv_strerror(status));
+        lx_debug("connect to %s failed: %s", c->name, uv_strerror(status));
         conn_fail(c, is_local_error(status) ? LX_UP_LOCAL : LX_UP_CONNECT);
         return;
     }
@@ -507,7 +508,7 @@ static void conn_connect(struct up_conn *c, const struct sockaddr *sa)
     c->connect_req.data = c;
     rc = uv_tcp_connect(&c->connect_req, &c->tcp, sa, on_connected);
     if (rc < 0) {
-        lx_debug("connect to %s failed: %s", c->node->name, uv_strerror(rc));
+        lx_debug("connect to %s failed: %s", c->name, uv_strerror(rc));
         /* Fail from the timer so the callback does not run inside send. */
         c->pending_err = is_local_error(rc) ? LX_UP_LOCAL : LX_UP_CONNECT;
         timer_set(c, 1);
@@ -527,8 +528,7 @@ static void on_resolved(uv_getaddrinfo_t *gai, int status, struct addrinfo *res)
         return;
     }
     if (status < 0 || !res) {
-        lx_warn("cannot resolve node %s (%s): %s", c->node->name, c->node->host,
-                uv_strerror(status));
+        lx_warn("cannot resolve node %s: %s", c->name, uv_strerror(status));
         uv_freeaddrinfo(res);
         c->state = UP_CONNECT;
         conn_fail(c, LX_UP_CONNECT);
@@ -540,17 +540,17 @@ static void on_resolved(uv_getaddrinfo_t *gai, int status, struct addrinfo *res)
 
 static void conn_start(struct lx_upstream_pool *pool, struct lx_upstream_req *ur, bool allow_idle)
 {
-    struct lx_node *node = ur->node;
+    const struct lx_upstream_target *t = &ur->target;
     struct up_conn *c = NULL;
     union {
         struct sockaddr_in v4;
         struct sockaddr_in6 v6;
     } sa;
 
-    if (allow_idle && node->id < pool->n_slots && pool->idle[node->id]) {
-        c = pool->idle[node->id];
-        pool->idle[node->id] = c->next_idle;
-        pool->n_idle[node->id]--;
+    if (allow_idle && t->id < pool->n_slots && pool->idle[t->id]) {
+        c = pool->idle[t->id];
+        pool->idle[t->id] = c->next_idle;
+        pool->n_idle[t->id]--;
         c->next_idle = NULL;
         c->reused = true;
         c->req = ur;
@@ -560,7 +560,13 @@ static void conn_start(struct lx_upstream_pool *pool, struct lx_upstream_req *ur
     }
     c = lx_calloc(1, sizeof(*c));
     c->pool = pool;
-    c->node = lx_node_ref(node);
+    c->id = t->id;
+    {
+        size_t len = strlen(t->name) + strlen(t->host) + 4;
+
+        c->name = lx_malloc(len);
+        snprintf(c->name, len, "%s (%s)", t->name, t->host);
+    }
     c->req = ur;
     ur->conn = c;
     lx_headers_init(&c->hd, UP_HEAD_MAX, UP_MAX_HEADERS);
@@ -570,8 +576,8 @@ static void conn_start(struct lx_upstream_pool *pool, struct lx_upstream_req *ur
     c->timer.data = c;
     c->handles_open = 2;
     pool->n_conns++;
-    if (uv_ip4_addr(node->host, node->port, &sa.v4) == 0 ||
-        uv_ip6_addr(node->host, node->port, &sa.v6) == 0) {
+    if (uv_ip4_addr(t->host, t->port, &sa.v4) == 0 ||
+        uv_ip6_addr(t->host, t->port, &sa.v6) == 0) {
         conn_connect(c, (const struct sockaddr *)&sa);
         return;
     }
@@ -581,10 +587,10 @@ static void conn_start(struct lx_upstream_pool *pool, struct lx_upstream_req *ur
 
         hints.ai_family = AF_UNSPEC;
         hints.ai_socktype = SOCK_STREAM;
-        snprintf(port, sizeof(port), "%d", node->port);
+        snprintf(port, sizeof(port), "%d", t->port);
         c->state = UP_RESOLVE;
         c->gai.data = c;
-        if (uv_getaddrinfo(pool->loop, &c->gai, on_resolved, node->host, port, &hints) < 0) {
+        if (uv_getaddrinfo(pool->loop, &c->gai, on_resolved, t->host, port, &hints) < 0) {
             c->state = UP_CONNECT;
             c->pending_err = LX_UP_CONNECT;
             timer_set(c, 1);
@@ -592,11 +598,11 @@ static void conn_start(struct lx_upstream_pool *pool, struct lx_upstream_req *ur
     }
 }
 
-int lx_upstream_send(struct lx_upstream_pool *pool, struct lx_node *node,
+int lx_upstream_send(struct lx_upstream_pool *pool, const struct lx_upstream_target *t,
                      struct lx_upstream_req *ur)
 {
     uv_once(&settings_once, settings_init);
-    ur->node = node;
+    ur->target = *t;
     ur->conn = NULL;
     ur->fresh_retry_done = false;
     ur->paused = false;

@@ -17,8 +17,7 @@
 
 #include <uv.h>
 
-#include "../http/server.h"
-#include "../nodes/node.h"
+#include "server.h"
 
 enum lx_upstream_err {
     LX_UP_CONNECT = 1,  /* connect failed, or connect timed out */
@@ -53,6 +52,17 @@ struct lx_upstream_timeouts {
     uint64_t idle_ms;        /* after the head, longest gap between reads; 0 = no limit */
 };
 
+/*
+ * Where an exchange goes. The strings are borrowed for the exchange's
+ * duration; connections are pooled per id.
+ */
+struct lx_upstream_target {
+    uint32_t id;             /* small and process-unique (a node id): indexes the pool */
+    const char *name;        /* for log lines */
+    const char *host;        /* numeric address or a name to resolve */
+    int port;
+};
+
 struct up_conn;
 
 struct lx_upstream_req {
@@ -65,7 +75,7 @@ struct lx_upstream_req {
 
     /* Private. */
     struct up_conn *conn;
-    struct lx_node *node;
+    struct lx_upstream_target target;
     bool fresh_retry_done;
     bool paused;
 };
@@ -76,9 +86,9 @@ struct lx_upstream_pool *lx_upstream_pool_new(uv_loop_t *loop, uint64_t idle_kee
 /* Closes idle connections and frees the pool once no exchange uses it; the
  * caller must have cancelled or finished every exchange first. */
 void lx_upstream_pool_close(struct lx_upstream_pool *pool);
-/* Starts an exchange with <node> (borrowed for its duration). Returns 0; the
- * outcome arrives through the callbacks. */
-int lx_upstream_send(struct lx_upstream_pool *pool, struct lx_node *node,
+/* Starts an exchange with <t> (copied; its strings borrowed for the
+ * exchange's duration). Returns 0; the outcome arrives through the callbacks. */
+int lx_upstream_send(struct lx_upstream_pool *pool, const struct lx_upstream_target *t,
                      struct lx_upstream_req *ur);
 /* Ends an exchange early: its connection is closed (a node such as vLLM then
  * stops generating). No callback runs afterwards. */
