@@ -11,11 +11,11 @@
 
 #include "conf/conf.h"
 #include "core/log.h"
+#include "gateway/admin.h"
+#include "gateway/gateway.h"
 #include "nodes/health.h"
-#include "obs/access_log.h"
 #include "nodes/node.h"
-#include "obs/admin.h"
-#include "proxy/gateway.h"
+#include "obs/access_log.h"
 #include "route/router.h"
 
 struct main_ctx {
@@ -51,8 +51,7 @@ static void on_sighup(uv_signal_t *s, int signum)
         lx_conf_free(&next);
         return;
     }
-    lx_gateway_set_registry(m->gw, reg);
-    lx_health_set_registry(m->health, reg);
+    lx_gateway_install(m->gw, reg, NULL, NULL);
     lx_admin_reloaded(&next);
     lx_admin_unlock();
     for (size_t i = 0; i < reg->n_pools; i++)

@@ -142,4 +142,18 @@ const char *lx_conf_json_type(const struct json_t *v);
 /* Frees what a pool owns (not <pool> itself) and zeroes it. */
 void lx_conf_pool_free(struct lx_conf_pool *pool);
 
+/* The "models" object of the config file at <path> (a new reference), or
+ * NULL when there is no file, no such object, or the file does not parse. */
+struct json_t *lx_conf_file_models(const char *path);
+/*
+ * Sets the config file's entry "models"[<model>] to <entry>, or removes it
+ * when <entry> is NULL; every other key of the file is kept as it is on disk
+ * now. The file is replaced atomically: a temporary file in the same
+ * directory with the original's mode and owner, fsync, rename, fsync of the
+ * directory. Returns 0, or a negative error with <err> filled (file
+ * untouched). Blocks on the disk: not for a worker's loop.
+ */
+int lx_conf_file_set_model(const char *path, const char *model, struct json_t *entry, char *err,
+                           size_t errlen);
+
 #endif /* LX_CONF_H */

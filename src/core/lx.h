@@ -51,6 +51,18 @@ void *lx_realloc(void *p, size_t n);
 char *lx_strdup(const char *s);
 char *lx_strndup(const char *s, size_t n);
 
+/* xorshift64*: fast, good enough for ids and random picks; <state> != 0. */
+static inline uint64_t lx_rand_next(uint64_t *state)
+{
+    uint64_t x = *state;
+
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+
 /* Constant-time comparison of two byte strings (length leaks, contents do not). */
 bool lx_secure_equal(const char *a, size_t alen, const char *b, size_t blen);
 

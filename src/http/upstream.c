@@ -74,6 +74,25 @@ static uv_once_t settings_once = UV_ONCE_INIT;
 static void conn_close(struct up_conn *c);
 static void conn_start(struct lx_upstream_pool *pool, struct lx_upstream_req *ur, bool allow_idle);
 
+const char *lx_upstream_strerror(enum lx_upstream_err kind)
+{
+    switch (kind) {
+    case LX_UP_CONNECT:
+        return "connect error";
+    case LX_UP_TIMEOUT:
+        return "timeout before the response head";
+    case LX_UP_IDLE:
+        return "stream idle timeout";
+    case LX_UP_PROTOCOL:
+        return "malformed response";
+    case LX_UP_CLOSED:
+        return "connection closed mid-response";
+    case LX_UP_LOCAL:
+        return "out of local resources";
+    }
+    return "error";
+}
+
 /* ---- pool --------------------------------------------------------------- */
 
 struct lx_upstream_pool *lx_upstream_pool_new(uv_loop_t *loop, uint64_t idle_keepalive_ms)

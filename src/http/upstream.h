@@ -29,6 +29,10 @@ enum lx_upstream_err {
                            memory): not the node's fault */
 };
 
+/* What went wrong, in a few words for logs and a node's last error:
+ * "connect error", "timeout before the response head", ... */
+const char *lx_upstream_strerror(enum lx_upstream_err kind);
+
 struct lx_upstream_cbs {
     /* The response head; <hdrs> valid during the call only. <content_length>
      * is -1 when the body is chunked or ends with the connection. */

@@ -19,6 +19,7 @@
 #include "../admit/admit.h"
 #include "../conf/conf.h"
 #include "../http/upstream.h"
+#include "failure.h"
 
 struct lx_strategy;
 
@@ -43,8 +44,7 @@ struct lx_node {
     atomic_uint_fast64_t ttfb_sample_ms;  /* lx_now_ms() of the last sample */
     atomic_uint_fast64_t last_success_ms; /* lx_now_ms() of the last good answer, 0 = none */
     atomic_uint_fast64_t ewma_ttft_us;    /* EWMA of time to first streamed byte, 0 = none */
-    atomic_uint_fast64_t errors[5];       /* by kind: connect, timeout, 5xx, protocol,
-                                             stream broken (metrics.h order) */
+    atomic_uint_fast64_t errors[LX_FAIL__N]; /* by kind (failure.h) */
 
     /* Health. Active probes set `healthy`; proxied failures eject the node
      * for a cooldown that doubles while it keeps failing. */

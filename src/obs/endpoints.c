@@ -1,5 +1,5 @@
 /*
- * endpoints.c - GET /health and GET /v1/models; see endpoints.h.
+ * endpoints.c - GET /health, /stats, /metrics, /v1/models; see endpoints.h.
  * Not on the hot path: JSON is built with jansson.
  */
 #include "endpoints.h"
@@ -10,10 +10,29 @@
 #include <string.h>
 #include <time.h>
 
-#include "../proxy/proxy.h"
-#include "metrics.h"
 #include "../route/router.h"
+#include "access_log.h"
+#include "metrics.h"
 
+void lx_obs_account(struct lx_metrics *m, struct lx_http_req *req, const char *rid, int status)
+{
+    struct lx_request_record r = {"", status, 0, -1, -1, -1, -1};
+    char client[64], path[128];
+
+    lx_metrics_request(m, &r);
+    if (status == 401 || status == 403)
+        lx_metrics_reject(m, LX_REJECT_AUTH);
+    else if (status == 400 || status == 404 || status == 405)
+        lx_metrics_reject(m, LX_REJECT_BAD_REQUEST);
+    if (!req || !lx_access_log_enabled())
+        return;
+    lx_http_req_peer_str(req, client, sizeof(client));
+    snprintf(path, sizeof(path), "%.*s", (int)req->path_only_len, req->path);
+    lx_access_log_write(&(struct lx_access_entry){
+        .request_id = rid, .client = client, .method = http_method_str(req->method),
+        .path = path, .model = "", .status = status, .queue_wait_s = -1, .ttft_s = -1,
+        .bytes_in = req->body.len, .prompt_tokens = -1, .completion_tokens = -1});
+}
 
 static json_t *iso_time(uint64_t wall_ms)
 {
@@ -42,10 +61,9 @@ static void send_json(struct lx_http_req *req, int status, json_t *j, const char
     json_decref(j);
 }
 
-void lx_obs_health(struct lx_worker *w, struct lx_http_req *req, const char *rid)
+void lx_obs_health(const struct lx_obs_view *v, struct lx_http_req *req, const char *rid)
 {
-    const struct lx_gateway *gw = w->gw;
-    struct lx_registry *reg = w->reg;
+    struct lx_registry *reg = v->reg;
     json_t *root = json_object(), *pools = json_array(), *nodes = json_array();
     size_t pools_down = 0, nodes_down = 0, n_nodes = 0;
     const char *status;
@@ -95,9 +113,9 @@ void lx_obs_health(struct lx_worker *w, struct lx_http_req *req, const char *rid
     json_object_set_new(root, "status", json_string(status));
     json_object_set_new(root, "version", json_string(LX_VERSION));
     json_object_set_new(root, "uptime_seconds",
-                        json_real((double)(uv_hrtime() - gw->start_hr_ns) / 1e9));
-    json_object_set_new(root, "strategy", json_string(gw->conf->strategy));
-    json_object_set_new(root, "workers", json_integer(gw->n_workers));
+                        json_real((double)(uv_hrtime() - v->start_hr_ns) / 1e9));
+    json_object_set_new(root, "strategy", json_string(v->conf->strategy));
+    json_object_set_new(root, "workers", json_integer(v->n_workers));
     json_object_set_new(root, "pools", pools);
     json_object_set_new(root, "nodes", nodes);
     json_object_set_new(root, "total_nodes", json_integer((json_int_t)n_nodes));
@@ -105,18 +123,11 @@ void lx_obs_health(struct lx_worker *w, struct lx_http_req *req, const char *rid
     send_json(req, pools_down ? 503 : 200, root, rid);
 }
 
-void lx_obs_models(struct lx_worker *w, struct lx_http_req *req, const char *rid)
+void lx_obs_models(const struct lx_obs_view *v, struct lx_http_req *req, const char *rid)
 {
-    struct lx_registry *reg = w->reg;
+    struct lx_registry *reg = v->reg;
     json_t *root, *data;
 
-    for (size_t i = 0; i < reg->n_pools; i++) {
-        if (strcmp(reg->pools[i].model, "*") == 0) {
-            /* Any model goes to this pool: its nodes know what they serve. */
-            lx_proxy_start(w, req, &reg->pools[i], NULL, req->path, rid);
-            return;
-        }
-    }
     root = json_object();
     data = json_array();
     for (size_t i = 0; i < reg->n_pools; i++) {
@@ -124,7 +135,7 @@ void lx_obs_models(struct lx_worker *w, struct lx_http_req *req, const char *rid
 
         json_object_set_new(m, "id", json_string(reg->pools[i].model));
         json_object_set_new(m, "object", json_string("model"));
-        json_object_set_new(m, "created", json_integer((json_int_t)w->gw->start_unix));
+        json_object_set_new(m, "created", json_integer((json_int_t)v->start_unix));
         json_object_set_new(m, "owned_by", json_string("llmux"));
         json_array_append_new(data, m);
     }
@@ -185,9 +196,9 @@ static double get_waiting(const struct lx_node *n, uint64_t now)
     return atomic_load(&n->scraped_at_ms) ? atomic_load(&n->scraped_waiting) : NAN;
 }
 
-void lx_obs_metrics(struct lx_worker *w, struct lx_http_req *req, const char *rid)
+void lx_obs_metrics(const struct lx_obs_view *v, struct lx_http_req *req, const char *rid)
 {
-    struct lx_admit *a = &w->gw->admit;
+    struct lx_admit *a = v->admit;
     struct lx_http_header h[] = {{"X-Request-Id", 12, rid, strlen(rid)}};
     struct lx_buf b;
     uint64_t now = lx_now_ms();
@@ -202,18 +213,18 @@ void lx_obs_metrics(struct lx_worker *w, struct lx_http_req *req, const char *ri
     lx_metrics_sample(&b, "llmux_queue_capacity", NULL, NULL, a->max_queue);
     lx_metrics_gauge_head(&b, "llmux_max_concurrent_requests", "MAX_CONCURRENT_REQUESTS.");
     lx_metrics_sample(&b, "llmux_max_concurrent_requests", NULL, NULL, a->max_in_flight);
-    node_gauge(&b, w->reg, "llmux_node_active_requests", "Requests in flight to each node.",
+    node_gauge(&b, v->reg, "llmux_node_active_requests", "Requests in flight to each node.",
                get_active, now);
-    node_gauge(&b, w->reg, "llmux_node_healthy", "1 when the node takes traffic, else 0.",
+    node_gauge(&b, v->reg, "llmux_node_healthy", "1 when the node takes traffic, else 0.",
                get_healthy, now);
-    node_gauge(&b, w->reg, "llmux_node_kv_cache_usage",
+    node_gauge(&b, v->reg, "llmux_node_kv_cache_usage",
                "KV-cache usage scraped from the node's vLLM /metrics, 0..1.", get_kv, now);
-    node_gauge(&b, w->reg, "llmux_node_requests_waiting",
+    node_gauge(&b, v->reg, "llmux_node_requests_waiting",
                "Requests waiting inside the node, scraped from its vLLM /metrics.", get_waiting,
                now);
     lx_metrics_gauge_head(&b, "llmux_uptime_seconds", "Seconds since llmux started.");
     lx_metrics_sample(&b, "llmux_uptime_seconds", NULL, NULL,
-                      (double)(uv_hrtime() - w->gw->start_hr_ns) / 1e9);
+                      (double)(uv_hrtime() - v->start_hr_ns) / 1e9);
     lx_metrics_gauge_head(&b, "llmux_build_info", "Always 1; the version is a label.");
     lx_metrics_sample(&b, "llmux_build_info", "version", LX_VERSION, 1);
     lx_http_resp_send(req, 200, "text/plain; version=0.0.4; charset=utf-8", h, ARRAY_SIZE(h),
@@ -249,8 +260,8 @@ static json_t *node_stats(const struct lx_pool *p, const struct lx_node *n, uint
                         json_integer((json_int_t)atomic_load(&n->requests_total)));
     json_object_set_new(o, "failures_total",
                         json_integer((json_int_t)atomic_load(&n->failures_total)));
-    for (int k = 0; k < LX_UPERR__N; k++)
-        json_object_set_new(errs, lx_metrics_uperr_name(k),
+    for (int k = 0; k < LX_FAIL__N; k++)
+        json_object_set_new(errs, lx_fail_kinds[k].label,
                             json_integer((json_int_t)atomic_load(&n->errors[k])));
     json_object_set_new(o, "errors", errs);
     json_object_set_new(o, "latency_ms", ms_or_null(atomic_load(&n->ewma_ttfb_us)));
@@ -270,17 +281,17 @@ static json_t *node_stats(const struct lx_pool *p, const struct lx_node *n, uint
     return o;
 }
 
-void lx_obs_stats(struct lx_worker *w, struct lx_http_req *req, const char *rid)
+void lx_obs_stats(const struct lx_obs_view *v, struct lx_http_req *req, const char *rid)
 {
-    struct lx_registry *reg = w->reg;
-    struct lx_admit *a = &w->gw->admit;
+    struct lx_registry *reg = v->reg;
+    struct lx_admit *a = v->admit;
     json_t *root = json_object(), *gw = json_object(), *models = json_array(),
            *nodes = json_array();
     uint64_t now = lx_now_ms();
 
     json_object_set_new(root, "version", json_string(LX_VERSION));
     json_object_set_new(root, "uptime_seconds",
-                        json_real((double)(uv_hrtime() - w->gw->start_hr_ns) / 1e9));
+                        json_real((double)(uv_hrtime() - v->start_hr_ns) / 1e9));
     json_object_set_new(gw, "active_requests", json_integer(atomic_load(&a->in_flight)));
     json_object_set_new(gw, "max_concurrent_requests", json_integer(a->max_in_flight));
     json_object_set_new(gw, "queue_depth", json_integer(lx_waitq_len(&a->q)));

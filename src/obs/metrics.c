@@ -77,13 +77,6 @@ static const double tokens_le[] = {1, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300,
 
 static const char *const reject_names[LX_REJECT__N] = {
     "auth", "queue_full", "queue_timeout", "no_healthy_node", "bad_request", "too_large"};
-static const char *const uperr_names[LX_UPERR__N] = {"connect", "timeout", "status_5xx",
-                                                     "protocol", "stream_broken"};
-
-const char *lx_metrics_uperr_name(enum lx_upstream_error_kind kind)
-{
-    return uperr_names[kind];
-}
 
 struct series {
     uint8_t family;
@@ -347,9 +340,9 @@ void lx_metrics_node_failure(struct lx_metrics *m, const char *node)
 }
 
 void lx_metrics_upstream_error(struct lx_metrics *m, const char *node,
-                               enum lx_upstream_error_kind kind)
+                               enum lx_fail kind)
 {
-    count(m, F_UPSTREAM_ERRORS, node, uperr_names[kind], 1);
+    count(m, F_UPSTREAM_ERRORS, node, lx_fail_kinds[kind].label, 1);
 }
 
 /* ---- rendering ---------------------------------------------------------- */

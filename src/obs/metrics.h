@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "../core/buf.h"
+#include "../nodes/failure.h"
 
 enum lx_reject {
     LX_REJECT_AUTH,
@@ -26,19 +27,6 @@ enum lx_reject {
     LX_REJECT_TOO_LARGE,
     LX_REJECT__N
 };
-
-enum lx_upstream_error_kind {
-    LX_UPERR_CONNECT,
-    LX_UPERR_TIMEOUT,
-    LX_UPERR_STATUS_5XX,
-    LX_UPERR_PROTOCOL,
-    LX_UPERR_STREAM_BROKEN,
-    LX_UPERR__N
-};
-
-/* The label of an upstream error kind ("connect", "timeout", ...), as in
- * llmux_upstream_errors_total and /stats. */
-const char *lx_metrics_uperr_name(enum lx_upstream_error_kind kind);
 
 struct lx_metrics;  /* one per worker */
 
@@ -74,8 +62,7 @@ void lx_metrics_queue_wait(struct lx_metrics *m, double seconds);
 void lx_metrics_node_request(struct lx_metrics *m, const char *node);
 void lx_metrics_node_latency(struct lx_metrics *m, const char *node, double seconds);
 void lx_metrics_node_failure(struct lx_metrics *m, const char *node);
-void lx_metrics_upstream_error(struct lx_metrics *m, const char *node,
-                               enum lx_upstream_error_kind kind);
+void lx_metrics_upstream_error(struct lx_metrics *m, const char *node, enum lx_fail kind);
 
 /* Appends the counters and histograms of every shard, summed, in the text
  * exposition format (HELP and TYPE lines included). Thread-safe. */

@@ -654,7 +654,7 @@ static const char status_html[] =
     "</body>\n"
     "</html>\n";
 
-void lx_obs_status_page(struct lx_worker *w, struct lx_http_req *req, const char *rid)
+void lx_obs_status_page(const struct lx_obs_view *v, struct lx_http_req *req, const char *rid)
 {
     struct lx_http_header h[] = {
         {"X-Request-Id", 12, rid, strlen(rid)},
@@ -669,7 +669,7 @@ void lx_obs_status_page(struct lx_worker *w, struct lx_http_req *req, const char
         struct lx_http_header allow[] = {{"X-Request-Id", 12, rid, strlen(rid)},
                                          {"Allow", 5, "GET, HEAD", 9}};
 
-        lx_gateway_account(w, req, rid, 405);
+        lx_obs_account(v->metrics, req, rid, 405);
         lx_http_resp_error(req, 405, "invalid_request_error", "method_not_allowed", allow,
                            ARRAY_SIZE(allow), "this endpoint accepts GET only");
         return;

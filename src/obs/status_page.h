@@ -5,7 +5,7 @@
 #define LX_STATUS_PAGE_H
 
 #include "../http/server.h"
-#include "../proxy/gateway.h"
+#include "endpoints.h"
 
 /*
  * Answers GET or HEAD with the status page: one constant, self-contained HTML
@@ -13,10 +13,10 @@
  * it, asking for the client token when /stats answers 401. The page holds no
  * data, so it needs no auth. Sends Cache-Control: no-store and a
  * Content-Security-Policy that allows only the page itself and same-origin
- * fetches. Other methods get 405 (counted as a bad request in <w>'s metrics).
- * Borrows <w>, <rid> (echoed as X-Request-Id); ends the response on <req>.
- * Runs on <w>'s loop thread; any worker, any number at once.
+ * fetches. Other methods get 405 (counted as a bad request in the view's metrics).
+ * Borrows <v>, <rid> (echoed as X-Request-Id); ends the response on <req>.
+ * Runs on the answering worker's loop; any worker, any number at once.
  */
-void lx_obs_status_page(struct lx_worker *w, struct lx_http_req *req, const char *rid);
+void lx_obs_status_page(const struct lx_obs_view *v, struct lx_http_req *req, const char *rid);
 
 #endif /* LX_STATUS_PAGE_H */

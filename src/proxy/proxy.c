@@ -1,25 +1,47 @@
 /*
- * proxy.c - the proxy state machine; see proxy.h.
+ * proxy.c - one proxied request as a state machine; see proxy.h.
  *
- * Retry rule (SPEC): a connect error, a timeout before the first response
- * byte, or a 429/500/502/503/504 answer is retried on another node, up to
- * max_retries times, and only while nothing has been sent to the client. The
- * last attempt relays a node's error answer as it is; when no node answered
- * at all the client gets 502 (unreachable) or 504 (timed out).
+ * States (enum px_state) and what moves a request between them:
  *
- * Admission: every request takes a slot of the global limit first
- * (MAX_CONCURRENT_REQUESTS), or waits in the global FIFO (MAX_QUEUE_SIZE; full:
- * 429). It is bound to a node only when it has a slot. When every node that is
- * up is at its max_concurrency, it parks in its pool's queue until a node of
- * the pool frees capacity. Waiting in either queue is bounded by
- * QUEUE_TIMEOUT_SECONDS (then 503). The slot is held until the response ends
- * and released on every path (proxy_free).
+ *   QUEUED    waits for an admission slot (MAX_CONCURRENT_REQUESTS) in the
+ *             process-wide FIFO (MAX_QUEUE_SIZE; full: 429). Granted -> PICK.
+ *   PICK      chooses a node of the pool (passing through, never rests):
+ *             found -> EXCHANGE; every candidate at its max_concurrency ->
+ *             PARKED; no candidate -> DONE with the last failure's answer.
+ *   PARKED    waits in the pool's queue for a node with capacity. -> PICK.
+ *   EXCHANGE  the request is with a node; nothing has reached the client.
+ *             Response head -> RELAY; a failure that may be retried on
+ *             another node (connect, timeout, 429/5xx, protocol) -> BACKOFF;
+ *             otherwise -> DONE with 502/504, or the node's error relayed.
+ *   RELAY     the client has the response head (or it waits in the client's
+ *             output, see lx_http_resp_start_lazy); the body streams through.
+ *             End -> DONE. A break whose head could still be taken back ->
+ *             handled as in EXCHANGE; else the body ends as cleanly as its
+ *             framing allows (an SSE error event, or a cut) -> DONE.
+ *   BACKOFF   a short pause before the next attempt (10 ms doubling, 200 ms
+ *             at most) -> PICK.
+ *   DONE      answered or abandoned: counted, logged, every resource
+ *             released; freed once its timer handle has closed.
  *
- * Relay: response bytes go to the client in the pieces they arrive in. When
- * the client's socket backs up past a high watermark the node connection is
- * paused, and resumed when it drains. A stream (text/event-stream) that
- * breaks after it started ends with an SSE error event and a clean end of the
- * chunked body.
+ * px_enter() makes every move and does the work of leaving the old state
+ * (the node exchange ends) and entering the new one. Other threads never
+ * touch a request: a slot or a node freed elsewhere wakes it through its
+ * worker's mailbox (px_on_mail), while it still sits in QUEUED or PARKED.
+ *
+ * Deadlines: QUEUED and PARKED share QUEUE_TIMEOUT_SECONDS (503); every state
+ * has TOTAL_TIMEOUT_SECONDS (504, or a broken stream once relaying). One
+ * timer per request, armed on entry to a state for that state's deadline.
+ * A client that goes away cancels the node exchange (closing its connection,
+ * so vLLM stops generating) and ends the request; if a wake is already on
+ * its way to it, the request waits for it, without a client, then ends.
+ *
+ * Retries (SPEC): at most MAX_RETRIES more attempts, each on a node not yet
+ * tried, and only while nothing has reached the client. The slot is held
+ * from admission to DONE.
+ *
+ * An exchange (struct px_exchange) is one attempt's node, connection and
+ * request head. A request has one at a time; they are separate so that a
+ * hedge or a resumed stream can own a second.
  */
 #include "proxy.h"
 
@@ -35,49 +57,71 @@
 
 #define RELAY_HIGH_WATER (256 * 1024)
 #define USAGE_TAIL 4096 /* bytes of a non-streamed body kept to find "usage" at its end */
-
-enum proxy_fail { FAIL_NONE, FAIL_CONNECT, FAIL_TIMEOUT, FAIL_STATUS, FAIL_PROTOCOL };
-enum proxy_wait { WAIT_NONE, WAIT_ADMIT, WAIT_PARK, WAIT_BACKOFF };
-
 #define RETRY_BACKOFF_MS 10      /* before the 2nd attempt; doubles per retry */
 #define RETRY_BACKOFF_MAX_MS 200
 
+enum px_state { PX_QUEUED, PX_PICK, PX_PARKED, PX_EXCHANGE, PX_RELAY, PX_BACKOFF, PX_DONE };
+
+/* The answers the gateway makes itself, when no node's answer is relayed. */
+enum px_answer { ANS_QUEUE_FULL, ANS_QUEUE_TIMEOUT, ANS_NO_NODE, ANS_TOTAL_TIMEOUT, ANS_OVERLOADED };
+
+static const struct {
+    int status;
+    const char *type, *code, *message;
+    int reject; /* enum lx_reject counted, -1 = none */
+} answers[] = {
+    [ANS_QUEUE_FULL] = {429, "rate_limit_error", "queue_full",
+                        "too many requests are waiting; try again later", LX_REJECT_QUEUE_FULL},
+    [ANS_QUEUE_TIMEOUT] = {503, "server_error", "queue_timeout",
+                           "the request waited longer than the queue timeout",
+                           LX_REJECT_QUEUE_TIMEOUT},
+    [ANS_NO_NODE] = {503, "server_error", "no_healthy_node",
+                     "no healthy node is available for this model", LX_REJECT_NO_HEALTHY_NODE},
+    [ANS_TOTAL_TIMEOUT] = {504, "server_error", "total_timeout",
+                           "the request took longer than the total timeout", -1},
+    [ANS_OVERLOADED] = {503, "server_error", "gateway_overloaded",
+                        "llmux is out of connections; try again later", -1},
+};
+
+struct lx_proxy;
+
+struct px_exchange {
+    struct lx_proxy *p;
+    struct lx_node *node;           /* reference, counted in node->in_flight; NULL = none */
+    struct lx_upstream_req up;
+    struct lx_buf head;             /* the request head for this node */
+    uint64_t t_send_ns;
+    uint64_t t_send_ms;             /* the same, lx_now_ms() based */
+};
+
 struct lx_proxy {
-    struct lx_worker *w;
-    struct lx_waiter waiter;        /* in the admission queue or the pool's parked queue */
-    enum proxy_wait waiting;        /* which queue, if any */
-    bool zombie;                    /* client gone while a wake is on its way */
-    bool has_slot;                  /* holds an admission slot */
-    uint64_t wait_deadline_ms;      /* queue timeout, lx_now_ms() based; 0 = none yet */
-    uint64_t total_deadline_ms;     /* TOTAL_TIMEOUT_SECONDS deadline, 0 = none */
-    uint64_t retry_at_ms;           /* end of a retry backoff (WAIT_BACKOFF) */
-    struct lx_proxy *wprev, *wnext; /* the worker's list of waiting requests */
-    struct lx_proxy *mb_next;       /* the worker's mailbox */
-    struct lx_http_req *client;     /* NULL once the client is gone */
+    enum px_state state;
+    struct lx_proxy_env *env;
+    struct lx_mail mail;            /* a wake from another thread */
+    struct lx_waiter waiter;        /* in the admission queue (QUEUED) or the pool's (PARKED) */
+    uv_timer_t timer;               /* the current state's deadline */
+    uint64_t queue_deadline_ms;     /* set when it first waits; 0 = has not waited */
+    uint64_t total_deadline_ms;     /* 0 = none */
+    uint64_t retry_at_ms;           /* end of BACKOFF */
+    struct lx_http_req *client;     /* NULL once the client is gone or answered */
     struct lx_registry *reg;        /* reference: keeps pool alive */
     struct lx_pool *pool;
-    struct lx_node *node;           /* reference to the node of this attempt */
+    struct px_exchange ex;
     struct lx_pick pick;
     struct lx_body_scan scan;
-    struct lx_upstream_req up;
-    struct lx_buf head;             /* request head for the node */
     struct lx_buf body;             /* rewritten body (upstream_model), else empty */
     const char *path;               /* upstream path, borrowed from client req */
     int attempts;                   /* attempts started */
-    enum proxy_fail last_fail;
-    bool relaying;                  /* response head sent to the client */
-    bool is_sse;                    /* relaying text/event-stream */
-    bool in_flight;                 /* counted in node->in_flight */
+    int last_fail;                  /* enum lx_fail of the last failed attempt, -1 = none */
     bool stream;                    /* the client asked for a stream */
     bool usage_injected;            /* llmux asked the node for stream usage */
+    bool is_sse;                    /* the response relayed is text/event-stream */
     struct lx_sse sse;              /* SSE scanner of a relayed stream */
     struct lx_buf tail;             /* end of a non-streamed body (usage) */
     struct lx_usage usage;
     int status;                     /* status sent to the client, 0 = none yet */
     uint64_t t_start_ns;            /* arrival */
-    uint64_t t_admit_ns;            /* admission slot taken, 0 = not yet */
-    uint64_t t_send_ns;             /* this attempt sent */
-    uint64_t t_send_ms;             /* the same, lx_now_ms() based */
+    uint64_t t_admit_ns;            /* admission slot taken (held until DONE), 0 = not yet */
     uint64_t t_first_ns;            /* first body byte relayed, 0 = none */
     uint64_t bytes_in, bytes_out;
     char request_id[80];
@@ -89,6 +133,8 @@ struct lx_proxy {
     char last_node[128];            /* name of the last node tried */
 };
 
+static void px_enter(struct lx_proxy *p, enum px_state next);
+static void relay_break(struct lx_proxy *p, bool node_broke, const char *code, const char *msg);
 static const struct lx_upstream_cbs up_cbs;
 
 static uint64_t now_ns(void)
@@ -96,213 +142,37 @@ static uint64_t now_ns(void)
     return uv_hrtime();
 }
 
-/* Ends the current attempt's hold on its node; a request parked for
- * capacity in the pool may now go. */
-static void node_release(struct lx_proxy *p)
+/* ---- exchanges -------------------------------------------------------- */
+
+/* Ends <x>: its connection is closed unless it finished, and its node's
+ * capacity is returned (a request parked for it may go). */
+static void exchange_end(struct lx_proxy *p, struct px_exchange *x)
 {
-    if (!p->node)
+    struct lx_registry *newest = p->env->reg;
+
+    if (!x->node)
         return;
-    if (p->in_flight) {
-        atomic_fetch_sub_explicit(&p->node->in_flight, 1, memory_order_relaxed);
-        p->in_flight = false;
-        if (lx_waitq_len(&p->pool->parked) > 0)
-            lx_waitq_wake_one(&p->pool->parked);
-        /* After a reload, requests park in the newer snapshot's pool (see
-         * adopt_newest) while this one still belongs to the older. */
-        if (p->reg != p->w->reg) {
-            struct lx_pool *now = lx_registry_find(p->w->reg, p->pool->model,
-                                                   strlen(p->pool->model));
+    lx_upstream_cancel(&x->up);
+    atomic_fetch_sub_explicit(&x->node->in_flight, 1, memory_order_relaxed);
+    if (lx_waitq_len(&p->pool->parked) > 0)
+        lx_waitq_wake_one(&p->pool->parked);
+    /* After a reload, requests park in the newer snapshot's pool (see
+     * adopt_newest) while this one still belongs to the older. */
+    if (p->reg != newest) {
+        struct lx_pool *now = lx_registry_find(newest, p->pool->model, strlen(p->pool->model));
 
-            if (now && now != p->pool && lx_waitq_len(&now->parked) > 0)
-                lx_waitq_wake_one(&now->parked);
-        }
+        if (now && now != p->pool && lx_waitq_len(&now->parked) > 0)
+            lx_waitq_wake_one(&now->parked);
     }
-    lx_node_unref(p->node);
-    p->node = NULL;
+    lx_node_unref(x->node);
+    x->node = NULL;
 }
 
-struct lx_proxy **lx_proxy_next(struct lx_proxy *p)
+/* Counts a failure of <x>'s node under <kind> (metrics, /stats). */
+static void exchange_count_error(struct lx_proxy *p, struct px_exchange *x, enum lx_fail kind)
 {
-    return &p->mb_next;
-}
-
-/* ---- the worker's list of waiting requests (queue timeouts) ----------- */
-
-static void wait_list_add(struct lx_proxy *p)
-{
-    struct lx_worker *w = p->w;
-
-    if (p->wprev || w->waiting == p)
-        return;
-    p->wnext = w->waiting;
-    if (w->waiting)
-        w->waiting->wprev = p;
-    w->waiting = p;
-    if (!uv_is_active((uv_handle_t *)&w->wait_timer))
-        uv_timer_start(&w->wait_timer, lx_proxy_sweep, 50, 50);
-}
-
-static void wait_list_remove(struct lx_proxy *p)
-{
-    struct lx_worker *w = p->w;
-
-    if (!p->wprev && w->waiting != p)
-        return;
-    if (p->wprev)
-        p->wprev->wnext = p->wnext;
-    else
-        w->waiting = p->wnext;
-    if (p->wnext)
-        p->wnext->wprev = p->wprev;
-    p->wprev = p->wnext = NULL;
-    if (!w->waiting)
-        uv_timer_stop(&w->wait_timer);
-}
-
-/* Metrics and the access log line of a request that is over. */
-static void proxy_account(struct lx_proxy *p)
-{
-    uint64_t end = now_ns();
-    double total = (double)(end - p->t_start_ns) / 1e9;
-    double ttft = p->stream && p->t_first_ns ? (double)(p->t_first_ns - p->t_start_ns) / 1e9 : -1;
-    double tps = -1;
-    int status = p->status ? p->status : 499;
-    struct lx_request_record r;
-
-    if (p->usage.completion_tokens > 0 && p->t_first_ns && end > p->t_first_ns) {
-        double gen = (double)(end - (p->stream ? p->t_first_ns : p->t_send_ns)) / 1e9;
-
-        if (gen > 0.001)
-            tps = (double)p->usage.completion_tokens / gen;
-    }
-    r = (struct lx_request_record){p->model, status, total, ttft, tps, p->usage.prompt_tokens,
-                                   p->usage.completion_tokens};
-    lx_metrics_request(p->w->metrics, &r);
-    atomic_fetch_add_explicit(&p->pool->requests_total, 1, memory_order_relaxed);
-    if (status >= 500)
-        atomic_fetch_add_explicit(&p->pool->errors_total, 1, memory_order_relaxed);
-    if (p->usage.prompt_tokens > 0)
-        atomic_fetch_add_explicit(&p->pool->prompt_tokens, (uint64_t)p->usage.prompt_tokens,
-                                  memory_order_relaxed);
-    if (p->usage.completion_tokens > 0)
-        atomic_fetch_add_explicit(&p->pool->completion_tokens,
-                                  (uint64_t)p->usage.completion_tokens, memory_order_relaxed);
-    if (!lx_access_log_enabled())
-        return;
-    lx_access_log_write(&(struct lx_access_entry){
-        .request_id = p->request_id,
-        .client = p->client_addr,
-        .method = http_method_str(p->method),
-        .path = p->path_copy,
-        .model = p->asked_model,
-        .node = p->last_node[0] ? p->last_node : NULL,
-        .status = status,
-        .retries = p->attempts > 1 ? p->attempts - 1 : 0,
-        .queue_wait_s = p->t_admit_ns > p->t_start_ns + 1000000
-                            ? (double)(p->t_admit_ns - p->t_start_ns) / 1e9
-                            : (p->t_admit_ns ? 0 : -1),
-        .ttft_s = ttft,
-        .total_s = total,
-        .bytes_in = p->bytes_in,
-        .bytes_out = p->bytes_out,
-        .prompt_tokens = p->usage.prompt_tokens,
-        .completion_tokens = p->usage.completion_tokens,
-        .stream = p->stream,
-    });
-}
-
-static void proxy_free(struct lx_proxy *p)
-{
-    proxy_account(p);
-    node_release(p);
-    wait_list_remove(p);
-    if (p->has_slot) {
-        p->has_slot = false;
-        lx_admit_release(&p->w->gw->admit);
-    }
-    for (size_t i = 0; i < p->pick.n_tried; i++)
-        lx_node_unref(p->pick.tried[i]);
-    lx_registry_unref(p->reg);
-    lx_buf_deinit(&p->head);
-    lx_buf_deinit(&p->body);
-    lx_buf_deinit(&p->tail);
-    lx_sse_deinit(&p->sse);
-    free(p);
-}
-
-/* Takes the request out of the queue it waits in; false if it was already
- * woken (the wake is on its way to this worker). */
-static bool dequeue(struct lx_proxy *p)
-{
-    bool removed = p->waiting == WAIT_BACKOFF ? true
-                   : p->waiting == WAIT_ADMIT ? lx_admit_cancel(&p->w->gw->admit, &p->waiter)
-                                              : lx_waitq_remove(&p->pool->parked, &p->waiter);
-
-    if (removed) {
-        p->waiting = WAIT_NONE;
-        if (!p->total_deadline_ms)
-            wait_list_remove(p);
-    }
-    return removed;
-}
-
-static void on_client_abort(struct lx_http_req *req)
-{
-    struct lx_proxy *p = req->data;
-
-    lx_debug("[%s] client went away; cancelling node request", p->request_id);
-    p->client = NULL;
-    if (p->waiting != WAIT_NONE && !dequeue(p)) {
-        /* A wake is already on its way to this request: free it then. */
-        p->zombie = true;
-        return;
-    }
-    lx_upstream_cancel(&p->up);
-    proxy_free(p);
-}
-
-static void on_client_drain(struct lx_http_req *req)
-{
-    struct lx_proxy *p = req->data;
-
-    lx_upstream_resume(&p->up);
-}
-
-/* Answers the client with a gateway error and frees the request. */
-static void proxy_fail(struct lx_proxy *p, int status, const char *type, const char *code,
-                       const char *msg)
-{
-    struct lx_http_header h[3];
-    size_t n = 0;
-    char retry_after[16];
-
-    h[n++] = (struct lx_http_header){"X-Request-Id", 12, p->request_id, strlen(p->request_id)};
-    if (p->pick.n_tried) {
-        /* Name the last node tried, so that a client can tell who failed. */
-        const struct lx_node *last = p->pick.tried[p->pick.n_tried - 1];
-
-        h[n++] = (struct lx_http_header){"X-Routed-Node", 13, last->name, strlen(last->name)};
-    }
-    if (status == 503 || status == 429) {
-        int ra = lx_admit_retry_after(&p->w->gw->admit);
-
-        h[n++] = (struct lx_http_header){"Retry-After", 11, retry_after,
-                                         (size_t)snprintf(retry_after, sizeof(retry_after),
-                                                          "%d", ra)};
-    }
-    if (status == 429)
-        lx_metrics_reject(p->w->metrics, LX_REJECT_QUEUE_FULL);
-    else if (strcmp(code, "queue_timeout") == 0)
-        lx_metrics_reject(p->w->metrics, LX_REJECT_QUEUE_TIMEOUT);
-    else if (strcmp(code, "no_healthy_node") == 0)
-        lx_metrics_reject(p->w->metrics, LX_REJECT_NO_HEALTHY_NODE);
-    if (p->client) {
-        p->status = status;
-        p->client->on_abort = NULL;
-        lx_http_resp_error(p->client, status, type, code, h, n, "%s", msg);
-        p->client = NULL;
-    }
-    proxy_free(p);
+    lx_metrics_upstream_error(p->env->metrics, x->node->name, kind);
+    atomic_fetch_add_explicit(&x->node->errors[kind], 1, memory_order_relaxed);
 }
 
 static bool header_is(const struct lx_http_header *h, const char *name, size_t len)
@@ -367,13 +237,13 @@ static bool is_response_header_dropped(const struct lx_http_header *h)
     return false;
 }
 
-/* Builds the request head for p->node; the body is p->body or the client's. */
-static void build_request(struct lx_proxy *p)
+/* Builds <x>'s request head for its node; the body is p->body or the client's. */
+static void build_request(struct lx_proxy *p, struct px_exchange *x)
 {
     const struct lx_http_req *req = p->client;
     const struct lx_http_header *conn = lx_http_req_header(req, "connection");
     const struct lx_http_header *xff = lx_http_req_header(req, "x-forwarded-for");
-    struct lx_buf *b = &p->head;
+    struct lx_buf *b = &x->head;
     const char *body = p->body.len ? p->body.data : req->body.data;
     size_t body_len = p->body.len ? p->body.len : req->body.len;
 
@@ -381,19 +251,19 @@ static void build_request(struct lx_proxy *p)
     /* Appends, no printf: this runs for every request. */
     lx_buf_append_str(b, http_method_str(req->method));
     lx_buf_append(b, " ", 1);
-    lx_buf_append_str(b, p->node->base_path);
+    lx_buf_append_str(b, x->node->base_path);
     lx_buf_append_str(b, p->path);
     lx_buf_append(b, " HTTP/1.1\r\nHost: ", 17);
-    lx_buf_append_str(b, p->node->host_header);
+    lx_buf_append_str(b, x->node->host_header);
     lx_buf_append(b, "\r\n", 2);
     if (req->method != HTTP_GET || body_len) {
         lx_buf_append(b, "Content-Length: ", 16);
         lx_buf_append_u64(b, body_len);
         lx_buf_append(b, "\r\n", 2);
     }
-    if (p->node->auth_header) {
+    if (x->node->auth_header) {
         lx_buf_append(b, "Authorization: ", 15);
-        lx_buf_append_str(b, p->node->auth_header);
+        lx_buf_append_str(b, x->node->auth_header);
         lx_buf_append(b, "\r\n", 2);
     }
     lx_buf_append(b, "X-Request-Id: ", 14);
@@ -416,10 +286,10 @@ static void build_request(struct lx_proxy *p)
     }
     lx_buf_append_str(b, p->client_addr);
     lx_buf_append(b, "\r\n\r\n", 4);
-    p->up.nbufs = 0;
-    p->up.bufs[p->up.nbufs++] = uv_buf_init(b->data, (unsigned int)b->len);
+    x->up.nbufs = 0;
+    x->up.bufs[x->up.nbufs++] = uv_buf_init(b->data, (unsigned int)b->len);
     if (body_len)
-        p->up.bufs[p->up.nbufs++] = uv_buf_init((char *)body, (unsigned int)body_len);
+        x->up.bufs[x->up.nbufs++] = uv_buf_init((char *)body, (unsigned int)body_len);
 }
 
 /*
@@ -463,38 +333,113 @@ static void rewrite_body(struct lx_proxy *p)
     lx_buf_append(&p->body, in->data + pos, in->len - pos);
 }
 
-static bool pool_is_full(struct lx_proxy *p);
+/* ---- accounting and answers -------------------------------------------- */
 
-/* A retry is allowed and some other node could take it (or will have
- * capacity for it soon). */
-static bool can_retry(struct lx_proxy *p)
+/* Metrics and the access log line of a request that is over. */
+static void proxy_account(struct lx_proxy *p)
 {
-    if (p->attempts > p->w->gw->conf->max_retries)
-        return false;
-    return lx_router_is_any_candidate(p->pool, &p->pick) || pool_is_full(p);
+    uint64_t end = now_ns();
+    double total = (double)(end - p->t_start_ns) / 1e9;
+    double ttft = p->stream && p->t_first_ns ? (double)(p->t_first_ns - p->t_start_ns) / 1e9 : -1;
+    double tps = -1;
+    int status = p->status ? p->status : 499;
+    struct lx_request_record r;
+
+    if (p->usage.completion_tokens > 0 && p->t_first_ns && end > p->t_first_ns) {
+        double gen = (double)(end - (p->stream ? p->t_first_ns : p->ex.t_send_ns)) / 1e9;
+
+        if (gen > 0.001)
+            tps = (double)p->usage.completion_tokens / gen;
+    }
+    r = (struct lx_request_record){p->model, status, total, ttft, tps, p->usage.prompt_tokens,
+                                   p->usage.completion_tokens};
+    lx_metrics_request(p->env->metrics, &r);
+    atomic_fetch_add_explicit(&p->pool->requests_total, 1, memory_order_relaxed);
+    if (status >= 500)
+        atomic_fetch_add_explicit(&p->pool->errors_total, 1, memory_order_relaxed);
+    if (p->usage.prompt_tokens > 0)
+        atomic_fetch_add_explicit(&p->pool->prompt_tokens, (uint64_t)p->usage.prompt_tokens,
+                                  memory_order_relaxed);
+    if (p->usage.completion_tokens > 0)
+        atomic_fetch_add_explicit(&p->pool->completion_tokens,
+                                  (uint64_t)p->usage.completion_tokens, memory_order_relaxed);
+    if (!lx_access_log_enabled())
+        return;
+    lx_access_log_write(&(struct lx_access_entry){
+        .request_id = p->request_id,
+        .client = p->client_addr,
+        .method = http_method_str(p->method),
+        .path = p->path_copy,
+        .model = p->asked_model,
+        .node = p->last_node[0] ? p->last_node : NULL,
+        .status = status,
+        .retries = p->attempts > 1 ? p->attempts - 1 : 0,
+        .queue_wait_s = p->t_admit_ns > p->t_start_ns + 1000000
+                            ? (double)(p->t_admit_ns - p->t_start_ns) / 1e9
+                            : (p->t_admit_ns ? 0 : -1),
+        .ttft_s = ttft,
+        .total_s = total,
+        .bytes_in = p->bytes_in,
+        .bytes_out = p->bytes_out,
+        .prompt_tokens = p->usage.prompt_tokens,
+        .completion_tokens = p->usage.completion_tokens,
+        .stream = p->stream,
+    });
 }
 
-/* No node (left) to try: the final answer follows the last failure. */
+/* Answers the client with an error of the gateway's and ends the request. */
+static void proxy_reply(struct lx_proxy *p, int status, const char *type, const char *code,
+                        const char *msg, int reject)
+{
+    struct lx_http_header h[3];
+    size_t n = 0;
+    char retry_after[16];
+
+    h[n++] = (struct lx_http_header){"X-Request-Id", 12, p->request_id, strlen(p->request_id)};
+    if (p->pick.n_tried) {
+        /* Name the last node tried, so that a client can tell who failed. */
+        const struct lx_node *last = p->pick.tried[p->pick.n_tried - 1];
+
+        h[n++] = (struct lx_http_header){"X-Routed-Node", 13, last->name, strlen(last->name)};
+    }
+    if (status == 503 || status == 429) {
+        int ra = lx_admit_retry_after(p->env->admit);
+
+        h[n++] = (struct lx_http_header){"Retry-After", 11, retry_after,
+                                         (size_t)snprintf(retry_after, sizeof(retry_after),
+                                                          "%d", ra)};
+    }
+    if (reject >= 0)
+        lx_metrics_reject(p->env->metrics, (enum lx_reject)reject);
+    if (p->client) {
+        p->status = status;
+        p->client->on_abort = NULL;
+        lx_http_resp_error(p->client, status, type, code, h, n, "%s", msg);
+        p->client = NULL;
+    }
+    px_enter(p, PX_DONE);
+}
+
+static void proxy_answer(struct lx_proxy *p, enum px_answer a)
+{
+    proxy_reply(p, answers[a].status, answers[a].type, answers[a].code, answers[a].message,
+                answers[a].reject);
+}
+
+/* No node (left) to try: the answer follows the last failure. */
 static void proxy_give_up(struct lx_proxy *p)
 {
-    switch (p->last_fail) {
-    case FAIL_NONE:
-        proxy_fail(p, 503, "server_error", "no_healthy_node",
-                   "no healthy node is available for this model");
-        break;
-    case FAIL_TIMEOUT:
-        proxy_fail(p, 504, "server_error", "upstream_timeout", "the node did not answer in time");
-        break;
-    case FAIL_PROTOCOL:
-        proxy_fail(p, 502, "server_error", "upstream_protocol_error",
-                   "the node's answer broke the HTTP protocol");
-        break;
-    default:
-        proxy_fail(p, 502, "server_error", "upstream_unreachable",
-                   "the node could not be reached");
-        break;
+    const struct lx_fail_kind *k;
+
+    if (p->last_fail < 0) {
+        proxy_answer(p, ANS_NO_NODE);
+        return;
     }
+    k = &lx_fail_kinds[p->last_fail];
+    proxy_reply(p, k->status, "server_error", k->code, k->message, -1);
 }
+
+/* ---- picking a node ------------------------------------------------------ */
 
 /* Some node that is up, not drained and not yet tried is at its
  * max_concurrency: worth waiting for. */
@@ -516,13 +461,13 @@ static bool pool_is_full(struct lx_proxy *p)
     return false;
 }
 
-static void wait_start(struct lx_proxy *p, enum proxy_wait kind)
+/* A retry is allowed and some other node could take it (or will have
+ * capacity for it soon). */
+static bool can_retry(struct lx_proxy *p)
 {
-    p->waiting = kind;
-    if (!p->wait_deadline_ms)
-        p->wait_deadline_ms =
-            lx_now_ms() + (uint64_t)(p->w->gw->conf->queue_timeout_s * 1000);
-    wait_list_add(p);
+    if (p->attempts > p->env->conf->max_retries)
+        return false;
+    return lx_router_is_any_candidate(p->pool, &p->pick) || pool_is_full(p);
 }
 
 /*
@@ -533,7 +478,7 @@ static void wait_start(struct lx_proxy *p, enum proxy_wait kind)
  */
 static void adopt_newest(struct lx_proxy *p)
 {
-    struct lx_registry *now = p->w->reg;
+    struct lx_registry *now = p->env->reg;
     struct lx_pool *pool;
 
     if (p->reg == now)
@@ -548,19 +493,25 @@ static void adopt_newest(struct lx_proxy *p)
     p->pool = pool;
 }
 
-static void proxy_attempt(struct lx_proxy *p)
+/* Takes the request out of the queue of its state (QUEUED, PARKED); false
+ * if another thread woke it first (the wake is on its way: px_on_mail). */
+static bool dequeue(struct lx_proxy *p)
 {
-    const struct lx_conf *conf = p->w->gw->conf;
-    struct lx_upstream_target target;
+    if (p->state == PX_QUEUED)
+        return lx_admit_cancel(p->env->admit, &p->waiter);
+    return lx_waitq_remove(&p->pool->parked, &p->waiter);
+}
+
+/* PICK: the next state follows from what the router finds. */
+static void proxy_pick(struct lx_proxy *p)
+{
     struct lx_node *node;
 
     adopt_newest(p);
-    for (;;) {
-        p->pick.rand = lx_worker_rand(p->w);
-        p->pick.now_ms = lx_now_ms();
-        node = lx_router_pick(p->pool, &p->pick);
-        if (node)
-            break;
+    p->pick.rand = lx_rand_next(&p->env->rng);
+    p->pick.now_ms = lx_now_ms();
+    node = lx_router_pick(p->pool, &p->pick);
+    if (!node) {
         if (!pool_is_full(p)) {
             proxy_give_up(p);
             return;
@@ -568,88 +519,255 @@ static void proxy_attempt(struct lx_proxy *p)
         /* Wait in llmux, not in an overloaded node's queue. Once visible in
          * the parked queue, look again: capacity freed just before is not
          * announced twice. */
-        wait_start(p, WAIT_PARK);
-        lx_waitq_push(&p->pool->parked, &p->waiter, p->attempts > 0 || p->pick.n_tried > 0);
-        p->pick.rand = lx_worker_rand(p->w);
-        if (!lx_router_is_any_candidate(p->pool, &p->pick))
-            return;
-        if (!dequeue(p))
-            return; /* woken meanwhile: resume comes through the mailbox */
+        px_enter(p, PX_PARKED);
+        if (lx_router_is_any_candidate(p->pool, &p->pick) && dequeue(p))
+            px_enter(p, PX_PICK);
+        return;
     }
-    p->node = node;
-    if (p->attempts > 0)
-        lx_metrics_retry(p->w->metrics);
-    p->attempts++;
-    snprintf(p->last_node, sizeof(p->last_node), "%s", node->name);
-    lx_metrics_node_request(p->w->metrics, node->name);
-    if (p->pick.n_tried < LX_PICK_MAX_TRIED)
-        p->pick.tried[p->pick.n_tried++] = lx_node_ref(node);
+    p->ex.node = node;
     atomic_fetch_add_explicit(&node->in_flight, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&node->requests_total, 1, memory_order_relaxed);
-    p->in_flight = true;
-    build_request(p);
-    p->up.cbs = &up_cbs;
-    p->up.ctx = p;
-    p->up.timeouts.connect_ms = (uint64_t)(conf->connect_timeout_s * 1000);
-    p->up.timeouts.first_byte_ms = (uint64_t)(conf->node_timeout_s * 1000);
-    p->up.timeouts.idle_ms = (uint64_t)(conf->stream_idle_timeout_s * 1000);
-    p->t_send_ns = now_ns();
-    p->t_send_ms = lx_now_ms();
-    target = lx_node_target(node);
-    lx_upstream_send(p->w->pool, &target, &p->up);
+    px_enter(p, PX_EXCHANGE);
 }
 
-/*
- * Retries after a short backoff (10 ms, doubling, at most 200 ms): enough to
- * let a burst of 429/503 from overloaded nodes spread out, too short to
- * matter for a plain failover. Only called when another node is available
- * (can_retry), so a request with nowhere to go fails at once.
- */
-static void proxy_retry(struct lx_proxy *p)
+/* EXCHANGE: sends the request to the node just picked. */
+static void exchange_start(struct lx_proxy *p, struct px_exchange *x)
 {
-    uint64_t ms = RETRY_BACKOFF_MS << (p->attempts > 1 ? LX_MIN(p->attempts - 1, 8) : 0);
+    const struct lx_conf *conf = p->env->conf;
+    struct lx_upstream_target target = lx_node_target(x->node);
 
-    p->retry_at_ms = lx_now_ms() + LX_MIN(ms, RETRY_BACKOFF_MAX_MS);
-    p->waiting = WAIT_BACKOFF;
-    wait_list_add(p);
-    /* The sweep normally ticks every 50 ms; wake it for this deadline. */
-    uv_timer_start(&p->w->wait_timer, lx_proxy_sweep, LX_MIN(ms, RETRY_BACKOFF_MAX_MS), 50);
+    if (p->attempts > 0)
+        lx_metrics_retry(p->env->metrics);
+    p->attempts++;
+    snprintf(p->last_node, sizeof(p->last_node), "%s", x->node->name);
+    lx_metrics_node_request(p->env->metrics, x->node->name);
+    if (p->pick.n_tried < LX_PICK_MAX_TRIED)
+        p->pick.tried[p->pick.n_tried++] = lx_node_ref(x->node);
+    build_request(p, x);
+    x->up.cbs = &up_cbs;
+    x->up.ctx = x;
+    x->up.timeouts.connect_ms = (uint64_t)(conf->connect_timeout_s * 1000);
+    x->up.timeouts.first_byte_ms = (uint64_t)(conf->node_timeout_s * 1000);
+    x->up.timeouts.idle_ms = (uint64_t)(conf->stream_idle_timeout_s * 1000);
+    x->t_send_ns = now_ns();
+    x->t_send_ms = lx_now_ms();
+    lx_upstream_send(p->env->up, &target, &x->up);
 }
+
+/* ---- the transition function and the request's timer ------------------ */
+
+static void on_timer(uv_timer_t *t);
+
+/* Arms the timer for <deadline_ms> (0 = none) or the total deadline,
+ * whichever comes first. */
+static void timer_arm(struct lx_proxy *p, uint64_t deadline_ms)
+{
+    uint64_t d = p->total_deadline_ms, now;
+
+    if (deadline_ms && (!d || deadline_ms < d))
+        d = deadline_ms;
+    if (!d) {
+        uv_timer_stop(&p->timer);
+        return;
+    }
+    now = lx_now_ms();
+    uv_timer_start(&p->timer, on_timer, d > now ? d - now : 0, 0);
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    free(container_of((uv_timer_t *)h, struct lx_proxy, timer));
+}
+
+/* DONE: everything the request holds is given back. */
+static void proxy_done(struct lx_proxy *p)
+{
+    struct lx_http_req *req = p->client;
+
+    proxy_account(p);
+    exchange_end(p, &p->ex);
+    if (p->t_admit_ns)
+        lx_admit_release(p->env->admit);
+    if (req) {
+        req->data = NULL;
+        req->on_abort = NULL;
+        req->on_drain = NULL;
+        p->client = NULL;
+    }
+    for (size_t i = 0; i < p->pick.n_tried; i++)
+        lx_node_unref(p->pick.tried[i]);
+    lx_registry_unref(p->reg);
+    lx_buf_deinit(&p->ex.head);
+    lx_buf_deinit(&p->body);
+    lx_buf_deinit(&p->tail);
+    lx_sse_deinit(&p->sse);
+    uv_close((uv_handle_t *)&p->timer, on_timer_closed);
+}
+
+static void px_enter(struct lx_proxy *p, enum px_state next)
+{
+    enum px_state prev = p->state;
+    uint64_t ms;
+
+    LX_ASSERT(prev != PX_DONE);
+    /* Leaving an exchange for anything but its relay ends it. */
+    if ((prev == PX_EXCHANGE || prev == PX_RELAY) && next != PX_RELAY)
+        exchange_end(p, &p->ex);
+    p->state = next;
+    switch (next) {
+    case PX_QUEUED:
+    case PX_PARKED:
+        if (!p->queue_deadline_ms)
+            p->queue_deadline_ms =
+                lx_now_ms() + (uint64_t)(p->env->conf->queue_timeout_s * 1000);
+        if (next == PX_PARKED)
+            lx_waitq_push(&p->pool->parked, &p->waiter, p->attempts > 0 || p->pick.n_tried > 0);
+        timer_arm(p, p->queue_deadline_ms);
+        break;
+    case PX_PICK:
+        timer_arm(p, 0);
+        proxy_pick(p);
+        break;
+    case PX_EXCHANGE:
+        exchange_start(p, &p->ex);
+        break;
+    case PX_RELAY:
+        break;
+    case PX_BACKOFF:
+        /* Enough to let a burst of 429/503 from overloaded nodes spread
+         * out, too short to matter for a plain failover. */
+        ms = RETRY_BACKOFF_MS << (p->attempts > 1 ? LX_MIN(p->attempts - 1, 8) : 0);
+        p->retry_at_ms = lx_now_ms() + LX_MIN(ms, RETRY_BACKOFF_MAX_MS);
+        timer_arm(p, p->retry_at_ms);
+        break;
+    case PX_DONE:
+        proxy_done(p);
+        break;
+    }
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    struct lx_proxy *p = container_of(t, struct lx_proxy, timer);
+    uint64_t now = lx_now_ms();
+    bool total = p->total_deadline_ms && now >= p->total_deadline_ms;
+
+    switch (p->state) {
+    case PX_QUEUED:
+    case PX_PARKED:
+        if (!dequeue(p))
+            return; /* woken meanwhile: the mailbox has it */
+        if (now >= p->queue_deadline_ms) {
+            atomic_fetch_add(&p->env->admit->timeouts_total, 1);
+            proxy_answer(p, ANS_QUEUE_TIMEOUT);
+        } else {
+            lx_warn("[%s] total timeout reached", p->request_id);
+            proxy_answer(p, ANS_TOTAL_TIMEOUT);
+        }
+        return;
+    case PX_BACKOFF:
+        if (!total) {
+            px_enter(p, PX_PICK);
+            return;
+        }
+        break;
+    case PX_EXCHANGE:
+    case PX_RELAY:
+        break;
+    case PX_PICK:
+    case PX_DONE:
+        return;
+    }
+    lx_warn("[%s] total timeout reached", p->request_id);
+    if (p->state == PX_RELAY)
+        relay_break(p, false, "total_timeout", answers[ANS_TOTAL_TIMEOUT].message);
+    else
+        proxy_answer(p, ANS_TOTAL_TIMEOUT);
+}
+
+/* A wake from another thread: a slot (QUEUED) or a node's capacity (PARKED). */
+static void px_on_mail(struct lx_mail *m)
+{
+    struct lx_proxy *p = container_of(m, struct lx_proxy, mail);
+
+    if (p->state == PX_QUEUED) {
+        p->t_admit_ns = now_ns();
+        lx_metrics_queue_wait(p->env->metrics, (double)(p->t_admit_ns - p->t_start_ns) / 1e9);
+    }
+    px_enter(p, p->client ? PX_PICK : PX_DONE);
+}
+
+static void on_waiter_wake(struct lx_waiter *wt)
+{
+    struct lx_proxy *p = container_of(wt, struct lx_proxy, waiter);
+
+    lx_mailbox_post(p->env->mailbox, &p->mail);
+}
+
+/* ---- the client ---------------------------------------------------------- */
+
+static void on_client_abort(struct lx_http_req *req)
+{
+    struct lx_proxy *p = req->data;
+
+    lx_debug("[%s] client went away; cancelling node request", p->request_id);
+    p->client = NULL;
+    if ((p->state == PX_QUEUED || p->state == PX_PARKED) && !dequeue(p))
+        return; /* a wake is on its way: px_on_mail ends the request */
+    px_enter(p, PX_DONE);
+}
+
+static void on_client_drain(struct lx_http_req *req)
+{
+    struct lx_proxy *p = req->data;
+
+    lx_upstream_resume(&p->ex.up);
+}
+
+/* ---- the node's answer ---------------------------------------------------- */
 
 static bool is_retryable_status(int status)
 {
     return status == 429 || status == 500 || status == 502 || status == 503 || status == 504;
 }
 
+/* A failed attempt that nothing of reached the client: another node, or the
+ * last failure's answer. */
+static void attempt_failed(struct lx_proxy *p, enum lx_fail kind)
+{
+    p->last_fail = (int)kind;
+    if (can_retry(p))
+        px_enter(p, PX_BACKOFF);
+    else
+        proxy_give_up(p);
+}
+
 static void up_on_head(void *ctx, int status, const struct lx_http_header *hdrs, size_t n_hdrs,
                        int64_t content_length)
 {
-    struct lx_proxy *p = ctx;
+    struct px_exchange *x = ctx;
+    struct lx_proxy *p = x->p;
     struct lx_http_header out[132];
     size_t n = 0;
-    uint64_t ttfb_us = (now_ns() - p->t_send_ns) / 1000;
+    uint64_t ttfb_us = (now_ns() - x->t_send_ns) / 1000;
 
     /* 429 is the node protecting itself, not a fault; 5xx is a fault. */
-    lx_metrics_node_latency(p->w->metrics, p->node->name, (double)ttfb_us / 1e6);
+    lx_metrics_node_latency(p->env->metrics, x->node->name, (double)ttfb_us / 1e6);
     if (status >= 500) {
-        lx_node_report_failure(p->node, "answered 5xx");
-        lx_metrics_node_failure(p->w->metrics, p->node->name);
-        lx_metrics_upstream_error(p->w->metrics, p->node->name, LX_UPERR_STATUS_5XX);
-        atomic_fetch_add_explicit(&p->node->errors[LX_UPERR_STATUS_5XX], 1, memory_order_relaxed);
+        lx_node_report_failure(x->node, "answered 5xx");
+        lx_metrics_node_failure(p->env->metrics, x->node->name);
+        exchange_count_error(p, x, LX_FAIL_STATUS_5XX);
     } else if (status != 429) {
-        lx_node_report_success(p->node, ttfb_us);
+        lx_node_report_success(x->node, ttfb_us);
     }
     if (is_retryable_status(status) && can_retry(p)) {
         lx_info("[%s] node %s answered %d; retrying on another node", p->request_id,
-                p->node->name, status);
-        lx_upstream_cancel(&p->up);
-        node_release(p);
-        p->last_fail = FAIL_STATUS;
-        proxy_retry(p);
+                x->node->name, status);
+        attempt_failed(p, LX_FAIL_STATUS_5XX);
         return;
     }
-    p->relaying = true;
     p->status = status;
+    p->is_sse = false;
     for (size_t i = 0; i < n_hdrs && n < ARRAY_SIZE(out) - 2; i++) {
         if (is_response_header_dropped(&hdrs[i]))
             continue;
@@ -658,13 +776,14 @@ static void up_on_head(void *ctx, int status, const struct lx_http_header *hdrs,
             p->is_sse = true;
         out[n++] = hdrs[i];
     }
-    out[n++] = (struct lx_http_header){"X-Routed-Node", 13, p->node->name, strlen(p->node->name)};
+    out[n++] = (struct lx_http_header){"X-Routed-Node", 13, x->node->name, strlen(x->node->name)};
     out[n++] = (struct lx_http_header){"X-Request-Id", 12, p->request_id, strlen(p->request_id)};
     p->sse.drop_usage = p->is_sse && p->usage_injected;
     /* The relay may change an event stream's length (usage filtered, an
      * error event on a break): never promise the node's length for it. */
     if (p->is_sse)
         content_length = -1;
+    px_enter(p, PX_RELAY);
     /* The head leaves with the first body bytes (or at the end of this
      * read): one write per response instead of two. */
     lx_http_resp_start_lazy(p->client, status, out, n, content_length);
@@ -672,10 +791,10 @@ static void up_on_head(void *ctx, int status, const struct lx_http_header *hdrs,
 
 static void up_on_read_end(void *ctx)
 {
-    struct lx_proxy *p = ctx;
+    struct px_exchange *x = ctx;
 
-    if (p->client)
-        lx_http_resp_flush(p->client);
+    if (x->p->client)
+        lx_http_resp_flush(x->p->client);
 }
 
 static void relay_out(void *ctx, const char *data, size_t len)
@@ -701,12 +820,13 @@ static void tail_keep(struct lx_buf *t, const char *data, size_t len)
 
 static void up_on_body(void *ctx, const char *data, size_t len)
 {
-    struct lx_proxy *p = ctx;
+    struct px_exchange *x = ctx;
+    struct lx_proxy *p = x->p;
 
     if (!p->t_first_ns) {
         p->t_first_ns = now_ns();
-        if (p->stream && p->node)
-            lx_ewma_update(&p->node->ewma_ttft_us, (p->t_first_ns - p->t_start_ns) / 1000);
+        if (p->stream)
+            lx_ewma_update(&x->node->ewma_ttft_us, (p->t_first_ns - p->t_start_ns) / 1000);
     }
     /* One write per node read: up_on_read_end or the end flushes. */
     lx_http_resp_cork(p->client);
@@ -718,12 +838,13 @@ static void up_on_body(void *ctx, const char *data, size_t len)
         relay_out(p, data, len);
     }
     if (lx_http_resp_pending(p->client) > RELAY_HIGH_WATER)
-        lx_upstream_pause(&p->up);
+        lx_upstream_pause(&x->up);
 }
 
 static void up_on_done(void *ctx)
 {
-    struct lx_proxy *p = ctx;
+    struct px_exchange *x = ctx;
+    struct lx_proxy *p = x->p;
     struct lx_http_req *req = p->client;
 
     if (p->is_sse) {
@@ -733,39 +854,33 @@ static void up_on_done(void *ctx)
         lx_usage_scan(p->tail.data, p->tail.len, &p->usage);
     }
     /* Release the node before the client connection moves on to a
-     * pipelined request. */
-    p->client = NULL;
-    proxy_free(p);
+     * pipelined request (DONE detaches the client, not its response). */
+    px_enter(p, PX_DONE);
     lx_http_resp_end(req);
 }
 
 /*
- * The client already has the response head and the exchange cannot go on:
- * end the body as cleanly as the framing allows. An SSE stream gets a last
- * `data: {"error": ...}` event and a proper end; other bodies are cut, so the
- * client sees a truncated response rather than a silently short one.
- * <node_broke>: the node failed (counted as its stream_broken error), rather
- * than a limit of llmux's ending the request.
+ * RELAY cannot go on: the body ends as cleanly as its framing allows. An SSE
+ * stream gets a last `data: {"error": ...}` event and a proper end; other
+ * bodies are cut, so the client sees a truncated response rather than a
+ * silently short one. <node_broke>: the node failed (counted as its
+ * stream_broken error), rather than a limit of llmux's ending the request.
  */
 static void relay_break(struct lx_proxy *p, bool node_broke, const char *code, const char *msg)
 {
     struct lx_http_req *req = p->client;
+    bool sse = p->is_sse, cut_event = p->sse.partial_overflow;
 
-    if (p->node && node_broke) {
-        lx_metrics_upstream_error(p->w->metrics, p->node->name, LX_UPERR_STREAM_BROKEN);
-        atomic_fetch_add_explicit(&p->node->errors[LX_UPERR_STREAM_BROKEN], 1,
-                                  memory_order_relaxed);
-    }
-    lx_upstream_cancel(&p->up);
-    node_release(p);
-    p->client = NULL;
-    if (p->is_sse) {
+    if (node_broke)
+        exchange_count_error(p, &p->ex, LX_FAIL_STREAM_BROKEN);
+    px_enter(p, PX_DONE); /* the node first, as in up_on_done */
+    if (sse) {
         struct lx_buf ev;
 
         lx_buf_init(&ev, 0);
         /* An event cut in the middle by an overlong pass-through gets ended
          * so the error event stands on its own. */
-        if (p->sse.partial_overflow)
+        if (cut_event)
             lx_buf_append(&ev, "\n\n", 2);
         lx_buf_appendf(&ev, "data: {\"error\":{\"message\":\"%s\",\"type\":\"server_error\","
                             "\"param\":null,\"code\":\"%s\"}}\n\n",
@@ -776,14 +891,13 @@ static void relay_break(struct lx_proxy *p, bool node_broke, const char *code, c
     } else {
         lx_http_resp_abort(req);
     }
-    proxy_free(p);
 }
 
-/* Forgets a response that was started and then taken back (nothing of it
- * reached the client), so the request can be answered afresh. */
-static void relay_reset(struct lx_proxy *p)
+/* RELAY whose head was taken back before any of it left (see
+ * lx_http_resp_retract): back to EXCHANGE, to be answered afresh. */
+static void relay_retract(struct lx_proxy *p)
 {
-    p->relaying = false;
+    p->state = PX_EXCHANGE;
     p->is_sse = false;
     p->status = 0;
     p->t_first_ns = 0;
@@ -795,59 +909,42 @@ static void relay_reset(struct lx_proxy *p)
 
 static void up_on_error(void *ctx, enum lx_upstream_err kind, bool got_head)
 {
-    struct lx_proxy *p = ctx;
-    static const char *const kinds[] = {"", "connect", "timeout", "idle timeout", "protocol",
-                                        "closed", "local"};
+    struct px_exchange *x = ctx;
+    struct lx_proxy *p = x->p;
     /* A node that answered other requests after this one was sent is slow
      * for this request (a long generation), not down: no ejection for it. */
     bool node_alive = kind == LX_UP_TIMEOUT &&
-                      atomic_load_explicit(&p->node->last_success_ms, memory_order_relaxed) >=
-                          p->t_send_ms;
+                      atomic_load_explicit(&x->node->last_success_ms, memory_order_relaxed) >=
+                          x->t_send_ms;
+    enum lx_fail fail;
 
     if (kind == LX_UP_LOCAL) {
         lx_warn("[%s] cannot connect to node %s: llmux is out of file descriptors or local "
                 "ports (raise the descriptor limit or lower MAX_CONNECTIONS)",
-                p->request_id, p->node->name);
-        node_release(p);
-        proxy_fail(p, 503, "server_error", "gateway_overloaded",
-                   "llmux is out of connections; try again later");
+                p->request_id, x->node->name);
+        proxy_answer(p, ANS_OVERLOADED); /* only at connect: nothing was relayed */
         return;
     }
-    lx_warn("[%s] node %s: %s error%s", p->request_id, p->node ? p->node->name : "-",
-            kinds[kind], got_head ? " mid-response" : "");
+    lx_warn("[%s] node %s: %s%s", p->request_id, x->node->name, lx_upstream_strerror(kind),
+            got_head ? " mid-response" : "");
     if (!node_alive) {
-        lx_node_report_failure(p->node, kind == LX_UP_CONNECT   ? "connect error"
-                                        : kind == LX_UP_TIMEOUT ? "timeout before the response head"
-                                        : kind == LX_UP_IDLE    ? "stream idle timeout"
-                                        : kind == LX_UP_PROTOCOL ? "malformed response"
-                                                                 : "connection closed mid-response");
-        lx_metrics_node_failure(p->w->metrics, p->node->name);
+        lx_node_report_failure(x->node, lx_upstream_strerror(kind));
+        lx_metrics_node_failure(p->env->metrics, x->node->name);
     }
     /* A response whose head was still held back has not reached the
      * client: it can be answered (502/504) or retried instead of cut. */
-    if (p->relaying && p->client && lx_http_resp_retract(p->client))
-        relay_reset(p);
-    if (!p->relaying) {
-        enum lx_upstream_error_kind k = kind == LX_UP_CONNECT   ? LX_UPERR_CONNECT
-                                        : kind == LX_UP_TIMEOUT ? LX_UPERR_TIMEOUT
-                                                                : LX_UPERR_PROTOCOL;
-
-        lx_metrics_upstream_error(p->w->metrics, p->node->name, k);
-        atomic_fetch_add_explicit(&p->node->errors[k], 1, memory_order_relaxed);
-    }
-    if (!p->relaying) {
-        node_release(p);
-        p->last_fail = kind == LX_UP_TIMEOUT    ? FAIL_TIMEOUT
-                       : kind == LX_UP_PROTOCOL ? FAIL_PROTOCOL
-                                                : FAIL_CONNECT;
-        if (can_retry(p))
-            proxy_retry(p);
-        else
-            proxy_give_up(p);
+    if (p->state == PX_RELAY && lx_http_resp_retract(p->client))
+        relay_retract(p);
+    if (p->state == PX_RELAY) {
+        relay_break(p, true, lx_fail_kinds[LX_FAIL_STREAM_BROKEN].code,
+                    lx_fail_kinds[LX_FAIL_STREAM_BROKEN].message);
         return;
     }
-    relay_break(p, true, lx_metrics_uperr_name(LX_UPERR_STREAM_BROKEN),
-                "the node's stream broke before it finished");
+    fail = kind == LX_UP_CONNECT ? LX_FAIL_CONNECT
+           : kind == LX_UP_TIMEOUT ? LX_FAIL_TIMEOUT
+                                   : LX_FAIL_PROTOCOL;
+    exchange_count_error(p, x, fail);
+    attempt_failed(p, fail);
 }
 
 static const struct lx_upstream_cbs up_cbs = {
@@ -858,7 +955,8 @@ static const struct lx_upstream_cbs up_cbs = {
     .on_read_end = up_on_read_end,
 };
 
-void lx_request_id(struct lx_worker *w, const struct lx_http_req *req, char *out, size_t len)
+void lx_request_id(struct lx_proxy_env *env, const struct lx_http_req *req, char *out,
+                   size_t len)
 {
     const struct lx_http_header *h = lx_http_req_header(req, "x-request-id");
     static const char hex[] = "0123456789abcdef";
@@ -883,7 +981,7 @@ void lx_request_id(struct lx_worker *w, const struct lx_http_req *req, char *out
     /* 32 hex digits by hand (snprintf was most of the cost of an id). */
     LX_ASSERT(len >= 33);
     for (int k = 0; k < 2; k++) {
-        uint64_t r = lx_worker_rand(w);
+        uint64_t r = lx_rand_next(&env->rng);
 
         for (int d = 15; d >= 0; d--, r >>= 4)
             out[k * 16 + d] = hex[r & 15];
@@ -891,90 +989,33 @@ void lx_request_id(struct lx_worker *w, const struct lx_http_req *req, char *out
     out[32] = '\0';
 }
 
-static void on_waiter_wake(struct lx_waiter *wt)
-{
-    struct lx_proxy *p = container_of(wt, struct lx_proxy, waiter);
 
-    lx_worker_wake(p->w, p);
-}
-
-void lx_proxy_resume(struct lx_proxy *p)
-{
-    enum proxy_wait was = p->waiting;
-
-    p->waiting = WAIT_NONE;
-    if (!p->total_deadline_ms)
-        wait_list_remove(p);
-    if (was == WAIT_ADMIT) {
-        p->has_slot = true;
-        p->t_admit_ns = now_ns();
-        lx_metrics_queue_wait(p->w->metrics, (double)(p->t_admit_ns - p->t_start_ns) / 1e9);
-    }
-    if (p->zombie) {
-        proxy_free(p);
-        return;
-    }
-    proxy_attempt(p);
-}
-
-void lx_proxy_sweep(uv_timer_t *t)
-{
-    struct lx_worker *w = container_of(t, struct lx_worker, wait_timer);
-    uint64_t now = lx_now_ms();
-    struct lx_proxy *p = w->waiting, *next;
-
-    for (; p; p = next) {
-        next = p->wnext;
-        if (p->zombie)
-            continue;
-        if (p->waiting == WAIT_BACKOFF) {
-            if (now >= p->retry_at_ms) {
-                dequeue(p);
-                proxy_attempt(p);
-            }
-            continue;
-        }
-        if (p->waiting != WAIT_NONE && now >= p->wait_deadline_ms) {
-            if (!dequeue(p))
-                continue; /* woken meanwhile: the mailbox has it */
-            atomic_fetch_add(&w->gw->admit.timeouts_total, 1);
-            proxy_fail(p, 503, "server_error", "queue_timeout",
-                       "the request waited longer than the queue timeout");
-        } else if (p->total_deadline_ms && now >= p->total_deadline_ms) {
-            if (p->waiting != WAIT_NONE && !dequeue(p))
-                continue;
-            lx_warn("[%s] total timeout reached", p->request_id);
-            if (p->relaying) {
-                relay_break(p, false, "total_timeout",
-                            "the request took longer than the total timeout");
-                continue;
-            }
-            lx_upstream_cancel(&p->up);
-            node_release(p);
-            proxy_fail(p, 504, "server_error", "total_timeout",
-                       "the request took longer than the total timeout");
-        }
-    }
-}
-
-void lx_proxy_start(struct lx_worker *w, struct lx_http_req *req, struct lx_pool *pool,
+void lx_proxy_start(struct lx_proxy_env *env, struct lx_http_req *req, struct lx_pool *pool,
                     const struct lx_body_scan *scan, const char *upstream_path,
                     const char *request_id)
 {
     struct lx_proxy *p = lx_calloc(1, sizeof(*p));
     const struct lx_http_header *session = lx_http_req_header(req, "x-session-id");
 
-    p->w = w;
+    p->state = PX_PICK; /* until admission says otherwise */
+    p->env = env;
     p->client = req;
-    p->reg = lx_registry_ref(w->reg);
+    p->reg = lx_registry_ref(env->reg);
     p->pool = pool;
     p->path = upstream_path;
+    p->last_fail = -1;
+    p->ex.p = p;
     p->t_start_ns = now_ns();
     p->method = req->method;
     p->bytes_in = req->body.len;
     p->usage.prompt_tokens = p->usage.completion_tokens = -1;
+    uv_timer_init(env->loop, &p->timer);
+    p->mail.deliver = px_on_mail;
+    p->waiter.wake = on_waiter_wake;
     lx_sse_init(&p->sse, false);
     lx_buf_init(&p->tail, 0);
+    lx_buf_init(&p->ex.head, 0);
+    lx_buf_init(&p->body, 0);
     /* Formatted once: X-Forwarded-For of every attempt, and the access log. */
     lx_http_req_peer_str(req, p->client_addr, sizeof(p->client_addr));
     if (lx_access_log_enabled())
@@ -990,7 +1031,6 @@ void lx_proxy_start(struct lx_worker *w, struct lx_http_req *req, struct lx_pool
     else
         snprintf(p->model, sizeof(p->model), "%s", pool->model);
     p->stream = scan && scan->stream;
-    p->waiter.wake = on_waiter_wake;
     if (scan)
         p->scan = *scan;
     p->pick.scan = &p->scan;
@@ -999,30 +1039,24 @@ void lx_proxy_start(struct lx_worker *w, struct lx_http_req *req, struct lx_pool
         p->pick.affinity_len = session->value_len;
     }
     snprintf(p->request_id, sizeof(p->request_id), "%s", request_id);
-    lx_buf_init(&p->head, 0);
-    lx_buf_init(&p->body, 0);
     if ((pool->upstream_model && scan && scan->model_value.p) ||
         (p->stream && !scan->stream_options.p))
         rewrite_body(p);
     req->data = p;
     req->on_abort = on_client_abort;
     req->on_drain = on_client_drain;
-    if (w->gw->conf->total_timeout_s > 0) {
-        p->total_deadline_ms = lx_now_ms() + (uint64_t)(w->gw->conf->total_timeout_s * 1000);
-        wait_list_add(p);
-    }
-    switch (lx_admit_enter(&w->gw->admit, &p->waiter)) {
+    if (env->conf->total_timeout_s > 0)
+        p->total_deadline_ms = lx_now_ms() + (uint64_t)(env->conf->total_timeout_s * 1000);
+    switch (lx_admit_enter(env->admit, &p->waiter)) {
     case LX_ADMIT_GRANTED:
-        p->has_slot = true;
         p->t_admit_ns = now_ns();
-        proxy_attempt(p);
+        px_enter(p, PX_PICK);
         break;
     case LX_ADMIT_QUEUED:
-        wait_start(p, WAIT_ADMIT);
+        px_enter(p, PX_QUEUED);
         break;
     case LX_ADMIT_FULL:
-        proxy_fail(p, 429, "rate_limit_error", "queue_full",
-                   "too many requests are waiting; try again later");
+        proxy_answer(p, ANS_QUEUE_FULL);
         break;
     }
 }

@@ -9,7 +9,7 @@
  * TSan calls the sanitizer's syscall hooks around it, and Debian's libuv1 is
  * not. So TSan never saw a worker close a client socket, and when another
  * thread got the same number (the admin thread's mkostemp() in
- * src/obs/admin.c file_replace) and closed it, TSan reported a data race on
+ * src/conf/conf_file.c file_replace) and closed it, TSan reported a data race on
  * "file descriptor 36" between that close() and the worker's read() of the
  * old socket: two different files.
  *

@@ -12,7 +12,7 @@
 #define LX_ADMIN_H
 
 #include "../http/server.h"
-#include "../proxy/gateway.h"
+#include "gateway.h"
 
 struct lx_health;
 
@@ -35,11 +35,8 @@ void lx_admin_unlock(void);
  */
 void lx_admin_reloaded(const struct lx_conf *conf);
 
-/*
- * Sets gw->health (under the admin lock); when an admin change already
- * replaced gw->reg, the health thread is told to watch the newer snapshot.
- * Call once, after lx_health_start().
- */
+/* lx_gateway_set_health() under the admin lock. Call once, after
+ * lx_health_start(). */
 void lx_admin_set_health(struct lx_gateway *gw, struct lx_health *health);
 
 /*

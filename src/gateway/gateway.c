@@ -1,6 +1,7 @@
 /*
- * gateway.c - worker threads and the per-request dispatch: path, method,
- * client auth, body scan, model lookup, then the proxy or a local endpoint.
+ * gateway.c - worker threads, registry installation, and the per-request
+ * dispatch: path, method, client auth, body scan, model lookup, then the
+ * proxy or one of the gateway's own endpoints.
  */
 #include "gateway.h"
 
@@ -11,89 +12,99 @@
 
 #include "../core/log.h"
 #include "../http/body_scan.h"
-#include "../obs/access_log.h"
-#include "../obs/admin.h"
+#include "../nodes/health.h"
 #include "../obs/endpoints.h"
 #include "../obs/metrics.h"
 #include "../obs/status_page.h"
-#include "proxy.h"
+#include "admin.h"
 
 #define UPSTREAM_KEEPALIVE_MS 4000 /* below uvicorn's (vLLM's) 5 s keep-alive timeout */
 
-uint64_t lx_worker_rand(struct lx_worker *w)
-{
-    /* xorshift64*: fast and good enough for ids and random picks. */
-    uint64_t x = w->rng;
+/* ---- registry installation ---------------------------------------------- */
 
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    w->rng = x;
-    return x * 0x2545F4914F6CDD1DULL;
-}
+/* One lx_gateway_install(): how many workers have yet to switch. */
+struct install {
+    atomic_int left;
+    void (*done)(void *arg);
+    void *arg;
+};
 
-void lx_worker_wake(struct lx_worker *w, struct lx_proxy *p)
-{
-    uv_mutex_lock(&w->wake_lock);
-    *lx_proxy_next(p) = w->wake_head;
-    w->wake_head = p;
-    uv_mutex_unlock(&w->wake_lock);
-    uv_async_send(&w->wake_async);
-}
-
-static void on_wake(uv_async_t *a)
-{
-    struct lx_worker *w = container_of(a, struct lx_worker, wake_async);
-    struct lx_proxy *list, *rev = NULL;
-
+/* A snapshot on its way to one worker, through its mailbox. */
+struct adopt_mail {
+    struct lx_mail mail;
+    struct lx_worker *w;
     struct lx_registry *reg;
+    struct install *in;
+};
 
-    uv_mutex_lock(&w->wake_lock);
-    list = w->wake_head;
-    w->wake_head = NULL;
-    reg = w->next_reg;
-    w->next_reg = NULL;
-    uv_mutex_unlock(&w->wake_lock);
-    if (reg) {
-        lx_registry_unref(w->reg);
-        w->reg = reg;
-    }
-    /* The mailbox is a stack: reverse it to resume in wake order (FIFO). */
-    while (list) {
-        struct lx_proxy *next = *lx_proxy_next(list);
+static void install_step(struct install *in)
+{
+    if (atomic_fetch_sub(&in->left, 1) != 1)
+        return;
+    if (in->done)
+        in->done(in->arg);
+    free(in);
+}
 
-        *lx_proxy_next(list) = rev;
-        rev = list;
-        list = next;
-    }
-    while (rev) {
-        struct lx_proxy *next = *lx_proxy_next(rev);
+static void on_adopt(struct lx_mail *m)
+{
+    struct adopt_mail *am = container_of(m, struct adopt_mail, mail);
+    struct lx_proxy_env *env = &am->w->env;
 
-        lx_proxy_resume(rev);
-        rev = next;
+    lx_registry_unref(env->reg);
+    env->reg = am->reg;
+    install_step(am->in);
+    free(am);
+}
+
+void lx_gateway_install(struct lx_gateway *gw, struct lx_registry *reg, void (*done)(void *arg),
+                        void *arg)
+{
+    struct install *in = lx_calloc(1, sizeof(*in));
+
+    atomic_init(&in->left, gw->n_workers + 1);
+    in->done = done;
+    in->arg = arg;
+    lx_registry_unref(gw->reg);
+    gw->reg = lx_registry_ref(reg);
+    if (gw->health)
+        lx_health_set_registry(gw->health, reg);
+    for (int i = 0; i < gw->n_workers; i++) {
+        struct adopt_mail *am = lx_calloc(1, sizeof(*am));
+
+        am->mail.deliver = on_adopt;
+        am->w = &gw->workers[i];
+        am->reg = lx_registry_ref(reg);
+        am->in = in;
+        lx_mailbox_post(&gw->workers[i].mailbox, &am->mail);
     }
+    install_step(in); /* the caller's share: <done> never runs before every post */
+}
+
+void lx_gateway_set_health(struct lx_gateway *gw, struct lx_health *health)
+{
+    gw->health = health;
+    /* lx_health_start() was given the first registry; an install before
+     * this call may have put a newer one in place. */
+    if (health)
+        lx_health_set_registry(health, gw->reg);
 }
 
 void lx_gateway_account(struct lx_worker *w, struct lx_http_req *req, const char *rid,
                         int status)
 {
-    struct lx_request_record r = {"", status, 0, -1, -1, -1, -1};
-    char client[64], path[128];
-
-    lx_metrics_request(w->metrics, &r);
-    if (status == 401 || status == 403)
-        lx_metrics_reject(w->metrics, LX_REJECT_AUTH);
-    else if (status == 400 || status == 404 || status == 405)
-        lx_metrics_reject(w->metrics, LX_REJECT_BAD_REQUEST);
-    if (!req || !lx_access_log_enabled())
-        return;
-    lx_http_req_peer_str(req, client, sizeof(client));
-    snprintf(path, sizeof(path), "%.*s", (int)req->path_only_len, req->path);
-    lx_access_log_write(&(struct lx_access_entry){
-        .request_id = rid, .client = client, .method = http_method_str(req->method),
-        .path = path, .model = "", .status = status, .queue_wait_s = -1, .ttft_s = -1,
-        .bytes_in = req->body.len, .prompt_tokens = -1, .completion_tokens = -1});
+    lx_obs_account(w->env.metrics, req, rid, status);
 }
+
+static struct lx_obs_view worker_view(const struct lx_worker *w)
+{
+    const struct lx_gateway *gw = w->gw;
+
+    return (struct lx_obs_view){gw->conf,        w->env.reg,       w->env.admit, w->env.metrics,
+                                gw->start_unix,  gw->start_hr_ns, gw->n_workers};
+}
+
+/* ---- dispatch -------------------------------------------------------------- */
 
 /* A gateway error, with the request id echoed. Ends the response. */
 static void gw_error(struct lx_worker *w, struct lx_http_req *req, const char *rid, int status,
@@ -133,7 +144,7 @@ static bool is_inference_path(const struct lx_http_req *req)
  * inference endpoint, an authorized admin call). Anything else is refused
  * or answered whatever its body says, so an unauthenticated client cannot
  * make llmux hold MAX_BODY_BYTES per connection. Keep in step with
- * lx_gateway_handle.
+ * gateway_handle.
  */
 static bool gateway_wants_body(const struct lx_http_req *req, void *arg)
 {
@@ -196,7 +207,7 @@ static void handle_inference(struct lx_worker *w, struct lx_http_req *req, const
         return;
     }
     if (!scan.model_present) {
-        pool = lx_registry_find(w->reg, "", 0);
+        pool = lx_registry_find(w->env.reg, "", 0);
         if (!pool || strcmp(pool->model, "*") != 0) {
             gw_error(w, req, rid, 400, "invalid_request_error", "missing_model",
                      "the request body needs a string \"model\"");
@@ -205,10 +216,10 @@ static void handle_inference(struct lx_worker *w, struct lx_http_req *req, const
     } else if (scan.model_has_escape) {
         char *name = model_decode(&scan);
 
-        pool = name ? lx_registry_find(w->reg, name, strlen(name)) : NULL;
+        pool = name ? lx_registry_find(w->env.reg, name, strlen(name)) : NULL;
         free(name);
     } else {
-        pool = lx_registry_find(w->reg, scan.model.p, scan.model.len);
+        pool = lx_registry_find(w->env.reg, scan.model.p, scan.model.len);
     }
     if (!pool) {
         char msg[300];
@@ -218,26 +229,44 @@ static void handle_inference(struct lx_worker *w, struct lx_http_req *req, const
         gw_error(w, req, rid, 404, "invalid_request_error", "model_not_found", msg);
         return;
     }
-    lx_proxy_start(w, req, pool, &scan, req->path, rid);
+    lx_proxy_start(&w->env, req, pool, &scan, req->path, rid);
 }
 
-void lx_gateway_handle(struct lx_http_req *req, void *arg)
+/* GET /v1/models: with a catch-all pool, its nodes know what they serve. */
+static void handle_models(struct lx_worker *w, struct lx_http_req *req, const char *rid)
+{
+    struct lx_registry *reg = w->env.reg;
+    struct lx_obs_view v;
+
+    for (size_t i = 0; i < reg->n_pools; i++) {
+        if (strcmp(reg->pools[i].model, "*") == 0) {
+            lx_proxy_start(&w->env, req, &reg->pools[i], NULL, req->path, rid);
+            return;
+        }
+    }
+    v = worker_view(w);
+    lx_obs_models(&v, req, rid);
+}
+
+/* The per-request handler behind every worker's server. */
+static void gateway_handle(struct lx_http_req *req, void *arg)
 {
     struct lx_worker *w = arg;
+    struct lx_obs_view v = worker_view(w);
     size_t plen = req->path_only_len;
     char rid[80];
 
-    lx_request_id(w, req, rid, sizeof(rid));
+    lx_request_id(&w->env, req, rid, sizeof(rid));
     if (path_is(req->path, plen, "/health")) {
-        lx_obs_health(w, req, rid);
+        lx_obs_health(&v, req, rid);
         return;
     }
     if (path_is(req->path, plen, "/metrics")) {
-        lx_obs_metrics(w, req, rid);
+        lx_obs_metrics(&v, req, rid);
         return;
     }
     if (path_is(req->path, plen, "/status")) {
-        lx_obs_status_page(w, req, rid);
+        lx_obs_status_page(&v, req, rid);
         return;
     }
     if (plen >= 7 && memcmp(req->path, "/admin/", 7) == 0) {
@@ -250,7 +279,7 @@ void lx_gateway_handle(struct lx_http_req *req, void *arg)
                      "missing or invalid bearer token");
             return;
         }
-        lx_obs_stats(w, req, rid);
+        lx_obs_stats(&v, req, rid);
         return;
     }
     if (plen >= 4 && memcmp(req->path, "/v1/", 4) == 0) {
@@ -269,7 +298,7 @@ void lx_gateway_handle(struct lx_http_req *req, void *arg)
                          "this endpoint accepts GET only");
                 return;
             }
-            lx_obs_models(w, req, rid);
+            handle_models(w, req, rid);
             return;
         }
     }
@@ -288,14 +317,12 @@ static void on_server_closed(void *arg)
     struct lx_worker *w = arg;
 
     w->srv = NULL;
-    /* Wakes that arrived for requests whose clients are gone free them. */
-    on_wake(&w->wake_async);
+    /* Wakes that arrived for requests whose clients are gone end them. */
+    lx_mailbox_close(&w->mailbox);
     uv_close((uv_handle_t *)&w->grace_timer, on_worker_handle_closed);
     uv_close((uv_handle_t *)&w->stop_async, on_worker_handle_closed);
-    uv_close((uv_handle_t *)&w->wake_async, on_worker_handle_closed);
-    uv_close((uv_handle_t *)&w->wait_timer, on_worker_handle_closed);
-    lx_upstream_pool_close(w->pool);
-    w->pool = NULL;
+    lx_upstream_pool_close(w->env.up);
+    w->env.up = NULL;
 }
 
 static void on_grace_expired(uv_timer_t *t)
@@ -325,7 +352,7 @@ static void on_server_reject(void *ctx, int status)
 {
     struct lx_worker *w = ctx;
 
-    lx_metrics_reject(w->metrics, status == 413 || status == 431 ? LX_REJECT_TOO_LARGE
+    lx_metrics_reject(w->env.metrics, status == 413 || status == 431 ? LX_REJECT_TOO_LARGE
                                                                   : LX_REJECT_BAD_REQUEST);
 }
 
@@ -364,11 +391,15 @@ int lx_gateway_init(struct lx_gateway *gw, const struct lx_conf *conf, struct lx
 
         w->gw = gw;
         w->index = i;
-        w->reg = lx_registry_ref(reg);
-        w->rng = (uv_hrtime() ^ ((uint64_t)(i + 1) * 0x9E3779B97F4A7C15ULL)) | 1;
         uv_loop_init(&w->loop);
+        w->env.loop = &w->loop;
+        w->env.conf = conf;
+        w->env.admit = &gw->admit;
+        w->env.reg = lx_registry_ref(reg);
+        w->env.mailbox = &w->mailbox;
+        w->env.rng = (uv_hrtime() ^ ((uint64_t)(i + 1) * 0x9E3779B97F4A7C15ULL)) | 1;
         /* Worker 0 binds first; with port 0 the others then share its port. */
-        rc = lx_http_server_new(&w->loop, conf->listen_host, port, &limits, lx_gateway_handle, w,
+        rc = lx_http_server_new(&w->loop, conf->listen_host, port, &limits, gateway_handle, w,
                                 &w->srv);
         if (rc < 0) {
             snprintf(err, errlen, "cannot listen on %s:%d: %s", conf->listen_host, port,
@@ -378,13 +409,11 @@ int lx_gateway_init(struct lx_gateway *gw, const struct lx_conf *conf, struct lx
         port = lx_http_server_port(w->srv);
         lx_http_server_set_reject_cb(w->srv, on_server_reject);
         lx_http_server_set_head_cb(w->srv, gateway_wants_body);
-        w->metrics = lx_metrics_new();
-        w->pool = lx_upstream_pool_new(&w->loop, UPSTREAM_KEEPALIVE_MS);
+        w->env.metrics = lx_metrics_new();
+        w->env.up = lx_upstream_pool_new(&w->loop, UPSTREAM_KEEPALIVE_MS);
         uv_async_init(&w->loop, &w->stop_async, on_stop);
-        uv_async_init(&w->loop, &w->wake_async, on_wake);
-        uv_mutex_init(&w->wake_lock);
+        lx_mailbox_init(&w->mailbox, &w->loop);
         uv_timer_init(&w->loop, &w->grace_timer);
-        uv_timer_init(&w->loop, &w->wait_timer);
     }
     gw->port = port;
     return 0;
@@ -407,21 +436,6 @@ void lx_gateway_stop(struct lx_gateway *gw)
         uv_async_send(&gw->workers[i].stop_async);
 }
 
-void lx_gateway_set_registry(struct lx_gateway *gw, struct lx_registry *reg)
-{
-    for (int i = 0; i < gw->n_workers; i++) {
-        struct lx_worker *w = &gw->workers[i];
-
-        uv_mutex_lock(&w->wake_lock);
-        lx_registry_unref(w->next_reg);
-        w->next_reg = lx_registry_ref(reg);
-        uv_mutex_unlock(&w->wake_lock);
-        uv_async_send(&w->wake_async);
-    }
-    lx_registry_unref(gw->reg);
-    gw->reg = lx_registry_ref(reg);
-}
-
 void lx_gateway_join(struct lx_gateway *gw)
 {
     for (int i = 0; i < gw->n_workers; i++) {
@@ -429,10 +443,9 @@ void lx_gateway_join(struct lx_gateway *gw)
 
         uv_thread_join(&w->thread);
         uv_loop_close(&w->loop);
-        uv_mutex_destroy(&w->wake_lock);
-        lx_registry_unref(w->reg);
-        lx_registry_unref(w->next_reg);
-        lx_metrics_free(w->metrics);
+        lx_mailbox_deinit(&w->mailbox);
+        lx_registry_unref(w->env.reg);
+        lx_metrics_free(w->env.metrics);
     }
     free(gw->workers);
     gw->workers = NULL;

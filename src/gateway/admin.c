@@ -21,13 +21,13 @@
  *   2. a new registry is built from that list with lx_registry_new(conf,
  *      gw->reg): unchanged nodes are carried over with their load, health and
  *      drain state (and a new node whose name is drained stays drained);
- *   3. with a config file, the file is rewritten atomically (its "models"
- *      entry for that pool set or removed, every other key kept; temporary
- *      file in the same directory, fsync, rename, fsync of the directory);
+ *   3. with a config file, the file is rewritten atomically
+ *      (lx_conf_file_set_model: its "models" entry for that pool set or
+ *      removed, every other key kept);
  *      if that fails, 1 and 2 are dropped and the answer is 500;
- *   4. the registry is installed on every worker (lx_gateway_set_registry)
- *      and on the health thread, and the new list becomes the state; the
- *      answer waits until every worker has switched (wait_adopted).
+ *   4. the registry is installed on every worker and on the health thread
+ *      (lx_gateway_install), and the new list becomes the state; the answer
+ *      waits until every worker has switched (its completion callback).
  * Requests in flight hold a reference to the snapshot they started with and
  * are never disturbed. Drain and enable only flip the `drained` atomic of the
  * newest snapshot's nodes: run-time state, not configuration, not written.
@@ -48,9 +48,7 @@
 #include <unistd.h>
 
 #include "../core/log.h"
-#include "../nodes/health.h"
-#include "access_log.h"
-#include "metrics.h"
+#include "../obs/metrics.h"
 
 #define MSG_MAX 480 /* lx_http_resp_error keeps 511 bytes of a message */
 
@@ -196,21 +194,6 @@ static json_t *pool_to_src(const struct lx_conf_pool *p)
     return o;
 }
 
-/* The "models" object of the config file at <path> (a new reference), or
- * NULL when there is no file, no such object, or the file does not parse. */
-static json_t *file_models(const char *path)
-{
-    json_t *root, *models;
-
-    if (!path)
-        return NULL;
-    root = json_load_file(path, JSON_REJECT_DUPLICATES, NULL);
-    models = json_is_object(root) ? json_object_get(root, "models") : NULL;
-    models = json_is_object(models) ? json_incref(models) : NULL;
-    json_decref(root);
-    return models;
-}
-
 static void state_free(void)
 {
     for (size_t i = 0; i < st.n; i++) {
@@ -232,7 +215,7 @@ static void state_free(void)
  * writes back what the user wrote plus the change. */
 static void state_load(const struct lx_conf *conf)
 {
-    json_t *models = file_models(conf->config_path);
+    json_t *models = lx_conf_file_models(conf->config_path);
 
     state_free();
     st.pools = lx_calloc(conf->n_pools + 1, sizeof(*st.pools));
@@ -266,11 +249,7 @@ void lx_admin_reloaded(const struct lx_conf *conf)
 void lx_admin_set_health(struct lx_gateway *gw, struct lx_health *health)
 {
     lx_admin_lock();
-    gw->health = health;
-    /* lx_health_start() was given the first registry; an admin call before
-     * this one may have installed a newer one. */
-    if (health && st.loaded)
-        lx_health_set_registry(health, gw->reg);
+    lx_gateway_set_health(gw, health);
     lx_admin_unlock();
 }
 
@@ -290,143 +269,6 @@ static size_t state_find(const char *model)
         if (strcmp(st.pools[i].model, model) == 0)
             break;
     return i;
-}
-
-/* ---- the config file ------------------------------------------------- */
-
-/*
- * Replaces <path> (absolute, no symlink) by <len> bytes of <text>: a
- * temporary file in the same directory (mode and, when allowed, owner of the
- * original), fsync, rename over <path>, fsync of the directory. Returns 0 or
- * -errno with <err> filled; on error <path> is untouched.
- */
-static int file_replace(const char *path, const char *text, size_t len, const struct stat *orig,
-                        char *err, size_t errlen)
-{
-    const char *slash = strrchr(path, '/');
-    size_t dirlen = slash && slash != path ? (size_t)(slash - path) : 1;
-    char *dir = lx_strndup(path, dirlen);
-    char tmp[PATH_MAX + 64];
-    size_t off = 0;
-    int fd, dfd, rc = 0;
-
-    snprintf(tmp, sizeof(tmp), "%s/.%s.llmux-XXXXXX", dirlen == 1 && *dir == '/' ? "" : dir,
-             slash ? slash + 1 : path);
-    fd = mkostemp(tmp, O_CLOEXEC);
-    if (fd < 0) {
-        rc = -errno;
-        snprintf(err, errlen, "cannot create a temporary file in %.200s: %s", dir, strerror(errno));
-        goto out_dir;
-    }
-    /* Keep the file's mode (it may hold secrets: 0600) and owner. */
-    (void)fchmod(fd, orig->st_mode & 07777);
-    if ((orig->st_uid != geteuid() || orig->st_gid != getegid()) &&
-        fchown(fd, orig->st_uid, orig->st_gid) < 0)
-        lx_debug("admin: cannot keep the owner of %s: %s", path, strerror(errno));
-    while (off < len) {
-        ssize_t n = write(fd, text + off, len - off);
-
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            rc = -errno;
-            snprintf(err, errlen, "cannot write %.200s: %s", tmp, strerror(errno));
-            goto out_unlink;
-        }
-        off += (size_t)n;
-    }
-    if (fsync(fd) < 0) {
-        rc = -errno;
-        snprintf(err, errlen, "cannot fsync %.200s: %s", tmp, strerror(errno));
-        goto out_unlink;
-    }
-    if (close(fd) < 0) {
-        fd = -1;
-        rc = -errno;
-        snprintf(err, errlen, "cannot write %.200s: %s", tmp, strerror(errno));
-        goto out_unlink;
-    }
-    fd = -1;
-    if (rename(tmp, path) < 0) {
-        rc = -errno;
-        snprintf(err, errlen, "cannot rename a temporary file over %.200s: %s", path,
-                 strerror(errno));
-        goto out_unlink;
-    }
-    /* The rename is done: the file is changed. A failed directory fsync only
-     * weakens durability across a power loss, so it is logged, not failed. */
-    dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0 || fsync(dfd) < 0)
-        lx_warn("admin: cannot fsync directory %s: %s", dir, strerror(errno));
-    if (dfd >= 0)
-        close(dfd);
-    goto out_dir;
-
-out_unlink:
-    if (fd >= 0)
-        close(fd);
-    unlink(tmp);
-out_dir:
-    free(dir);
-    return rc;
-}
-
-/*
- * Sets the config file's entry "models"[<model>] to <entry>, or removes it
- * when <entry> is NULL; every other key of the file is kept as it is on disk
- * now. Returns 0, or a negative error with <err> filled (file untouched).
- */
-static int persist(const char *path, const char *model, json_t *entry, char *err, size_t errlen)
-{
-    char real[PATH_MAX];
-    struct stat sb;
-    json_error_t je;
-    json_t *root = NULL, *models;
-    char *text = NULL;
-    size_t len;
-    int rc = LX_EINVAL;
-
-    if (!realpath(path, real) || stat(real, &sb) < 0) {
-        rc = -errno;
-        snprintf(err, errlen, "config file %.200s: %s", path, strerror(errno));
-        return rc;
-    }
-    root = json_load_file(real, JSON_REJECT_DUPLICATES, &je);
-    if (!root) {
-        snprintf(err, errlen, "config file %.200s:%d:%d: %.150s", real, je.line, je.column,
-                 je.text);
-        return LX_EINVAL;
-    }
-    models = json_object_get(root, "models");
-    if (!json_is_object(root) || (models && !json_is_object(models))) {
-        snprintf(err, errlen, "config file %.200s: %s is not a JSON object", real,
-                 json_is_object(root) ? "\"models\"" : "the file");
-        goto out;
-    }
-    if (!models) {
-        models = json_object();
-        json_object_set_new(root, "models", models);
-    }
-    if (!entry) {
-        json_object_del(models, model); /* absent (e.g. a VLLM_NODES pool): nothing to do */
-    } else if (json_object_set(models, model, entry) < 0) {
-        snprintf(err, errlen, "config file %.200s: cannot store model \"%.100s\"", real, model);
-        goto out;
-    }
-    text = json_dumps(root, JSON_INDENT(2) | JSON_REAL_PRECISION(15));
-    if (!text) {
-        snprintf(err, errlen, "config file %.200s: cannot serialise it", real);
-        goto out;
-    }
-    len = strlen(text);
-    text = lx_realloc(text, len + 2);
-    text[len++] = '\n';
-    text[len] = '\0';
-    rc = file_replace(real, text, len, &sb, err, errlen);
-out:
-    free(text);
-    json_decref(root);
-    return rc;
 }
 
 /* ---- answers ---------------------------------------------------------- */
@@ -526,30 +368,10 @@ static void carry_drained(struct lx_registry *reg, struct lx_registry *prev)
     }
 }
 
-/*
- * Waits (at most 1 s) until every worker has taken the snapshot handed to it
- * by lx_gateway_set_registry(): a worker takes it in its wake callback and
- * switches before it handles anything else, so once this returns, every new
- * request uses the new pools, and the answer to the change can say so.
- */
-static void wait_adopted(struct lx_gateway *gw)
+/* lx_gateway_install()'s completion: every worker has switched. */
+static void on_installed(void *arg)
 {
-    uint64_t deadline = uv_hrtime() + 1000000000ULL;
-
-    for (int i = 0; i < gw->n_workers; i++) {
-        struct lx_worker *w = &gw->workers[i];
-
-        for (;;) {
-            bool pending;
-
-            uv_mutex_lock(&w->wake_lock);
-            pending = w->next_reg != NULL;
-            uv_mutex_unlock(&w->wake_lock);
-            if (!pending || uv_hrtime() > deadline)
-                break;
-            nanosleep(&(struct timespec){0, 100000}, NULL); /* 100 us */
-        }
-    }
+    uv_sem_post(arg);
 }
 
 /*
@@ -567,6 +389,7 @@ static int change(struct admin_job *job, size_t at, struct lx_conf_pool *np, jso
     struct lx_conf_pool *pools = lx_calloc(n + 1, sizeof(*pools));
     json_t **src = lx_calloc(n + 1, sizeof(*src));
     struct lx_registry *reg;
+    uv_sem_t installed;
     char err[400];
     int rc = 0;
 
@@ -590,7 +413,8 @@ static int change(struct admin_job *job, size_t at, struct lx_conf_pool *np, jso
     }
     carry_drained(reg, gw->reg);
     if (gw->conf->config_path)
-        rc = persist(gw->conf->config_path, model, np ? nsrc : NULL, err, sizeof(err));
+        rc = lx_conf_file_set_model(gw->conf->config_path, model, np ? nsrc : NULL, err,
+                                    sizeof(err));
     if (rc < 0) {
         lx_error("admin: change of model %s refused, the config file was not written: %s "
                  "[request %s]",
@@ -600,11 +424,13 @@ static int change(struct admin_job *job, size_t at, struct lx_conf_pool *np, jso
         lx_registry_unref(reg);
         goto out_error;
     }
-    lx_gateway_set_registry(gw, reg);
-    if (gw->health)
-        lx_health_set_registry(gw->health, reg);
+    /* The answer leaves once every worker has switched, so the client's next
+     * request sees the change. */
+    uv_sem_init(&installed, 0);
+    lx_gateway_install(gw, reg, on_installed, &installed);
+    uv_sem_wait(&installed);
+    uv_sem_destroy(&installed);
     lx_registry_unref(reg);
-    wait_adopted(gw);
     if (at < st.n) {
         lx_conf_pool_free(&st.pools[at]);
         json_decref(st.src[at]);
