@@ -2,7 +2,7 @@
  * admin.c - the admin API; see admin.h, and docs/ADMIN.md for the user's view.
  *
  * A request is authenticated, routed and its JSON body parsed on its worker's
- * loop (lx_obs_admin). The operation then runs on the libuv threadpool
+ * loop (lx_admin_handle). The operation then runs on the libuv threadpool
  * (on_work) under the admin lock, and the answer leaves from the worker's
  * loop again (on_after_work). So a worker never blocks on the lock or on the
  * config file's fsyncs, and admin calls arriving on different workers are
@@ -847,7 +847,7 @@ out_method:
     return 405;
 }
 
-void lx_obs_admin(struct lx_worker *w, struct lx_http_req *req, const char *rid)
+void lx_admin_handle(struct lx_worker *w, struct lx_http_req *req, const char *rid)
 {
     const char *token = w->gw->conf->admin_token;
     size_t plen = req->path_only_len;

@@ -22,7 +22,7 @@ struct lx_health;
  * lock, the config file write with its fsyncs) runs on the libuv threadpool,
  * so a worker's loop never waits for it.
  */
-void lx_obs_admin(struct lx_worker *w, struct lx_http_req *req, const char *rid);
+void lx_admin_handle(struct lx_worker *w, struct lx_http_req *req, const char *rid);
 
 /* The admin lock, for code outside this module that replaces gw->reg (the
  * SIGHUP reload). Not recursive. Any thread. */

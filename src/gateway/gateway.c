@@ -270,7 +270,7 @@ static void gateway_handle(struct lx_http_req *req, void *arg)
         return;
     }
     if (plen >= 7 && memcmp(req->path, "/admin/", 7) == 0) {
-        lx_obs_admin(w, req, rid);
+        lx_admin_handle(w, req, rid);
         return;
     }
     if (path_is(req->path, plen, "/stats")) {

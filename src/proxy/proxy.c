@@ -62,6 +62,9 @@
 
 enum px_state { PX_QUEUED, PX_PICK, PX_PARKED, PX_EXCHANGE, PX_RELAY, PX_BACKOFF, PX_DONE };
 
+static const char *const state_names[] = {"QUEUED", "PICK",    "PARKED", "EXCHANGE",
+                                          "RELAY",  "BACKOFF", "DONE"};
+
 /* The answers the gateway makes itself, when no node's answer is relayed. */
 enum px_answer { ANS_QUEUE_FULL, ANS_QUEUE_TIMEOUT, ANS_NO_NODE, ANS_TOTAL_TIMEOUT, ANS_OVERLOADED };
 
@@ -610,6 +613,8 @@ static void px_enter(struct lx_proxy *p, enum px_state next)
     uint64_t ms;
 
     LX_ASSERT(prev != PX_DONE);
+    if (p->env->trace)
+        p->env->trace(p->env, p->request_id, state_names[prev], state_names[next]);
     /* Leaving an exchange for anything but its relay ends it. */
     if ((prev == PX_EXCHANGE || prev == PX_RELAY) && next != PX_RELAY)
         exchange_end(p, &p->ex);
@@ -997,7 +1002,7 @@ void lx_proxy_start(struct lx_proxy_env *env, struct lx_http_req *req, struct lx
     struct lx_proxy *p = lx_calloc(1, sizeof(*p));
     const struct lx_http_header *session = lx_http_req_header(req, "x-session-id");
 
-    p->state = PX_PICK; /* until admission says otherwise */
+    p->state = PX_PICK; /* until admission says otherwise: never traced as a change */
     p->env = env;
     p->client = req;
     p->reg = lx_registry_ref(env->reg);

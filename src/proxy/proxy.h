@@ -31,6 +31,12 @@ struct lx_proxy_env {
     struct lx_registry *reg;         /* this worker's newest snapshot (the gateway's reference) */
     struct lx_mailbox *mailbox;      /* wakes from other threads land here */
     uint64_t rng;                    /* lx_rand_next() state */
+    /* Optional (tests): called on every state change of a request, with the
+     * states' names ("QUEUED", "PICK", "PARKED", "EXCHANGE", "RELAY",
+     * "BACKOFF", "DONE"). */
+    void (*trace)(struct lx_proxy_env *env, const char *request_id, const char *from,
+                  const char *to);
+    void *trace_arg;
 };
 
 /*
