@@ -3,6 +3,7 @@
  *
  * States (enum px_state) and what moves a request between them:
  *
+ *   NEW       arrived: admission decides -> PICK, QUEUED, or DONE (429).
  *   QUEUED    waits for an admission slot (MAX_CONCURRENT_REQUESTS) in the
  *             process-wide FIFO (MAX_QUEUE_SIZE; full: 429). Granted -> PICK.
  *   PICK      chooses a node of the pool (passing through, never rests):
@@ -60,10 +61,12 @@
 #define RETRY_BACKOFF_MS 10      /* before the 2nd attempt; doubles per retry */
 #define RETRY_BACKOFF_MAX_MS 200
 
-enum px_state { PX_QUEUED, PX_PICK, PX_PARKED, PX_EXCHANGE, PX_RELAY, PX_BACKOFF, PX_DONE };
+enum px_state {
+    PX_NEW, PX_QUEUED, PX_PICK, PX_PARKED, PX_EXCHANGE, PX_RELAY, PX_BACKOFF, PX_DONE
+};
 
-static const char *const state_names[] = {"QUEUED", "PICK",    "PARKED", "EXCHANGE",
-                                          "RELAY",  "BACKOFF", "DONE"};
+static const char *const state_names[] = {"NEW",   "QUEUED",  "PICK", "PARKED", "EXCHANGE",
+                                          "RELAY", "BACKOFF", "DONE"};
 
 /* The answers the gateway makes itself, when no node's answer is relayed. */
 enum px_answer { ANS_QUEUE_FULL, ANS_QUEUE_TIMEOUT, ANS_NO_NODE, ANS_TOTAL_TIMEOUT, ANS_OVERLOADED };
@@ -679,6 +682,7 @@ static void on_timer(uv_timer_t *t)
     case PX_EXCHANGE:
     case PX_RELAY:
         break;
+    case PX_NEW:
     case PX_PICK:
     case PX_DONE:
         return;
@@ -1002,7 +1006,7 @@ void lx_proxy_start(struct lx_proxy_env *env, struct lx_http_req *req, struct lx
     struct lx_proxy *p = lx_calloc(1, sizeof(*p));
     const struct lx_http_header *session = lx_http_req_header(req, "x-session-id");
 
-    p->state = PX_PICK; /* until admission says otherwise: never traced as a change */
+    p->state = PX_NEW;
     p->env = env;
     p->client = req;
     p->reg = lx_registry_ref(env->reg);

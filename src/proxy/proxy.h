@@ -32,8 +32,8 @@ struct lx_proxy_env {
     struct lx_mailbox *mailbox;      /* wakes from other threads land here */
     uint64_t rng;                    /* lx_rand_next() state */
     /* Optional (tests): called on every state change of a request, with the
-     * states' names ("QUEUED", "PICK", "PARKED", "EXCHANGE", "RELAY",
-     * "BACKOFF", "DONE"). */
+     * states' names ("NEW", "QUEUED", "PICK", "PARKED", "EXCHANGE",
+     * "RELAY", "BACKOFF", "DONE"). */
     void (*trace)(struct lx_proxy_env *env, const char *request_id, const char *from,
                   const char *to);
     void *trace_arg;
