@@ -639,6 +639,7 @@ static void px_enter(struct lx_proxy *p, enum px_state next)
     case PX_EXCHANGE:
         exchange_start(p, &p->ex);
         break;
+    case PX_NEW: /* never entered */
     case PX_RELAY:
         break;
     case PX_BACKOFF:
