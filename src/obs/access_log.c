@@ -89,6 +89,7 @@ void lx_access_log_write(const struct lx_access_entry *e)
     str_field(&b, "node", e->node);
     lx_buf_appendf(&b, ",\"status\":%d,\"stream\":%s,\"retries\":%d", e->status,
                    e->stream ? "true" : "false", e->retries);
+    str_field(&b, "error", e->error);
     secs_field(&b, "queue_wait_s", e->queue_wait_s);
     secs_field(&b, "ttft_s", e->ttft_s);
     secs_field(&b, "total_s", e->total_s);

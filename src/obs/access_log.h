@@ -19,6 +19,8 @@ struct lx_access_entry {
     const char *model;         /* the model asked for, "" when none */
     const char *node;          /* node that answered (or was tried last), NULL = none */
     int status;                /* sent to the client; 499 = client went away first */
+    const char *error;         /* the error code llmux answered or ended a stream with
+                                  (failure.h, the proxy's own answers), NULL = none */
     int retries;
     double queue_wait_s;       /* < 0 = did not wait */
     double ttft_s;             /* < 0 = not a stream or no token */

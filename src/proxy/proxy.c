@@ -126,6 +126,7 @@ struct lx_proxy {
     struct lx_buf tail;             /* end of a non-streamed body (usage) */
     struct lx_usage usage;
     int status;                     /* status sent to the client, 0 = none yet */
+    const char *error;              /* error code llmux answered or broke a stream with */
     uint64_t t_start_ns;            /* arrival */
     uint64_t t_admit_ns;            /* admission slot taken (held until DONE), 0 = not yet */
     uint64_t t_first_ns;            /* first body byte relayed, 0 = none */
@@ -379,6 +380,7 @@ static void proxy_account(struct lx_proxy *p)
         .model = p->asked_model,
         .node = p->last_node[0] ? p->last_node : NULL,
         .status = status,
+        .error = p->error,
         .retries = p->attempts > 1 ? p->attempts - 1 : 0,
         .queue_wait_s = p->t_admit_ns > p->t_start_ns + 1000000
                             ? (double)(p->t_admit_ns - p->t_start_ns) / 1e9
@@ -417,6 +419,7 @@ static void proxy_reply(struct lx_proxy *p, int status, const char *type, const 
     }
     if (reject >= 0)
         lx_metrics_reject(p->env->metrics, (enum lx_reject)reject);
+    p->error = code;
     if (p->client) {
         p->status = status;
         p->client->on_abort = NULL;
@@ -883,6 +886,7 @@ static void relay_break(struct lx_proxy *p, bool node_broke, const char *code, c
 
     if (node_broke)
         exchange_count_error(p, &p->ex, LX_FAIL_STREAM_BROKEN);
+    p->error = code;
     px_enter(p, PX_DONE); /* the node first, as in up_on_done */
     if (sse) {
         struct lx_buf ev;

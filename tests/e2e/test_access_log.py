@@ -63,3 +63,18 @@ def test_access_log_lines(procs, tmp_path):
     text = log.read_text()
     for secret in (SECRET, API_KEY, PROMPT):
         assert secret not in text
+    assert plain["error"] is None and unauth["error"] is None
+
+
+def test_access_log_names_the_error_llmux_answered(procs, tmp_path, closed_port):
+    """`error` carries the code of the error llmux answered with (the failure
+    table's for a node that failed, the gateway's own otherwise)."""
+    log = tmp_path / "access.log"
+    lx = procs.llmux(["http://127.0.0.1:%d" % closed_port],
+                     args=["--access-log", log], env={"MAX_RETRIES": "0"})
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    r = lx.client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 502, r.text
+    code = r.json()["error"]["code"]
+    [line] = read_lines(log, 1)
+    assert line["status"] == 502 and line["error"] == code == "upstream_unreachable"
