@@ -414,6 +414,7 @@ out:
  * above ASCII become a 0x80 byte: no key we look for contains one. */
 static size_t decode_key(const char *k, size_t n, char *buf)
 {
+    static const char named[] = "bfnrt", meaning[] = "\b\f\n\r\t";
     const char *end = k + n;
     size_t len = 0;
     long cu;
@@ -425,30 +426,15 @@ static size_t decode_key(const char *k, size_t n, char *buf)
             buf[len++] = *k++;
             continue;
         }
-        switch (k[1]) {
-        case 'b':
-            buf[len++] = '\b';
-            break;
-        case 'f':
-            buf[len++] = '\f';
-            break;
-        case 'n':
-            buf[len++] = '\n';
-            break;
-        case 'r':
-            buf[len++] = '\r';
-            break;
-        case 't':
-            buf[len++] = '\t';
-            break;
-        case 'u':
+        if (k[1] == 'u') {
             cu = hex4(k + 2, end);
             buf[len++] = cu >= 0 && cu < 0x80 ? (char)cu : (char)0x80;
             k += 4;
-            break;
-        default: /* '"', '\\', '/' stand for themselves */
-            buf[len++] = k[1];
-            break;
+        } else {
+            /* b f n r t name control characters; '"', '\\', '/' stand for themselves. */
+            const char *e = memchr(named, k[1], sizeof(named) - 1);
+
+            buf[len++] = e ? meaning[e - named] : k[1];
         }
         k += 2;
     }
