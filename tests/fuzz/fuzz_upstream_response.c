@@ -54,11 +54,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <uv.h>
 
+#include "../loop_probe.h"
 #include "core/log.h"
 #include "http/upstream.h"
 
@@ -294,50 +294,14 @@ static const struct lx_upstream_cbs cbs = {on_head, on_body, on_done, on_error, 
 
 /* ---- the loop, the client's sockets and the node's ------------------- */
 
-struct walk {
-    int open_tcp;  /* TCP handles not closing */
-    int handles;   /* every handle, closing or not */
-    int unread;    /* bytes the client has not read yet */
-    size_t queued; /* bytes the client has queued to write */
-};
-
-static void on_walk(uv_handle_t *h, void *arg)
+static struct loop_probe walk_loop(void)
 {
-    struct walk *w = arg;
-    uv_os_fd_t fd;
-    int n = 0;
-
-    w->handles++;
-    if (h->type != UV_TCP || uv_is_closing(h))
-        return;
-    w->open_tcp++;
-    w->queued += uv_stream_get_write_queue_size((uv_stream_t *)h);
-    if (uv_fileno(h, &fd) == 0 && ioctl(fd, FIONREAD, &n) == 0)
-        w->unread += n;
-}
-
-static struct walk walk_loop(void)
-{
-    struct walk w = {0, 0, 0, 0};
-
-    uv_walk(&loop, on_walk, &w);
-    return w;
+    return loop_probe(&loop);
 }
 
 static size_t write_queued(void)
 {
     return walk_loop().queued;
-}
-
-/* A small send buffer on the client's sockets (autotuning would grow it to
- * megabytes), so that a big request does not fit. */
-static void on_walk_sndbuf(uv_handle_t *h, void *arg)
-{
-    int size = 4096;
-    uv_os_fd_t fd;
-
-    if (h->type == UV_TCP && !uv_is_closing(h) && uv_fileno(h, &fd) == 0)
-        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
 }
 
 /* One loop turn; then a paused exchange is resumed. */
@@ -505,7 +469,7 @@ static void run_exchange(struct exchange *ex, struct lx_upstream_pool *pool, str
     lx_upstream_send(pool, &node, &ex->ur);
     in_call--;
     if (big)
-        uv_walk(&loop, on_walk_sndbuf, NULL);
+        loop_probe_set_sndbuf(&loop, 4096); /* the request does not fit at once */
     /* Paused before the connection is even up, now and then. */
     if ((flags & 4) && (next_rand(&rng) & 1))
         up_pause(ex);
