@@ -105,8 +105,8 @@ $(BUILD)/tests/fuzz/%.o: tests/fuzz/%.c
 	@mkdir -p $(dir $@)
 	$(Q)$(CC) $(CFLAGS) -Isrc -c -o $@ $<
 
-# libFuzzer builds (clang).
-build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(LIB_SRC)
+# libFuzzer builds (clang); the test headers they include are prerequisites.
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(LIB_SRC) $(wildcard tests/fuzz/*.h tests/*.h)
 	@mkdir -p $(dir $@)
 	$(Q)clang -g -O1 -fsanitize=fuzzer,address,undefined -std=gnu11 -D_GNU_SOURCE -Isrc \
 	    $(PKG_CFLAGS) -o $@ $< $(LIB_SRC) $(PKG_LIBS)

@@ -63,13 +63,14 @@
 #include <unistd.h>
 #include <uv.h>
 
+#define FUZZ_NAME "fuzz_http_request"
 #include "core/log.h"
+#include "fuzz_util.h"
 #include "http/server.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define MAX_TURNS 2000              /* loop turns an input may take before it is a hang */
-#define MAX_PIECES 64               /* writes an input is cut into, at most */
 #define DRAIN_LOW_WATER (64 * 1024) /* server.c's: on_drain fires below it */
 #define SLOW_READ 4096              /* bytes a slow client reads per turn */
 
@@ -96,24 +97,6 @@ static uint32_t rng;           /* the handler's choices, seeded per input */
 static volatile unsigned sink; /* keeps reads of request bytes */
 static bool closing_sent;      /* a response that closes the connection ended */
 static char big[16 * 1024];    /* body pieces of the big response */
-
-static uint32_t next_rand(uint32_t *s)
-{
-    /* xorshift32: a fixed sequence per seed, so an input replays exactly. */
-    uint32_t x = *s ? *s : 0x9e3779b9u;
-
-    x ^= x << 13;
-    x ^= x >> 17;
-    x ^= x << 5;
-    *s = x;
-    return x;
-}
-
-static void fail(const char *what)
-{
-    fprintf(stderr, "fuzz_http_request: invariant broken: %s\n", what);
-    abort();
-}
 
 /* Reads every byte the handler may read, so ASan sees a stale view. */
 static void check_req(struct lx_http_req *req, const struct server *s)
@@ -405,7 +388,6 @@ static void init(void)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    static const size_t max_piece[8] = {SIZE_MAX, 1, 2, 7, 16, 64, 300, 1500};
     static bool ready;
     struct server *s;
     struct client cl = {-1, false, 0, {0}};
@@ -424,9 +406,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     flags = data[0];
     cut = data[1];
     len = size - 2;
-    /* An exact-size copy: ASan sees a read one byte past it. */
-    in = malloc(len ? len : 1);
-    memcpy(in, data + 2, len);
+    in = fuzz_copy(data + 2, len);
     s = &servers[(flags >> 3) & 1];
     rng = flags * 0x01000193u + 1;
     closing_sent = false;
@@ -445,15 +425,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         fail("lx_http_server_adopt");
 
     while (off < len && lx_http_server_conns(s->srv) > 0) {
-        size_t n = len - off;
+        size_t n = fuzz_piece_len(cut, &cut_rng, &pieces, len - off);
         ssize_t w;
 
-        /* Past MAX_PIECES the rest goes at once: each piece costs loop turns. */
-        if ((cut & 7) && ++pieces < MAX_PIECES) {
-            size_t piece = 1 + next_rand(&cut_rng) % max_piece[cut & 7];
-
-            n = LX_MIN(n, piece);
-        }
         w = send(cl.fd, in + off, n, MSG_NOSIGNAL);
         if (w < 0 && errno != EAGAIN)
             break; /* the server closed: the rest has nowhere to go */

@@ -54,19 +54,20 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <uv.h>
 
+#define FUZZ_NAME "fuzz_upstream_response"
+#include "../loop_probe.h"
 #include "core/log.h"
+#include "fuzz_util.h"
 #include "http/upstream.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define MAX_EXCHANGES 4
 #define MAX_TURNS 2000        /* loop turns an input may take before it is a hang */
-#define MAX_PIECES 64         /* writes an answer is cut into, at most */
 #define BIG_BODY (256 * 1024) /* a request body the socket does not take at once */
 #define SEP "\n##\n"
 
@@ -102,24 +103,6 @@ static struct exchange *current; /* the exchange being driven */
 static uint32_t rng;             /* the harness's choices, seeded per input */
 static volatile unsigned sink;   /* keeps reads of response bytes */
 static char big_body[BIG_BODY];
-
-static uint32_t next_rand(uint32_t *s)
-{
-    /* xorshift32: a fixed sequence per seed, so an input replays exactly. */
-    uint32_t x = *s ? *s : 0x9e3779b9u;
-
-    x ^= x << 13;
-    x ^= x >> 17;
-    x ^= x << 5;
-    *s = x;
-    return x;
-}
-
-static void fail(const char *what)
-{
-    fprintf(stderr, "fuzz_upstream_response: invariant broken: %s\n", what);
-    abort();
-}
 
 /* ---- calls into upstream.c (never re-entered by a callback) ---------- */
 
@@ -157,11 +140,11 @@ static struct exchange *cb_enter(void *ctx, const char *who)
     struct exchange *ex = ctx;
 
     if (in_call) {
-        fprintf(stderr, "fuzz_upstream_response: %s\n", who);
+        fprintf(stderr, FUZZ_NAME ": %s\n", who);
         fail("callback inside a call the harness made");
     }
     if (ex->outcome != OUT_NONE) {
-        fprintf(stderr, "fuzz_upstream_response: %s\n", who);
+        fprintf(stderr, FUZZ_NAME ": %s\n", who);
         fail("callback after the exchange ended");
     }
     return ex;
@@ -294,50 +277,14 @@ static const struct lx_upstream_cbs cbs = {on_head, on_body, on_done, on_error, 
 
 /* ---- the loop, the client's sockets and the node's ------------------- */
 
-struct walk {
-    int open_tcp;  /* TCP handles not closing */
-    int handles;   /* every handle, closing or not */
-    int unread;    /* bytes the client has not read yet */
-    size_t queued; /* bytes the client has queued to write */
-};
-
-static void on_walk(uv_handle_t *h, void *arg)
+static struct loop_probe walk_loop(void)
 {
-    struct walk *w = arg;
-    uv_os_fd_t fd;
-    int n = 0;
-
-    w->handles++;
-    if (h->type != UV_TCP || uv_is_closing(h))
-        return;
-    w->open_tcp++;
-    w->queued += uv_stream_get_write_queue_size((uv_stream_t *)h);
-    if (uv_fileno(h, &fd) == 0 && ioctl(fd, FIONREAD, &n) == 0)
-        w->unread += n;
-}
-
-static struct walk walk_loop(void)
-{
-    struct walk w = {0, 0, 0, 0};
-
-    uv_walk(&loop, on_walk, &w);
-    return w;
+    return loop_probe(&loop);
 }
 
 static size_t write_queued(void)
 {
     return walk_loop().queued;
-}
-
-/* A small send buffer on the client's sockets (autotuning would grow it to
- * megabytes), so that a big request does not fit. */
-static void on_walk_sndbuf(uv_handle_t *h, void *arg)
-{
-    int size = 4096;
-    uv_os_fd_t fd;
-
-    if (h->type == UV_TCP && !uv_is_closing(h) && uv_fileno(h, &fd) == 0)
-        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
 }
 
 /* One loop turn; then a paused exchange is resumed. */
@@ -445,16 +392,9 @@ static void init(void)
 static void node_write_piece(struct node_side *ns, const char *ans, size_t len, uint8_t cut,
                              uint32_t *cut_rng, int *turns)
 {
-    static const size_t max_piece[8] = {SIZE_MAX, 1, 2, 7, 16, 64, 300, 1500};
-    size_t n = len - ns->off;
+    size_t n = fuzz_piece_len(cut, cut_rng, &ns->pieces, len - ns->off);
     ssize_t w;
 
-    /* Past MAX_PIECES the rest goes at once: each piece costs loop turns. */
-    if ((cut & 7) && ++ns->pieces < MAX_PIECES) {
-        size_t piece = 1 + next_rand(cut_rng) % max_piece[cut & 7];
-
-        n = LX_MIN(n, piece);
-    }
     w = send(ns->fd, ans + ns->off, n, MSG_NOSIGNAL);
     if (w < 0 && errno != EAGAIN) {
         /* The client closed (cancel, error, or it is done with us). */
@@ -505,7 +445,7 @@ static void run_exchange(struct exchange *ex, struct lx_upstream_pool *pool, str
     lx_upstream_send(pool, &node, &ex->ur);
     in_call--;
     if (big)
-        uv_walk(&loop, on_walk_sndbuf, NULL);
+        loop_probe_set_sndbuf(&loop, 4096); /* the request does not fit at once */
     /* Paused before the connection is even up, now and then. */
     if ((flags & 4) && (next_rand(&rng) & 1))
         up_pause(ex);
@@ -571,9 +511,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size < 2)
         return 0;
     len = size - 2;
-    /* An exact-size copy: ASan sees a read one byte past it. */
-    in = malloc(len ? len : 1);
-    memcpy(in, data + 2, len);
+    in = fuzz_copy(data + 2, len);
     rng = data[0] * 0x01000193u + data[1] + 1;
     pool = lx_upstream_pool_new(&loop, 60000);
 
