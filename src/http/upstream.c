@@ -446,7 +446,8 @@ static void conn_send(struct up_conn *c)
     lx_headers_reset(&c->hd, UP_HEAD_MAX);
     http_parser_init(&c->parser, HTTP_RESPONSE);
     c->parser.data = c;
-    timer_set(c, ur->timeouts.first_byte_ms);
+    /* A pause before the connection was up holds the clock too. */
+    timer_set(c, ur->paused ? 0 : ur->timeouts.first_byte_ms);
     if (!c->reading) {
         /* Never started yet counts as paused. */
         c->reading = true;
@@ -662,6 +663,6 @@ void lx_upstream_resume(struct lx_upstream_req *ur)
     if (c && c->state == UP_ACTIVE && c->reading_paused) {
         c->reading_paused = false;
         uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
-        timer_set(c, c->got_byte ? ur->timeouts.idle_ms : ur->timeouts.first_byte_ms);
+        timer_set(c, c->got_head ? ur->timeouts.idle_ms : ur->timeouts.first_byte_ms);
     }
 }

@@ -15,9 +15,6 @@
  *
  * Every callback checks that it does not run inside a call the test made into
  * upstream.c, nor after its exchange ended (on_done, on_error, cancel).
- *
- * Two tests show known bugs of upstream.c (pause before the connection is up,
- * resume inside the head); they are skipped unless LX_TEST_KNOWN_BUGS=1.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -1045,32 +1042,16 @@ static void test_pause_in_body(void **state)
 }
 
 /*
- * KNOWN BUGS in src/http/upstream.c, shown by the two tests below: they fail
- * against it and are skipped unless LX_TEST_KNOWN_BUGS=1 is set. Remove the
- * skip with the fix. Neither path is reached by the proxy today (it pauses
- * only from on_body), but both break the header's contract.
- */
-static void known_bug(const char *what)
-{
-    if (!getenv("LX_TEST_KNOWN_BUGS")) {
-        print_message("  KNOWN BUG, skipped (LX_TEST_KNOWN_BUGS=1 runs it): %s\n", what);
-        skip();
-    }
-}
-
-/*
- * Paused before the connection is up: conn_send() arms first_byte_ms even
- * though reading stays stopped, so a node that answered at once is reported
- * as LX_UP_TIMEOUT (blamed on the node) while the client holds it back. A
- * pause after the connection is up stops the timer. Fix: in conn_send(),
- * timer_set(c, ur->paused ? 0 : ur->timeouts.first_byte_ms).
+ * Paused before the connection is up: the first-byte clock must not run while
+ * reading is stopped, or a node that answered at once is reported as
+ * LX_UP_TIMEOUT (blamed on the node) while the client holds it back. (A bug
+ * this test found: conn_send() armed first_byte_ms regardless.)
  */
 static void test_pause_before_connected_no_timeout(void **state)
 {
     struct fixture *f;
     struct exchange *ex;
 
-    known_bug("a pause before connect still runs first_byte_ms");
     f = fixture_new(KEEP_MS);
     ex = ex_prep(f, 0);
     ex->ur.timeouts.first_byte_ms = SHORT_MS;
@@ -1086,10 +1067,9 @@ static void test_pause_before_connected_no_timeout(void **state)
 }
 
 /*
- * Paused and resumed inside the head: lx_upstream_resume() re-arms idle_ms
- * (got_byte) instead of first_byte_ms (got_head), so with idle_ms 0 a node
- * that stalls in its head is never timed out. Fix: in lx_upstream_resume(),
- * timer_set(c, c->got_head ? ur->timeouts.idle_ms : ur->timeouts.first_byte_ms).
+ * Paused and resumed inside the head: the head's deadline (first_byte_ms)
+ * still holds, so with idle_ms 0 a node that stalls in its head is timed out.
+ * (A bug this test found: resume re-armed idle_ms once any byte had come.)
  */
 static void test_resume_in_head_keeps_first_byte_timeout(void **state)
 {
@@ -1097,7 +1077,6 @@ static void test_resume_in_head_keeps_first_byte_timeout(void **state)
     struct fixture *f;
     struct exchange *ex;
 
-    known_bug("resume inside the head re-arms idle_ms, not first_byte_ms");
     f = fixture_new(KEEP_MS);
     ex = ex_prep(f, 0);
     ex->ur.timeouts.first_byte_ms = QUIET_MS;
