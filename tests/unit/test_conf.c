@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include <fcntl.h>
+#include <inttypes.h>
 #include <sched.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -23,6 +24,7 @@
 #include <unistd.h>
 
 #include "../../src/conf/conf.h"
+#include "../../src/conf/conf_internal.h"
 #include "../../src/core/lx.h"
 
 #define NO_DOTENV "/nonexistent-llmux-test-dir/.env"
@@ -166,6 +168,69 @@ static void test_defaults(void **state)
     assert_int_equal(s->max_concurrency, 0);
     assert_null(s->api_key);
     lx_conf_free(&c);
+}
+
+/* Every default in the settings table parses, and parsing it alone gives the
+ * value a load with nothing set has; printed back it is the same text, so
+ * --help shows what is stored. Rows without one leave their field unset. */
+static void test_defaults_roundtrip(void **state)
+{
+    const char *env[] = {"VLLM_NODES=http://a:8000", NULL};
+    struct lx_conf fresh;
+    size_t n_checked = 0;
+
+    expect_ok(&fresh, NULL, env, NULL);
+    for (size_t i = 0; i < lx_conf_n_settings; i++) {
+        const struct lx_conf_setting *s = &lx_conf_settings[i];
+        const char *name = s->env ? s->env : s->flag;
+        const char *want = (const char *)&fresh + s->off;
+        struct lx_conf_build b;
+        const char *got;
+        char text[64];
+
+        if (s->off == LX_CONF_NOFIELD) {
+            assert_null(s->def);
+            continue;
+        }
+        if (!s->def) {
+            if (s->kind != LX_CONF_K_INT && *(char *const *)(const void *)want)
+                fail_msg("%s: no default, but a fresh config has a value", name);
+            continue;
+        }
+        memset(&b, 0, sizeof(b));
+        if (lx_conf_set_text(&b, s, s->def, "default", errbuf, sizeof(errbuf)) < 0)
+            fail_msg("%s: the default \"%s\" does not parse: %s", name, s->def, errbuf);
+        got = (const char *)&b.conf + s->off;
+        switch (s->kind) {
+        case LX_CONF_K_INT:
+            assert_int_equal(*(const int *)(const void *)got, *(const int *)(const void *)want);
+            snprintf(text, sizeof(text), "%d", *(const int *)(const void *)got);
+            break;
+        case LX_CONF_K_U64:
+            assert_true(*(const uint64_t *)(const void *)got ==
+                        *(const uint64_t *)(const void *)want);
+            snprintf(text, sizeof(text), "%" PRIu64, *(const uint64_t *)(const void *)got);
+            break;
+        case LX_CONF_K_SECS:
+        case LX_CONF_K_SECS_OFF:
+        case LX_CONF_K_FLOAT:
+            assert_true(*(const double *)(const void *)got == *(const double *)(const void *)want);
+            snprintf(text, sizeof(text), "%g", *(const double *)(const void *)got);
+            break;
+        default:
+            assert_non_null(*(char *const *)(const void *)got);
+            assert_string_equal(*(char *const *)(const void *)got,
+                                *(char *const *)(const void *)want);
+            snprintf(text, sizeof(text), "%s", *(char *const *)(const void *)got);
+            break;
+        }
+        if (strcmp(text, s->def) != 0)
+            fail_msg("%s: the default \"%s\" is stored as \"%s\"", name, s->def, text);
+        lx_conf_free(&b.conf);
+        n_checked++;
+    }
+    assert_true(n_checked >= 25); /* the loop did run */
+    lx_conf_free(&fresh);
 }
 
 static void test_no_nodes(void **state)
@@ -1035,6 +1100,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_defaults, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_defaults_roundtrip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_nodes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_admin_token_differs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_layers, setup, teardown),
