@@ -546,7 +546,9 @@ static int on_headers_complete(http_parser *p)
     req->path_len = c->url.len - 1;
     /* Absolute form (RFC 9112 3.2.2), "http://host/path": a server must
      * accept it; the path is what routes. The authority ends at the first
-     * '/', '?' or '#'; a path must follow it. */
+     * '/', '?' or '#'; a path must follow it. Not http_parser_parse_url: it
+     * refuses authorities RFC 3986 allows ("host:" with an empty port,
+     * %-encoded or sub-delim names), which would turn those into 400s. */
     if (req->path_len > 7 && (strncasecmp(req->path, "http://", 7) == 0 ||
                               strncasecmp(req->path, "https://", 8) == 0)) {
         const char *auth = strstr(req->path, "://") + 3;
