@@ -29,6 +29,7 @@
 
 #include "../core/log.h"
 #include "../core/lx.h"
+#include "strategies.h"
 
 extern char **environ;
 
@@ -143,18 +144,16 @@ const struct lx_conf_setting lx_conf_settings[] = {
 
 const size_t lx_conf_n_settings = ARRAY_SIZE(lx_conf_settings);
 
+/* Every accepted strategy name and the canonical one it stands for. */
 static const struct {
     const char *name;
     const char *canonical;
 } strategies[] = {
-    {"round_robin", "round_robin"},
-    {"least_loaded", "least_loaded"},
-    {"least_connection", "least_loaded"},
-    {"latency_based", "latency_based"},
-    {"random", "random"},
-    {"real_time_metrics", "real_time_metrics"},
-    {"power_of_two", "power_of_two"},
-    {"cache_aware", "cache_aware"},
+#define STRATEGY(name) {#name, #name},
+#define ALIAS(alias, name) {#alias, #name},
+    LX_STRATEGIES(STRATEGY) LX_STRATEGY_ALIASES(ALIAS)
+#undef STRATEGY
+#undef ALIAS
 };
 
 const char *lx_conf_strategy_canonical(const char *name)
@@ -326,10 +325,36 @@ void lx_conf_store_nodes(struct lx_conf_build *b, struct lx_conf_server *v, size
     b->has_nodes = true;
 }
 
+/* "round_robin, least_loaded (<alias_word>least_connection), ...": the
+ * strategies in list order, each alias in parentheses after its strategy. */
+static void strategy_names(char *buf, size_t len, const char *alias_word)
+{
+    size_t n = 0;
+
+    buf[0] = '\0';
+    for (size_t i = 0; i < ARRAY_SIZE(strategies); i++) {
+        if (strcmp(strategies[i].name, strategies[i].canonical) != 0)
+            continue;
+        n += (size_t)snprintf(buf + n, len - n, "%s%s", n ? ", " : "", strategies[i].name);
+        for (size_t k = 0; k < ARRAY_SIZE(strategies); k++)
+            if (k != i && strcmp(strategies[k].canonical, strategies[i].name) == 0)
+                n += (size_t)snprintf(buf + n, len - n, " (%s%s)", alias_word, strategies[k].name);
+        LX_ASSERT(n < len);
+    }
+}
+
+static char strategy_list[256];
+static pthread_once_t strategy_list_once = PTHREAD_ONCE_INIT;
+
+static void strategy_list_build(void)
+{
+    strategy_names(strategy_list, sizeof(strategy_list), "");
+}
+
 const char *lx_conf_strategy_list(void)
 {
-    return "round_robin, least_loaded (least_connection), latency_based, random, "
-           "real_time_metrics, power_of_two, cache_aware";
+    pthread_once(&strategy_list_once, strategy_list_build);
+    return strategy_list;
 }
 
 /* ---- layers ---- */
@@ -726,8 +751,9 @@ static const char *default_text(const struct lx_conf_setting *s, char *buf, size
 static void usage_build(void)
 {
     size_t len = 0, cap = sizeof(usage_text);
-    char buf[128];
+    char buf[128], line[512];
     const char *def;
+    size_t col = 0, wl;
 
 #define ADD(...)                                                                                   \
     do {                                                                                           \
@@ -761,8 +787,24 @@ static void usage_build(void)
         else if (def)
             ADD("  %-30s default: %s\n", "", def);
     }
-    ADD("\nStrategies: round_robin, least_loaded (alias least_connection), latency_based,\n"
-        "random, real_time_metrics, power_of_two, cache_aware.\n");
+    /* "Strategies: ..." wrapped at 80 columns. */
+    wl = (size_t)snprintf(line, sizeof(line), "Strategies: ");
+    strategy_names(line + wl, sizeof(line) - wl - 1, "alias ");
+    strcat(line, ".");
+    ADD("\n");
+    for (const char *w = line; *w; w += wl + (w[wl] == ' ')) {
+        wl = strcspn(w, " ");
+        if (col > 0 && col + 1 + wl > 80) {
+            ADD("\n");
+            col = 0;
+        } else if (col > 0) {
+            ADD(" ");
+            col++;
+        }
+        ADD("%.*s", (int)wl, w);
+        col += wl;
+    }
+    ADD("\n");
     ADD("\nEnvironment variables without a flag:\n");
     for (size_t i = 0; i < lx_conf_n_settings; i++) {
         const struct lx_conf_setting *s = &lx_conf_settings[i];
