@@ -51,7 +51,7 @@ struct sim_fault {
 struct sim_call {
     struct sim_seq seq; /* the engine's view */
     struct sim_api *api;
-    struct lx_http_req *req;    /* borrowed until the response ends or on_abort */
+    struct lx_http_req *req;   /* borrowed until the response ends or on_abort */
     struct lx_list link;       /* api->calls */
     struct lx_list delay_link; /* api->delayed while DELAYED */
     enum call_state state;
@@ -77,12 +77,12 @@ struct sim_api {
     int handles_open;
     struct lx_list calls;   /* every live call */
     struct lx_list delayed; /* DELAYED calls, due time ascending */
-    struct lx_buf scratch;   /* response being built */
-    char *model_esc;         /* --model, JSON-escaped */
-    long long created;       /* process start, unix seconds */
-    double start_ms;         /* process start, engine clock */
-    uint64_t prng;           /* xorshift64* state for --error-rate */
-    bool dying;              /* --die-after reached: answer nothing more */
+    struct lx_buf scratch;  /* response being built */
+    char *model_esc;        /* --model, JSON-escaped */
+    long long created;      /* process start, unix seconds */
+    double start_ms;        /* process start, engine clock */
+    uint64_t prng;          /* xorshift64* state for --error-rate */
+    bool dying;             /* --die-after reached: answer nothing more */
 
     /* /sim/stats counters. */
     uint64_t http_requests; /* every request, any path */
@@ -658,7 +658,8 @@ static void on_delay_timer(uv_timer_t *t)
     double now = sim_now_ms();
 
     while (!lx_list_empty(&api->delayed) && !api->dying) {
-        struct sim_call *call = container_of(lx_list_first(&api->delayed), struct sim_call, delay_link);
+        struct sim_call *call =
+            container_of(lx_list_first(&api->delayed), struct sim_call, delay_link);
 
         if (call->due_ms > now + 1.0)
             break;

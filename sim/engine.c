@@ -34,7 +34,7 @@
 struct pc_entry {
     uint64_t hash;
     struct pc_entry *hnext; /* bucket chain */
-    struct lx_list lru;    /* most recent at the head */
+    struct lx_list lru;     /* most recent at the head */
 };
 
 struct prefix_cache {

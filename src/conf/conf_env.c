@@ -713,10 +713,12 @@ int lx_conf_url_parse(struct lx_conf_server *s, const char *url, char *why, size
         lx_conf_fmt(why, whylen, "%s", userinfo_why);
         return LX_EINVAL;
     }
-    if ((u.field_set & (1 << UF_PORT)) &&
-        port_parse(url + u.field_data[UF_PORT].off, u.field_data[UF_PORT].len, &port, why,
-                   whylen) < 0)
-        return LX_EINVAL;
+    if (u.field_set & (1 << UF_PORT)) {
+        const char *q = url + u.field_data[UF_PORT].off;
+
+        if (port_parse(q, u.field_data[UF_PORT].len, &port, why, whylen) < 0)
+            return LX_EINVAL;
+    }
     if (lx_conf_host_parse(host_at, host_len, &host, &hwhy) < 0) {
         lx_conf_fmt(why, whylen, "%s", hwhy);
         return LX_EINVAL;
