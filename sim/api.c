@@ -51,9 +51,9 @@ struct sim_fault {
 struct sim_call {
     struct sim_seq seq; /* the engine's view */
     struct sim_api *api;
-    struct lx_http_req *req;    /* borrowed until the response ends or on_abort */
-    struct sim_list link;       /* api->calls */
-    struct sim_list delay_link; /* api->delayed while DELAYED */
+    struct lx_http_req *req;   /* borrowed until the response ends or on_abort */
+    struct lx_list link;       /* api->calls */
+    struct lx_list delay_link; /* api->delayed while DELAYED */
     enum call_state state;
     enum call_kind kind;
     struct sim_fault fault;
@@ -75,14 +75,14 @@ struct sim_api {
     uv_timer_t delay_timer;     /* the earliest DELAYED call */
     uv_timer_t die_timer;       /* --die-after: exit(1) when it fires */
     int handles_open;
-    struct sim_list calls;   /* every live call */
-    struct sim_list delayed; /* DELAYED calls, due time ascending */
-    struct lx_buf scratch;   /* response being built */
-    char *model_esc;         /* --model, JSON-escaped */
-    long long created;       /* process start, unix seconds */
-    double start_ms;         /* process start, engine clock */
-    uint64_t prng;           /* xorshift64* state for --error-rate */
-    bool dying;              /* --die-after reached: answer nothing more */
+    struct lx_list calls;   /* every live call */
+    struct lx_list delayed; /* DELAYED calls, due time ascending */
+    struct lx_buf scratch;  /* response being built */
+    char *model_esc;        /* --model, JSON-escaped */
+    long long created;      /* process start, unix seconds */
+    double start_ms;        /* process start, engine clock */
+    uint64_t prng;          /* xorshift64* state for --error-rate */
+    bool dying;             /* --die-after reached: answer nothing more */
 
     /* /sim/stats counters. */
     uint64_t http_requests; /* every request, any path */
@@ -240,8 +240,8 @@ static struct sim_call *call_new(struct sim_api *api, struct lx_http_req *req, e
     call->req = req;
     call->kind = kind;
     call->state = CALL_NEW;
-    sim_list_init(&call->delay_link);
-    sim_list_add_tail(&api->calls, &call->link);
+    lx_list_init(&call->delay_link);
+    lx_list_push_back(&api->calls, &call->link);
     sim_prompt_init(&call->prompt, api->conf->block_size,
                     api->conf->max_model_len / api->conf->block_size + 1);
     req->data = call;
@@ -252,8 +252,8 @@ static void call_free(struct sim_call *call)
 {
     if (call->state == CALL_HUNG)
         call->api->hung--;
-    sim_list_del(&call->link);
-    sim_list_del(&call->delay_link);
+    lx_list_remove(&call->link);
+    lx_list_remove(&call->delay_link);
     sim_prompt_deinit(&call->prompt);
     free(call->model);
     free(call);
@@ -657,12 +657,13 @@ static void on_delay_timer(uv_timer_t *t)
     struct sim_api *api = container_of(t, struct sim_api, delay_timer);
     double now = sim_now_ms();
 
-    while (!sim_list_empty(&api->delayed) && !api->dying) {
-        struct sim_call *call = container_of(api->delayed.next, struct sim_call, delay_link);
+    while (!lx_list_empty(&api->delayed) && !api->dying) {
+        struct sim_call *call =
+            container_of(lx_list_first(&api->delayed), struct sim_call, delay_link);
 
         if (call->due_ms > now + 1.0)
             break;
-        sim_list_del(&call->delay_link);
+        lx_list_remove(&call->delay_link);
         call->state = CALL_NEW;
         call_proceed(call);
     }
@@ -674,11 +675,11 @@ static void delay_arm(struct sim_api *api)
     struct sim_call *head;
     double delay;
 
-    if (sim_list_empty(&api->delayed) || api->dying) {
+    if (lx_list_empty(&api->delayed) || api->dying) {
         uv_timer_stop(&api->delay_timer);
         return;
     }
-    head = container_of(api->delayed.next, struct sim_call, delay_link);
+    head = container_of(lx_list_first(&api->delayed), struct sim_call, delay_link);
     uv_update_time(api->loop);
     delay = head->due_ms - sim_now_ms();
     uv_timer_start(&api->delay_timer, on_delay_timer, delay > 0 ? (uint64_t)ceil(delay) : 0, 0);
@@ -687,7 +688,7 @@ static void delay_arm(struct sim_api *api)
 static void call_delay(struct sim_call *call, uint64_t ms)
 {
     struct sim_api *api = call->api;
-    struct sim_list *pos;
+    struct lx_list *pos;
 
     call->state = CALL_DELAYED;
     call->due_ms = sim_now_ms() + (double)ms;
@@ -695,10 +696,7 @@ static void call_delay(struct sim_call *call, uint64_t ms)
     for (pos = api->delayed.prev; pos != &api->delayed; pos = pos->prev)
         if (container_of(pos, struct sim_call, delay_link)->due_ms <= call->due_ms)
             break;
-    call->delay_link.prev = pos;
-    call->delay_link.next = pos->next;
-    pos->next->prev = &call->delay_link;
-    pos->next = &call->delay_link;
+    lx_list_insert_after(pos, &call->delay_link);
     delay_arm(api);
 }
 
@@ -850,8 +848,8 @@ struct sim_api *sim_api_new(uv_loop_t *loop, const struct sim_conf *conf)
     api->loop = loop;
     api->conf = conf;
     api->eng = sim_engine_new(loop, conf, &ops, api);
-    sim_list_init(&api->calls);
-    sim_list_init(&api->delayed);
+    lx_list_init(&api->calls);
+    lx_list_init(&api->delayed);
     lx_buf_init(&api->scratch, 0);
     api->model_esc = escape_dup(conf->model, strlen(conf->model));
     api->created = (long long)time(NULL);
@@ -885,8 +883,8 @@ void sim_api_close(struct sim_api *api)
 {
     /* The server is closed, so every call has had on_abort; any left is a
      * server bug, but must not leak. */
-    while (!sim_list_empty(&api->calls)) {
-        struct sim_call *call = container_of(api->calls.next, struct sim_call, link);
+    while (!lx_list_empty(&api->calls)) {
+        struct sim_call *call = container_of(lx_list_first(&api->calls), struct sim_call, link);
 
         lx_warn("llmux-sim %s: a call outlived the server; dropping it", api->conf->name);
         if (call->state == CALL_ENGINE)

@@ -34,7 +34,7 @@
 struct pc_entry {
     uint64_t hash;
     struct pc_entry *hnext; /* bucket chain */
-    struct sim_list lru;    /* most recent at the head */
+    struct lx_list lru;     /* most recent at the head */
 };
 
 struct prefix_cache {
@@ -43,7 +43,7 @@ struct prefix_cache {
     size_t mask;
     size_t cap;  /* entries, = KV capacity in blocks */
     size_t used; /* pool entries handed out so far */
-    struct sim_list lru;
+    struct lx_list lru;
 };
 
 struct sim_engine {
@@ -51,7 +51,7 @@ struct sim_engine {
     const struct sim_conf *conf;
     struct sim_engine_ops ops;
     void *ctx;
-    struct sim_list waiting, prefill, decode;
+    struct lx_list waiting, prefill, decode;
     unsigned n_waiting, n_prefill, n_decode;
     uint64_t kv_used, kv_total; /* blocks */
     double prefill_free_ms;     /* the prefill unit is busy until then */
@@ -80,7 +80,7 @@ static void pc_init(struct prefix_cache *pc, size_t cap)
     pc->mask = nb - 1;
     pc->pool = cap ? lx_calloc(cap, sizeof(*pc->pool)) : NULL;
     pc->buckets = lx_calloc(nb, sizeof(*pc->buckets));
-    sim_list_init(&pc->lru);
+    lx_list_init(&pc->lru);
 }
 
 static void pc_deinit(struct prefix_cache *pc)
@@ -104,8 +104,8 @@ static bool pc_touch(struct prefix_cache *pc, uint64_t hash)
 
     if (!e)
         return false;
-    sim_list_del(&e->lru);
-    sim_list_add_tail(&pc->lru, &e->lru); /* tail = most recent */
+    lx_list_remove(&e->lru);
+    lx_list_push_back(&pc->lru, &e->lru); /* tail = most recent */
     return true;
 }
 
@@ -119,8 +119,8 @@ static void pc_insert(struct prefix_cache *pc, uint64_t hash)
         e = &pc->pool[pc->used++];
     } else {
         /* Evict the least recently used block (the list head). */
-        e = container_of(pc->lru.next, struct pc_entry, lru);
-        sim_list_del(&e->lru);
+        e = container_of(lx_list_first(&pc->lru), struct pc_entry, lru);
+        lx_list_remove(&e->lru);
         for (pp = &pc->buckets[e->hash & pc->mask]; *pp != e; pp = &(*pp)->hnext)
             ;
         *pp = e->hnext;
@@ -128,7 +128,7 @@ static void pc_insert(struct prefix_cache *pc, uint64_t hash)
     e->hash = hash;
     e->hnext = pc->buckets[hash & pc->mask];
     pc->buckets[hash & pc->mask] = e;
-    sim_list_add_tail(&pc->lru, &e->lru);
+    lx_list_push_back(&pc->lru, &e->lru);
 }
 
 /* ---- sequences ------------------------------------------------------------ */
@@ -168,7 +168,7 @@ static enum sim_seq_state seq_unlink(struct sim_engine *eng, struct sim_seq *seq
     default:
         return was;
     }
-    sim_list_del(&seq->link);
+    lx_list_remove(&seq->link);
     if (was != SIM_SEQ_WAITING) {
         LX_ASSERT(eng->kv_used >= seq->kv_blocks);
         eng->kv_used -= seq->kv_blocks;
@@ -209,10 +209,11 @@ static void emit(struct sim_engine *eng, struct sim_seq *seq, double now)
 /* Every decoding sequence gets one token. */
 static void decode_step(struct sim_engine *eng, double now)
 {
-    struct sim_list *n, *next;
+    struct lx_list *n, *next;
 
-    for (n = eng->decode.next; n != &eng->decode && !eng->frozen; n = next) {
-        next = n->next;
+    lx_list_for_each_safe(n, next, &eng->decode) {
+        if (eng->frozen)
+            break;
         emit(eng, container_of(n, struct sim_seq, link), now);
     }
 }
@@ -220,12 +221,13 @@ static void decode_step(struct sim_engine *eng, double now)
 /* Sequences whose prefill (and extra ttft) is over: first token, then decode. */
 static void first_tokens(struct sim_engine *eng, double now)
 {
-    struct sim_list *n, *next;
+    struct lx_list *n, *next;
 
-    for (n = eng->prefill.next; n != &eng->prefill && !eng->frozen; n = next) {
+    lx_list_for_each_safe(n, next, &eng->prefill) {
         struct sim_seq *seq = container_of(n, struct sim_seq, link);
 
-        next = n->next;
+        if (eng->frozen)
+            break;
         if (seq->first_token_ms > now + TICK_SLACK_MS)
             continue;
         for (size_t i = 0; i < seq->n_blocks; i++)
@@ -233,9 +235,9 @@ static void first_tokens(struct sim_engine *eng, double now)
         eng->st.prompt_tokens += seq->prompt_tokens;
         if (eng->n_decode == 0)
             eng->next_step_ms = now + step_ms(eng);
-        sim_list_del(&seq->link);
+        lx_list_remove(&seq->link);
         eng->n_prefill--;
-        sim_list_add_tail(&eng->decode, &seq->link);
+        lx_list_push_back(&eng->decode, &seq->link);
         eng->n_decode++;
         seq->state = SIM_SEQ_DECODE;
         emit(eng, seq, now);
@@ -246,8 +248,8 @@ static void admit(struct sim_engine *eng, double now)
 {
     const struct sim_conf *conf = eng->conf;
 
-    while (!sim_list_empty(&eng->waiting) && running(eng) < conf->max_num_seqs) {
-        struct sim_seq *seq = container_of(eng->waiting.next, struct sim_seq, link);
+    while (!lx_list_empty(&eng->waiting) && running(eng) < conf->max_num_seqs) {
+        struct sim_seq *seq = container_of(lx_list_first(&eng->waiting), struct sim_seq, link);
         uint32_t need = blocks_for(eng, (uint64_t)seq->prompt_tokens + seq->max_tokens);
         size_t max_hit, hit = 0;
         unsigned compute;
@@ -255,7 +257,7 @@ static void admit(struct sim_engine *eng, double now)
 
         if (eng->kv_used + need > eng->kv_total)
             break; /* FIFO: the head waits for room, and so do the rest */
-        sim_list_del(&seq->link);
+        lx_list_remove(&seq->link);
         eng->n_waiting--;
         eng->kv_used += need;
         seq->kv_blocks = need;
@@ -276,7 +278,7 @@ static void admit(struct sim_engine *eng, double now)
             eng->prefill_free_ms = start;
         seq->first_token_ms = eng->prefill_free_ms + seq->ttft_extra_ms;
         seq->state = SIM_SEQ_PREFILL;
-        sim_list_add_tail(&eng->prefill, &seq->link);
+        lx_list_push_back(&eng->prefill, &seq->link);
         eng->n_prefill++;
     }
 }
@@ -287,15 +289,15 @@ static void on_tick(uv_timer_t *t);
 static void schedule(struct sim_engine *eng)
 {
     double next = INFINITY, delay;
-    struct sim_list *n;
+    struct lx_list *n;
 
     if (eng->frozen) {
         uv_timer_stop(&eng->timer);
         return;
     }
-    if (!sim_list_empty(&eng->decode))
+    if (!lx_list_empty(&eng->decode))
         next = eng->next_step_ms;
-    for (n = eng->prefill.next; n != &eng->prefill; n = n->next) {
+    lx_list_for_each(n, &eng->prefill) {
         struct sim_seq *seq = container_of(n, struct sim_seq, link);
 
         next = LX_MIN(next, seq->first_token_ms);
@@ -319,7 +321,7 @@ static void on_tick(uv_timer_t *t)
     if (eng->frozen)
         return;
     eng->in_tick = true;
-    if (!sim_list_empty(&eng->decode) && now + TICK_SLACK_MS >= eng->next_step_ms) {
+    if (!lx_list_empty(&eng->decode) && now + TICK_SLACK_MS >= eng->next_step_ms) {
         double step = step_ms(eng);
 
         decode_step(eng, now);
@@ -355,9 +357,9 @@ struct sim_engine *sim_engine_new(uv_loop_t *loop, const struct sim_conf *conf,
     eng->conf = conf;
     eng->ops = *ops;
     eng->ctx = ctx;
-    sim_list_init(&eng->waiting);
-    sim_list_init(&eng->prefill);
-    sim_list_init(&eng->decode);
+    lx_list_init(&eng->waiting);
+    lx_list_init(&eng->prefill);
+    lx_list_init(&eng->decode);
     eng->kv_total = conf->kv_cache_tokens / conf->block_size;
     pc_init(&eng->pc, (size_t)eng->kv_total);
     sim_hist_init(&eng->st.ttft, SIM_HIST_TTFT);
@@ -389,7 +391,7 @@ void sim_engine_submit(struct sim_engine *eng, struct sim_seq *seq)
     seq->kv_blocks = 0;
     seq->arrive_ms = sim_now_ms();
     seq->state = SIM_SEQ_WAITING;
-    sim_list_add_tail(&eng->waiting, &seq->link);
+    lx_list_push_back(&eng->waiting, &seq->link);
     eng->n_waiting++;
     kick(eng);
 }

@@ -33,37 +33,8 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "../src/core/list.h"
 #include "metrics.h"
-
-/* Intrusive doubly linked list (circular, with a head node). */
-struct sim_list {
-    struct sim_list *prev, *next;
-};
-
-static inline void sim_list_init(struct sim_list *h)
-{
-    h->prev = h->next = h;
-}
-
-static inline bool sim_list_empty(const struct sim_list *h)
-{
-    return h->next == h;
-}
-
-static inline void sim_list_add_tail(struct sim_list *h, struct sim_list *n)
-{
-    n->prev = h->prev;
-    n->next = h;
-    h->prev->next = n;
-    h->prev = n;
-}
-
-static inline void sim_list_del(struct sim_list *n)
-{
-    n->prev->next = n->next;
-    n->next->prev = n->prev;
-    n->prev = n->next = n;
-}
 
 /* The knobs of one simulated node; filled from the command line. */
 struct sim_conf {
@@ -91,7 +62,7 @@ struct sim_conf {
 enum sim_seq_state { SIM_SEQ_NEW, SIM_SEQ_WAITING, SIM_SEQ_PREFILL, SIM_SEQ_DECODE, SIM_SEQ_DONE };
 
 struct sim_seq {
-    struct sim_list link; /* in the engine list of its state */
+    struct lx_list link; /* in the engine list of its state */
     enum sim_seq_state state;
     /* Set by the owner before sim_engine_submit(). */
     unsigned prompt_tokens;

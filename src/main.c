@@ -44,7 +44,7 @@ static void on_sighup(uv_signal_t *s, int signum)
         lx_error("reload refused, keeping the running configuration: %s", err);
         return;
     }
-    reg = lx_registry_new(&next, m->gw->reg, err, sizeof(err));
+    reg = lx_router_registry_new(&next, m->gw->reg, err, sizeof(err));
     if (!reg) {
         lx_admin_unlock();
         lx_error("reload refused, keeping the running configuration: %s", err);
@@ -133,7 +133,7 @@ int main(int argc, char **argv)
         lx_conf_free(&conf);
         return 1;
     }
-    reg = lx_registry_new(&conf, NULL, err, sizeof(err));
+    reg = lx_router_registry_new(&conf, NULL, err, sizeof(err));
     if (!reg) {
         fprintf(stderr, "llmux: %s\n", err);
         lx_conf_free(&conf);

@@ -14,7 +14,7 @@
 void lx_waitq_init(struct lx_waitq *q)
 {
     uv_mutex_init(&q->lock);
-    q->head = q->tail = NULL;
+    lx_list_init(&q->waiters);
     atomic_init(&q->len, 0);
 }
 
@@ -23,40 +23,13 @@ void lx_waitq_deinit(struct lx_waitq *q)
     uv_mutex_destroy(&q->lock);
 }
 
-static void unlink_locked(struct lx_waitq *q, struct lx_waiter *w)
-{
-    if (w->prev)
-        w->prev->next = w->next;
-    else
-        q->head = w->next;
-    if (w->next)
-        w->next->prev = w->prev;
-    else
-        q->tail = w->prev;
-    w->prev = w->next = NULL;
-    atomic_fetch_sub(&q->len, 1);
-}
-
 static void push_locked(struct lx_waitq *q, struct lx_waiter *w, bool front)
 {
     w->state = LX_WAIT_QUEUED;
-    if (front) {
-        w->prev = NULL;
-        w->next = q->head;
-        if (q->head)
-            q->head->prev = w;
-        else
-            q->tail = w;
-        q->head = w;
-    } else {
-        w->next = NULL;
-        w->prev = q->tail;
-        if (q->tail)
-            q->tail->next = w;
-        else
-            q->head = w;
-        q->tail = w;
-    }
+    if (front)
+        lx_list_push_front(&q->waiters, &w->link);
+    else
+        lx_list_push_back(&q->waiters, &w->link);
     atomic_fetch_add(&q->len, 1);
 }
 
@@ -73,7 +46,8 @@ bool lx_waitq_remove(struct lx_waitq *q, struct lx_waiter *w)
 
     uv_mutex_lock(&q->lock);
     if (w->state == LX_WAIT_QUEUED) {
-        unlink_locked(q, w);
+        lx_list_remove(&w->link);
+        atomic_fetch_sub(&q->len, 1);
         w->state = LX_WAIT_IDLE;
         removed = true;
     }
@@ -84,12 +58,14 @@ bool lx_waitq_remove(struct lx_waitq *q, struct lx_waiter *w)
 /* Pops the head, marking it woken; NULL when empty. */
 static struct lx_waiter *pop_locked(struct lx_waitq *q)
 {
-    struct lx_waiter *w = q->head;
+    struct lx_list *n = lx_list_pop_front(&q->waiters);
+    struct lx_waiter *w;
 
-    if (w) {
-        unlink_locked(q, w);
-        w->state = LX_WAIT_WOKEN;
-    }
+    if (!n)
+        return NULL;
+    atomic_fetch_sub(&q->len, 1);
+    w = container_of(n, struct lx_waiter, link);
+    w->state = LX_WAIT_WOKEN;
     return w;
 }
 
@@ -143,7 +119,7 @@ static void grant_waiters(struct lx_admit *a)
         struct lx_waiter *w = NULL;
 
         uv_mutex_lock(&a->q.lock);
-        if (a->q.head && try_take(a))
+        if (!lx_list_empty(&a->q.waiters) && try_take(a))
             w = pop_locked(&a->q);
         uv_mutex_unlock(&a->q.lock);
         if (!w)

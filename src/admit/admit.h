@@ -22,13 +22,15 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "../core/list.h"
+
 struct lx_waiter;
 typedef void (*lx_waiter_cb)(struct lx_waiter *w);
 
 enum lx_waiter_state { LX_WAIT_IDLE, LX_WAIT_QUEUED, LX_WAIT_WOKEN };
 
 struct lx_waiter {
-    struct lx_waiter *prev, *next;  /* queue links, under the queue's lock */
+    struct lx_list link;            /* in lx_waitq.waiters, under the queue's lock */
     enum lx_waiter_state state;     /* under the queue's lock */
     lx_waiter_cb wake;              /* set by the owner */
     uint64_t since_ms;              /* lx_now_ms() when queued */
@@ -36,8 +38,8 @@ struct lx_waiter {
 
 struct lx_waitq {
     uv_mutex_t lock;
-    struct lx_waiter *head, *tail;
-    atomic_int len;
+    struct lx_list waiters;         /* struct lx_waiter.link, head first */
+    atomic_int len;                 /* waiters, readable without the lock */
 };
 
 void lx_waitq_init(struct lx_waitq *q);

@@ -7,7 +7,8 @@
  * JSON key, flag, kind (how it parses and validates) and field. The layers
  * only differ in where the text (or JSON value) comes from, so a setting
  * validates the same way and reports errors the same way ("<source>: <why>")
- * whichever layer sets it.
+ * whichever layer sets it. A row's default is text too, parsed the same way
+ * when a build starts: the table is the one place a default is written.
  *
  * Load order: argv is scanned first (--help/--version end the load there),
  * then the .env file is read, then the JSON file named by --config or
@@ -26,7 +27,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../core/log.h"
 #include "../core/lx.h"
+#include "strategies.h"
 
 extern char **environ;
 
@@ -36,122 +39,121 @@ extern char **environ;
 /* clang-format off */
 const struct lx_conf_setting lx_conf_settings[] = {
     {"LLMUX_CONFIG", NULL, NULL, "config", 0, "FILE", LX_CONF_K_CONFIG, LX_CONF_NOFIELD, 0, 0,
-     "none", "JSON config file (docs/CONFIG.md)"},
+     NULL, "none", "JSON config file (docs/CONFIG.md)"},
     {"GATEWAY_HOST", "gateway_host", NULL, NULL, 0, NULL, LX_CONF_K_HOST, F(listen_host), 0, 0,
-     "0.0.0.0", "address to listen on (IPv4, IPv6 or name)"},
+     "0.0.0.0", NULL, "address to listen on (IPv4, IPv6 or name)"},
     {"GATEWAY_PORT", "gateway_port", NULL, NULL, 0, NULL, LX_CONF_K_INT, F(listen_port), 0, 65535,
-     "8000", "port to listen on, 0 = any free port"},
+     "8000", NULL, "port to listen on, 0 = any free port"},
     {NULL, "listen", NULL, "listen", 0, "HOST:PORT", LX_CONF_K_LISTEN, LX_CONF_NOFIELD, 0, 65535,
-     "0.0.0.0:8000", "HOST:PORT or [IPV6]:PORT; \":PORT\" keeps the host"},
+     NULL, NULL, "HOST:PORT or [IPV6]:PORT; \":PORT\" keeps the host"},
     {"WORKERS", "workers", NULL, "workers", 0, "N", LX_CONF_K_INT, F(workers), 1, 256,
-     "CPU count", "worker threads, 1..256"},
+     NULL, "CPU count", "worker threads, 1..256"},
     {"VLLM_NODES", "vllm_nodes", NULL, "nodes", 0, "URL,URL", LX_CONF_K_NODES, LX_CONF_NOFIELD, 0,
-     0, "none", "node URLs (http://host:port[/path]) of the pool for MODEL_NAME"},
+     0, NULL, "none", "node URLs (http://host:port[/path]) of the pool for MODEL_NAME"},
     {"ROUTING_STRATEGY", "routing_strategy", "strategy", "strategy", 0, "NAME",
-     LX_CONF_K_STRATEGY, F(strategy), 0, 0, "round_robin",
+     LX_CONF_K_STRATEGY, F(strategy), 0, 0, "round_robin", NULL,
      "routing strategy of pools that name none (below)"},
     {"MODEL_NAME", "model_name", NULL, "model", 0, "NAME", LX_CONF_K_MODEL, F(model_name), 0, 0,
-     "any model", "the model the VLLM_NODES pool serves"},
+     NULL, "any model", "the model the VLLM_NODES pool serves"},
     {"CONNECT_TIMEOUT_SECONDS", "connect_timeout_seconds", NULL, "connect-timeout", 0, "S",
-     LX_CONF_K_SECS, F(connect_timeout_s), 0, SECS_MAX, "10", "seconds to connect to a node"},
+     LX_CONF_K_SECS, F(connect_timeout_s), 0, SECS_MAX, "10", NULL, "seconds to connect to a node"},
     {"NODE_TIMEOUT_SECONDS", "node_timeout_seconds", NULL, "node-timeout", 0, "S", LX_CONF_K_SECS,
-     F(node_timeout_s), 0, SECS_MAX, "120", "seconds to a node's first response byte"},
+     F(node_timeout_s), 0, SECS_MAX, "120", NULL, "seconds to a node's first response byte"},
     {"STREAM_IDLE_TIMEOUT_SECONDS", "stream_idle_timeout_seconds", NULL, "stream-idle-timeout", 0,
-     "S", LX_CONF_K_SECS_OFF, F(stream_idle_timeout_s), 0, SECS_MAX, "120",
+     "S", LX_CONF_K_SECS_OFF, F(stream_idle_timeout_s), 0, SECS_MAX, "120", NULL,
      "longest gap between a node's bytes after its response head, 0 = off"},
     {"QUEUE_TIMEOUT_SECONDS", "queue_timeout_seconds", NULL, "queue-timeout", 0, "S",
-     LX_CONF_K_SECS, F(queue_timeout_s), 0, SECS_MAX, "30",
+     LX_CONF_K_SECS, F(queue_timeout_s), 0, SECS_MAX, "30", NULL,
      "longest wait in the admission queue (then 503)"},
     {"REQUEST_TIMEOUT_SECONDS", "request_timeout_seconds", NULL, "request-timeout", 0, "S",
-     LX_CONF_K_SECS, F(request_timeout_s), 0, SECS_MAX, "30",
+     LX_CONF_K_SECS, F(request_timeout_s), 0, SECS_MAX, "30", NULL,
      "seconds to read a client's request head and body, from its first byte (then 408)"},
     {"SEND_TIMEOUT_SECONDS", "send_timeout_seconds", NULL, "send-timeout", 0, "S",
-     LX_CONF_K_SECS_OFF, F(send_timeout_s), 0, SECS_MAX, "60",
+     LX_CONF_K_SECS_OFF, F(send_timeout_s), 0, SECS_MAX, "60", NULL,
      "a client that takes no byte of its answer this long is closed, 0 = off"},
     {"KEEPALIVE_TIMEOUT_SECONDS", "keepalive_timeout_seconds", NULL, "keepalive-timeout", 0, "S",
-     LX_CONF_K_SECS, F(keepalive_timeout_s), 0, SECS_MAX, "75",
+     LX_CONF_K_SECS, F(keepalive_timeout_s), 0, SECS_MAX, "75", NULL,
      "idle client connections are closed after this"},
     {"SHUTDOWN_TIMEOUT_SECONDS", "shutdown_timeout_seconds", NULL, "shutdown-timeout", 0, "S",
-     LX_CONF_K_SECS, F(shutdown_timeout_s), 0, SECS_MAX, "30",
+     LX_CONF_K_SECS, F(shutdown_timeout_s), 0, SECS_MAX, "30", NULL,
      "graceful stop waits this long for requests in flight"},
     {"TOTAL_TIMEOUT_SECONDS", "total_timeout_seconds", NULL, "total-timeout", 0, "S",
-     LX_CONF_K_SECS_OFF, F(total_timeout_s), 0, SECS_MAX, "0",
+     LX_CONF_K_SECS_OFF, F(total_timeout_s), 0, SECS_MAX, "0", NULL,
      "longest a request may take end to end, queue included, 0 = off"},
     {"MAX_RETRIES", "max_retries", NULL, "max-retries", 0, "N", LX_CONF_K_INT, F(max_retries), 0,
-     100, "2", "retries on another node, 0..100"},
+     100, "2", NULL, "retries on another node, 0..100"},
     {"HEALTH_CHECK_INTERVAL_SECONDS", "health_check_interval_seconds", NULL,
      "health-check-interval", 0, "S", LX_CONF_K_SECS, F(health_check_interval_s), 0, SECS_MAX,
-     "15", "seconds between active health checks of a node"},
+     "15", NULL, "seconds between active health checks of a node"},
     {"HEALTH_FAILURE_THRESHOLD", "health_failure_threshold", NULL, "health-failure-threshold", 0,
-     "N", LX_CONF_K_INT, F(health_failure_threshold), 1, 1000, "3",
+     "N", LX_CONF_K_INT, F(health_failure_threshold), 1, 1000, "3", NULL,
      "failed checks in a row that mark a node unhealthy"},
     {"HEALTH_RECOVERY_THRESHOLD", "health_recovery_threshold", NULL, "health-recovery-threshold",
-     0, "N", LX_CONF_K_INT, F(health_recovery_threshold), 1, 1000, "1",
+     0, "N", LX_CONF_K_INT, F(health_recovery_threshold), 1, 1000, "1", NULL,
      "good checks in a row that bring a node back"},
     {"HEALTH_CHECK_TIMEOUT_SECONDS", "health_check_timeout_seconds", NULL, "health-check-timeout",
-     0, "S", LX_CONF_K_SECS, F(health_check_timeout_s), 0, SECS_MAX, "5",
+     0, "S", LX_CONF_K_SECS, F(health_check_timeout_s), 0, SECS_MAX, "5", NULL,
      "a health check not answered in this time fails"},
     {"SLOW_START_SECONDS", "slow_start_seconds", NULL, "slow-start", 0, "S", LX_CONF_K_SECS_OFF,
-     F(slow_start_s), 0, SECS_MAX, "10",
+     F(slow_start_s), 0, SECS_MAX, "10", NULL,
      "a node back in service ramps up to its full share over this, 0 = off"},
     {"EJECT_COOLDOWN_SECONDS", "eject_cooldown_seconds", NULL, "eject-cooldown", 0, "S",
-     LX_CONF_K_SECS_OFF, F(eject_cooldown_s), 0, SECS_MAX, "5",
+     LX_CONF_K_SECS_OFF, F(eject_cooldown_s), 0, SECS_MAX, "5", NULL,
      "first ejection after HEALTH_FAILURE_THRESHOLD failed requests; doubles, max 60 s; 0 = off"},
     {"CACHE_AWARE_LOAD_FACTOR", "cache_aware_load_factor", NULL, "cache-aware-load-factor", 0, "X",
-     LX_CONF_K_FLOAT, F(cache_aware_load_factor), 0, 1000, "1.5",
+     LX_CONF_K_FLOAT, F(cache_aware_load_factor), 0, 1000, "1.5", NULL,
      "cache_aware: leave the prefix's node above X times the pool's average load"},
     {"CACHE_AWARE_PREFIX_BYTES", "cache_aware_prefix_bytes", NULL, "cache-aware-prefix-bytes", 0,
-     "N", LX_CONF_K_INT, F(cache_aware_prefix_bytes), 16, 1 << 20, "1024",
+     "N", LX_CONF_K_INT, F(cache_aware_prefix_bytes), 16, 1 << 20, "1024", NULL,
      "cache_aware: bytes of the prompt that make its key"},
     {"HEALTH_CHECK_PATH", "health_check_path", NULL, "health-check-path", 0, "PATH",
-     LX_CONF_K_URLPATH, F(health_check_path), 0, 0, "/health", "path probed on each node"},
+     LX_CONF_K_URLPATH, F(health_check_path), 0, 0, "/health", NULL, "path probed on each node"},
     {"METRICS_UPDATE_INTERVAL_SECONDS", "metrics_update_interval",
      "metrics_update_interval_seconds", "metrics-update-interval", 0, "S", LX_CONF_K_SECS,
-     F(metrics_update_interval_s), 0, SECS_MAX, "10",
+     F(metrics_update_interval_s), 0, SECS_MAX, "10", NULL,
      "seconds between scrapes of the nodes' vLLM /metrics"},
     {"MAX_CONCURRENT_REQUESTS", "max_concurrent_requests", NULL, "max-concurrent", 0, "N",
-     LX_CONF_K_INT, F(max_concurrent_requests), 1, 1000000, "256",
+     LX_CONF_K_INT, F(max_concurrent_requests), 1, 1000000, "256", NULL,
      "requests in flight to nodes, at most"},
     {"MAX_QUEUE_SIZE", "max_queue_size", NULL, "max-queue", 0, "N", LX_CONF_K_INT,
-     F(max_queue_size), 0, 1000000, "1024", "requests waiting for a slot, 0 = no queue (then 429)"},
+     F(max_queue_size), 0, 1000000, "1024", NULL,
+     "requests waiting for a slot, 0 = no queue (then 429)"},
     {"MAX_CONNECTIONS", "max_connections", NULL, "max-connections", 0, "N", LX_CONF_K_INT,
-     F(max_connections), 0, 100000000, "16384",
+     F(max_connections), 0, 100000000, "16384", NULL,
      "open client connections at most; at the limit accepting pauses, 0 = no limit"},
     {"MAX_BODY_BYTES", "max_body_bytes", NULL, "max-body-bytes", 0, "N", LX_CONF_K_U64,
-     F(max_body_bytes), 1, 1LL << 40, "33554432", "largest request body (then 413)"},
+     F(max_body_bytes), 1, 1LL << 40, "33554432", NULL, "largest request body (then 413)"},
     {"MAX_HEADER_BYTES", "max_header_bytes", NULL, "max-header-bytes", 0, "N", LX_CONF_K_U64,
-     F(max_header_bytes), 1024, 16LL << 20, "65536", "largest request head (then 431)"},
+     F(max_header_bytes), 1024, 16LL << 20, "65536", NULL, "largest request head (then 431)"},
     {"AUTH_TOKEN", "auth_token", NULL, "auth-token", 0, "TOKEN", LX_CONF_K_SECRET, F(auth_token),
-     0, 0, "none (no client auth)", "clients send \"Authorization: Bearer TOKEN\""},
+     0, 0, NULL, "none (no client auth)", "clients send \"Authorization: Bearer TOKEN\""},
     {"ADMIN_TOKEN", "admin_token", NULL, "admin-token", 0, "TOKEN", LX_CONF_K_SECRET,
-     F(admin_token), 0, 0, "none (admin API off)", "bearer token of the admin API"},
+     F(admin_token), 0, 0, NULL, "none (admin API off)", "bearer token of the admin API"},
     {"LOG_LEVEL", "log_level", NULL, "log-level", 0, "LEVEL", LX_CONF_K_LOGLEVEL, F(log_level), 0,
-     0, "info", "debug, info, warn or error"},
+     0, "info", NULL, "debug, info, warn or error"},
     {"ACCESS_LOG", "access_log", NULL, "access-log", 0, "PATH", LX_CONF_K_OPTSTR, F(access_log), 0,
-     0, "off", "access log file, \"-\" = stdout"},
-    {NULL, NULL, NULL, "check-config", 0, NULL, LX_CONF_K_CHECK, LX_CONF_NOFIELD, 0, 0, NULL,
+     0, NULL, "off", "access log file, \"-\" = stdout"},
+    {NULL, NULL, NULL, "check-config", 0, NULL, LX_CONF_K_CHECK, LX_CONF_NOFIELD, 0, 0, NULL, NULL,
      "validate, print the effective config (secrets masked) and exit"},
-    {NULL, NULL, NULL, "help", 'h', NULL, LX_CONF_K_HELP, LX_CONF_NOFIELD, 0, 0, NULL,
+    {NULL, NULL, NULL, "help", 'h', NULL, LX_CONF_K_HELP, LX_CONF_NOFIELD, 0, 0, NULL, NULL,
      "print this help and exit"},
-    {NULL, NULL, NULL, "version", 'V', NULL, LX_CONF_K_VERSION, LX_CONF_NOFIELD, 0, 0, NULL,
+    {NULL, NULL, NULL, "version", 'V', NULL, LX_CONF_K_VERSION, LX_CONF_NOFIELD, 0, 0, NULL, NULL,
      "print \"llmux " LX_VERSION "\" and exit"},
 };
 /* clang-format on */
 
 const size_t lx_conf_n_settings = ARRAY_SIZE(lx_conf_settings);
 
+/* Every accepted strategy name and the canonical one it stands for. */
 static const struct {
     const char *name;
     const char *canonical;
 } strategies[] = {
-    {"round_robin", "round_robin"},
-    {"least_loaded", "least_loaded"},
-    {"least_connection", "least_loaded"},
-    {"latency_based", "latency_based"},
-    {"random", "random"},
-    {"real_time_metrics", "real_time_metrics"},
-    {"power_of_two", "power_of_two"},
-    {"cache_aware", "cache_aware"},
+#define STRATEGY(name) {#name, #name},
+#define ALIAS(alias, name) {#alias, #name},
+    LX_STRATEGIES(STRATEGY) LX_STRATEGY_ALIASES(ALIAS)
+#undef STRATEGY
+#undef ALIAS
 };
 
 const char *lx_conf_strategy_canonical(const char *name)
@@ -323,10 +325,36 @@ void lx_conf_store_nodes(struct lx_conf_build *b, struct lx_conf_server *v, size
     b->has_nodes = true;
 }
 
+/* "round_robin, least_loaded (<alias_word>least_connection), ...": the
+ * strategies in list order, each alias in parentheses after its strategy. */
+static void strategy_names(char *buf, size_t len, const char *alias_word)
+{
+    size_t n = 0;
+
+    buf[0] = '\0';
+    for (size_t i = 0; i < ARRAY_SIZE(strategies); i++) {
+        if (strcmp(strategies[i].name, strategies[i].canonical) != 0)
+            continue;
+        n += (size_t)snprintf(buf + n, len - n, "%s%s", n ? ", " : "", strategies[i].name);
+        for (size_t k = 0; k < ARRAY_SIZE(strategies); k++)
+            if (k != i && strcmp(strategies[k].canonical, strategies[i].name) == 0)
+                n += (size_t)snprintf(buf + n, len - n, " (%s%s)", alias_word, strategies[k].name);
+        LX_ASSERT(n < len);
+    }
+}
+
+static char strategy_list[256];
+static pthread_once_t strategy_list_once = PTHREAD_ONCE_INIT;
+
+static void strategy_list_build(void)
+{
+    strategy_names(strategy_list, sizeof(strategy_list), "");
+}
+
 const char *lx_conf_strategy_list(void)
 {
-    return "round_robin, least_loaded (least_connection), latency_based, random, "
-           "real_time_metrics, power_of_two, cache_aware";
+    pthread_once(&strategy_list_once, strategy_list_build);
+    return strategy_list;
 }
 
 /* ---- layers ---- */
@@ -343,41 +371,23 @@ static int cpu_count(void)
     return n < 1 ? 1 : n > 256 ? 256 : (int)n;
 }
 
+/* Starts a build from the table's defaults, each parsed as if it came from
+ * the environment, so a default cannot be a value the layers would refuse. */
 static void build_init(struct lx_conf_build *b)
 {
-    struct lx_conf *c = &b->conf;
+    char err[256];
 
     memset(b, 0, sizeof(*b));
-    c->listen_host = lx_strdup("0.0.0.0");
-    c->listen_port = 8000;
-    c->workers = cpu_count();
-    c->strategy = lx_strdup("round_robin");
-    c->connect_timeout_s = 10;
-    c->node_timeout_s = 120;
-    c->stream_idle_timeout_s = 120;
-    c->send_timeout_s = 60;
-    c->max_connections = 16384;
-    c->queue_timeout_s = 30;
-    c->request_timeout_s = 30;
-    c->keepalive_timeout_s = 75;
-    c->shutdown_timeout_s = 30;
-    c->max_retries = 2;
-    c->total_timeout_s = 0;
-    c->health_check_timeout_s = 5;
-    c->slow_start_s = 10;
-    c->eject_cooldown_s = 5;
-    c->cache_aware_load_factor = 1.5;
-    c->cache_aware_prefix_bytes = 1024;
-    c->health_check_interval_s = 15;
-    c->health_failure_threshold = 3;
-    c->health_recovery_threshold = 1;
-    c->health_check_path = lx_strdup("/health");
-    c->metrics_update_interval_s = 10;
-    c->max_concurrent_requests = 256;
-    c->max_queue_size = 1024;
-    c->max_body_bytes = 32u << 20;
-    c->max_header_bytes = 64u << 10;
-    c->log_level = lx_strdup("info");
+    for (size_t i = 0; i < lx_conf_n_settings; i++) {
+        const struct lx_conf_setting *s = &lx_conf_settings[i];
+
+        if (s->def && lx_conf_set_text(b, s, s->def, "default", err, sizeof(err)) < 0) {
+            lx_error("settings table: %s", err);
+            LX_ASSERT(!"a default that does not parse");
+        }
+    }
+    /* The one default that is not a constant. */
+    b->conf.workers = cpu_count();
 }
 
 static void build_free(struct lx_conf_build *b)
@@ -715,9 +725,35 @@ char *lx_conf_dump(const struct lx_conf *conf)
 static char usage_text[12288];
 static pthread_once_t usage_once = PTHREAD_ONCE_INIT;
 
+static const struct lx_conf_setting *setting_by_field(size_t off)
+{
+    for (size_t i = 0; i < lx_conf_n_settings; i++)
+        if (lx_conf_settings[i].off == off)
+            return &lx_conf_settings[i];
+    LX_ASSERT(!"no setting for the field");
+    return NULL;
+}
+
+/* What --help shows as <s>'s default, NULL for none. --listen has no field of
+ * its own: its default is that of GATEWAY_HOST and GATEWAY_PORT. */
+static const char *default_text(const struct lx_conf_setting *s, char *buf, size_t len)
+{
+    if (s->kind == LX_CONF_K_LISTEN) {
+        const char *host = setting_by_field(F(listen_host))->def;
+
+        snprintf(buf, len, strchr(host, ':') ? "[%s]:%s" : "%s:%s", host,
+                 setting_by_field(F(listen_port))->def);
+        return buf;
+    }
+    return s->def ? s->def : s->def_text;
+}
+
 static void usage_build(void)
 {
     size_t len = 0, cap = sizeof(usage_text);
+    char buf[128], line[512];
+    const char *def;
+    size_t col = 0, wl;
 
 #define ADD(...)                                                                                   \
     do {                                                                                           \
@@ -745,20 +781,38 @@ static void usage_build(void)
             snprintf(head, sizeof(head), "--%s%s%s", s->flag, s->metavar ? " " : "",
                      s->metavar ? s->metavar : "");
         ADD("  %-30s %s\n", head, s->help);
-        if (s->env && s->def)
-            ADD("  %-30s env %s, default: %s\n", "", s->env, s->def);
-        else if (s->def)
-            ADD("  %-30s default: %s\n", "", s->def);
+        def = default_text(s, buf, sizeof(buf));
+        if (s->env && def)
+            ADD("  %-30s env %s, default: %s\n", "", s->env, def);
+        else if (def)
+            ADD("  %-30s default: %s\n", "", def);
     }
-    ADD("\nStrategies: round_robin, least_loaded (alias least_connection), latency_based,\n"
-        "random, real_time_metrics, power_of_two, cache_aware.\n");
+    /* "Strategies: ..." wrapped at 80 columns. */
+    wl = (size_t)snprintf(line, sizeof(line), "Strategies: ");
+    strategy_names(line + wl, sizeof(line) - wl - 1, "alias ");
+    strcat(line, ".");
+    ADD("\n");
+    for (const char *w = line; *w; w += wl + (w[wl] == ' ')) {
+        wl = strcspn(w, " ");
+        if (col > 0 && col + 1 + wl > 80) {
+            ADD("\n");
+            col = 0;
+        } else if (col > 0) {
+            ADD(" ");
+            col++;
+        }
+        ADD("%.*s", (int)wl, w);
+        col += wl;
+    }
+    ADD("\n");
     ADD("\nEnvironment variables without a flag:\n");
     for (size_t i = 0; i < lx_conf_n_settings; i++) {
         const struct lx_conf_setting *s = &lx_conf_settings[i];
 
         if (s->flag || !s->env)
             continue;
-        ADD("  %-30s %s\n  %-30s default: %s\n", s->env, s->help, "", s->def);
+        ADD("  %-30s %s\n  %-30s default: %s\n", s->env, s->help, "",
+            default_text(s, buf, sizeof(buf)));
     }
 #undef ADD
 }

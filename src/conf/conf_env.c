@@ -19,6 +19,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <http_parser.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -593,10 +594,75 @@ int lx_conf_set_text(struct lx_conf_build *b, const struct lx_conf_setting *s, c
     }
 }
 
+static const char userinfo_why[] = "user info in URLs is not supported (use \"api_key\")";
+
+/* The port text <q> of <n> bytes: 1..65535 in at most five digits. */
+static int port_parse(const char *q, size_t n, long *port, char *why, size_t whylen)
+{
+    long v = 0;
+
+    if (n == 0 || n > 5 || strspn(q, "0123456789") < n) {
+        lx_conf_fmt(why, whylen, "invalid port");
+        return LX_EINVAL;
+    }
+    for (size_t i = 0; i < n; i++)
+        v = v * 10 + (q[i] - '0');
+    if (v < 1 || v > 65535) {
+        lx_conf_fmt(why, whylen, "port %ld is out of range (1..65535)", v);
+        return LX_EINVAL;
+    }
+    *port = v;
+    return 0;
+}
+
+/*
+ * http-parser refused the URL, whose authority is the <n> bytes at <a>: says
+ * why, with the checks in the order they are reported when it parses (user
+ * info, brackets, port, host), so each mistake keeps its own message.
+ */
+static void authority_why(const char *a, size_t n, char *why, size_t whylen)
+{
+    const char *end = a + n, *host_end, *hwhy = NULL;
+    char *host = NULL;
+    long port;
+
+    if (memchr(a, '@', n)) {
+        lx_conf_fmt(why, whylen, "%s", userinfo_why);
+        return;
+    }
+    if (n > 0 && *a == '[') {
+        host_end = memchr(a, ']', n);
+        if (!host_end) {
+            lx_conf_fmt(why, whylen, "unbalanced '[' in the IPv6 address");
+            return;
+        }
+        host_end++;
+        if (host_end < end && *host_end != ':') {
+            lx_conf_fmt(why, whylen, "expected ':' after the IPv6 address");
+            return;
+        }
+    } else {
+        host_end = memchr(a, ':', n);
+        if (!host_end)
+            host_end = end;
+    }
+    if (host_end < end &&
+        port_parse(host_end + 1, (size_t)(end - host_end - 1), &port, why, whylen) < 0)
+        return;
+    if (lx_conf_host_parse(a, (size_t)(host_end - a), &host, &hwhy) < 0) {
+        lx_conf_fmt(why, whylen, "%s", hwhy);
+        return;
+    }
+    /* Not reached: http-parser accepts whatever passes the checks above. */
+    free(host);
+    lx_conf_fmt(why, whylen, "expected http://HOST[:PORT][/PATH]");
+}
+
 int lx_conf_url_parse(struct lx_conf_server *s, const char *url, char *why, size_t whylen)
 {
-    const char *p, *end, *auth_end, *host_end, *hwhy = NULL;
-    size_t len = strlen(url);
+    const char *p, *end, *host_at, *path, *hwhy = NULL;
+    size_t len = strlen(url), host_len;
+    struct http_parser_url u;
     char *host = NULL;
     long port = 80;
 
@@ -626,55 +692,45 @@ int lx_conf_url_parse(struct lx_conf_server *s, const char *url, char *why, size
         lx_conf_fmt(why, whylen, "query strings and fragments are not allowed");
         return LX_EINVAL;
     }
-    auth_end = memchr(p, '/', (size_t)(end - p));
-    if (!auth_end)
-        auth_end = end;
-    if (memchr(p, '@', (size_t)(auth_end - p))) {
-        lx_conf_fmt(why, whylen, "user info in URLs is not supported (use \"api_key\")");
+    /* http-parser's offsets are 16-bit, so a longer URL is parsed up to there:
+     * enough when its path starts before (the path is taken whole below);
+     * if not, the authority is too long to be valid and authority_why says so. */
+    http_parser_url_init(&u);
+    if (http_parser_parse_url(url, LX_MIN(len, UINT16_MAX), 0, &u) != 0 ||
+        (len > UINT16_MAX && !(u.field_set & (1 << UF_PATH)))) {
+        authority_why(p, LX_MIN(strcspn(p, "/"), (size_t)(end - p)), why, whylen);
         return LX_EINVAL;
     }
-    if (*p == '[') {
-        host_end = memchr(p, ']', (size_t)(auth_end - p));
-        if (!host_end) {
-            lx_conf_fmt(why, whylen, "unbalanced '[' in the IPv6 address");
-            return LX_EINVAL;
-        }
-        host_end++;
-        if (host_end < auth_end && *host_end != ':') {
-            lx_conf_fmt(why, whylen, "expected ':' after the IPv6 address");
-            return LX_EINVAL;
-        }
-    } else {
-        host_end = memchr(p, ':', (size_t)(auth_end - p));
-        if (!host_end)
-            host_end = auth_end;
+    /* The host with its brackets: host parsing wants to know it was IPv6. */
+    host_at = url + u.field_data[UF_HOST].off;
+    host_len = u.field_data[UF_HOST].len;
+    if (host_at[-1] == '[') {
+        host_at--;
+        host_len += 2;
     }
-    if (host_end < auth_end) {
-        const char *q = host_end + 1;
-        size_t n = (size_t)(auth_end - q);
+    /* Anything between "http://" and the host is user info ("http://@h" too). */
+    if (host_at != p) {
+        lx_conf_fmt(why, whylen, "%s", userinfo_why);
+        return LX_EINVAL;
+    }
+    if (u.field_set & (1 << UF_PORT)) {
+        const char *q = url + u.field_data[UF_PORT].off;
 
-        port = 0;
-        if (n == 0 || n > 5 || strspn(q, "0123456789") < n) {
-            lx_conf_fmt(why, whylen, "invalid port");
+        if (port_parse(q, u.field_data[UF_PORT].len, &port, why, whylen) < 0)
             return LX_EINVAL;
-        }
-        for (size_t i = 0; i < n; i++)
-            port = port * 10 + (q[i] - '0');
-        if (port < 1 || port > 65535) {
-            lx_conf_fmt(why, whylen, "port %ld is out of range (1..65535)", port);
-            return LX_EINVAL;
-        }
     }
-    if (lx_conf_host_parse(p, (size_t)(host_end - p), &host, &hwhy) < 0) {
+    if (lx_conf_host_parse(host_at, host_len, &host, &hwhy) < 0) {
         lx_conf_fmt(why, whylen, "%s", hwhy);
         return LX_EINVAL;
     }
+    /* No query or fragment (refused above): the path runs to the end. */
+    path = (u.field_set & (1 << UF_PATH)) ? url + u.field_data[UF_PATH].off : end;
     free(s->url);
     free(s->host);
     free(s->base_path);
     s->url = lx_strndup(url, len);
     s->host = host;
     s->port = (int)port;
-    s->base_path = lx_strndup(auth_end, (size_t)(end - auth_end));
+    s->base_path = lx_strndup(path, (size_t)(end - path));
     return 0;
 }

@@ -50,7 +50,9 @@ struct lx_conf_setting {
     enum lx_conf_kind kind;
     size_t off;         /* offsetof(struct lx_conf, field) or LX_CONF_NOFIELD */
     long long min, max; /* integer range; max for seconds */
-    const char *def;    /* the default, as --help shows it */
+    const char *def;      /* the default, parsed like an environment value when a build
+                             starts; NULL = none (the field stays 0 / NULL) */
+    const char *def_text; /* --help's default when <def> is NULL ("CPU count"), or NULL */
     const char *help;   /* one line for --help */
 };
 

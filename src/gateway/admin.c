@@ -18,7 +18,7 @@
  * A pool change, all or nothing:
  *   1. the new pool is parsed by lx_conf_pool_from_json(), the config file's
  *      own validation, into a new pool list;
- *   2. a new registry is built from that list with lx_registry_new(conf,
+ *   2. a new registry is built from that list with lx_router_registry_new(conf,
  *      gw->reg): unchanged nodes are carried over with their load, health and
  *      drain state (and a new node whose name is drained stays drained);
  *   3. with a config file, the file is rewritten atomically
@@ -49,6 +49,7 @@
 
 #include "../core/log.h"
 #include "../obs/metrics.h"
+#include "../route/router.h"
 
 #define MSG_MAX 480 /* lx_http_resp_error keeps 511 bytes of a message */
 
@@ -131,7 +132,7 @@ static void pool_copy(struct lx_conf_pool *d, const struct lx_conf_pool *s)
     }
 }
 
-/* Same configuration (what lx_registry_new and the file care about). */
+/* Same configuration (what the registry and the file care about). */
 static bool pool_equal(const struct lx_conf_pool *a, const struct lx_conf_pool *b)
 {
     if (!str_eq(a->model, b->model) || !str_eq(a->strategy, b->strategy) ||
@@ -236,7 +237,7 @@ static void state_load(const struct lx_conf *conf)
             st.src[i] = pool_to_src(p);
     }
     st.n = conf->n_pools;
-    st.default_strategy = lx_strdup(conf->strategy ? conf->strategy : "round_robin");
+    st.default_strategy = lx_strdup(conf->strategy);
     st.loaded = true;
     json_decref(models);
 }
@@ -306,7 +307,7 @@ static json_t *pool_json(struct lx_gateway *gw, const struct lx_conf_pool *p)
     uint64_t now = lx_now_ms();
 
     json_object_set_new(o, "model", json_string(p->model));
-    json_object_set_new(o, "strategy", json_string(p->strategy ? p->strategy : "round_robin"));
+    json_object_set_new(o, "strategy", json_string(p->strategy ? p->strategy : gw->conf->strategy));
     json_object_set_new(o, "upstream_model",
                         p->upstream_model ? json_string(p->upstream_model) : json_null());
     json_object_set_new(o, "metrics_update_interval", json_num(p->metrics_update_interval_s));
@@ -405,7 +406,7 @@ static int change(struct admin_job *job, size_t at, struct lx_conf_pool *np, jso
     LX_ASSERT(k == n);
     conf.pools = pools;
     conf.n_pools = n;
-    reg = lx_registry_new(&conf, gw->reg, err, sizeof(err));
+    reg = lx_router_registry_new(&conf, gw->reg, err, sizeof(err));
     if (!reg) {
         job_error(job, 400, "invalid_request_error", "invalid_pool", "%s", err);
         rc = LX_EINVAL;

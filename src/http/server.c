@@ -42,6 +42,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "../core/list.h"
 #include "../core/log.h"
 
 #define READ_BUF_SIZE (64 * 1024)
@@ -62,7 +63,7 @@ struct lx_http_conn {
     uv_tcp_t tcp;
     uv_timer_t timer;
     struct lx_http_server *srv;
-    struct lx_http_conn *prev, *next;  /* srv->conns list */
+    struct lx_list link;               /* in srv->conns */
     http_parser parser;
     enum conn_state state;
     int handles_open;                  /* tcp + timer, freed when 0 */
@@ -112,7 +113,7 @@ struct lx_http_server {
     uint64_t last_limit_log_ms, last_accept_log_ms;
     int port;
     size_t n_conns, n_busy, accepted;
-    struct lx_http_conn *conns;        /* doubly linked, for close */
+    struct lx_list conns;              /* struct lx_http_conn.link, for close */
     bool closing;
     bool listener_closed;
     void (*close_cb)(void *arg);
@@ -241,12 +242,7 @@ static void on_handle_closed(uv_handle_t *h)
 
     if (--c->handles_open > 0)
         return;
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        srv->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    lx_list_remove(&c->link);
     lx_buf_deinit(&c->in);
     lx_buf_deinit(&c->url);
     lx_headers_deinit(&c->hd);
@@ -550,7 +546,9 @@ static int on_headers_complete(http_parser *p)
     req->path_len = c->url.len - 1;
     /* Absolute form (RFC 9112 3.2.2), "http://host/path": a server must
      * accept it; the path is what routes. The authority ends at the first
-     * '/', '?' or '#'; a path must follow it. */
+     * '/', '?' or '#'; a path must follow it. Not http_parser_parse_url: it
+     * refuses authorities RFC 3986 allows ("host:" with an empty port,
+     * %-encoded or sub-delim names), which would turn those into 400s. */
     if (req->path_len > 7 && (strncasecmp(req->path, "http://", 7) == 0 ||
                               strncasecmp(req->path, "https://", 8) == 0)) {
         const char *auth = strstr(req->path, "://") + 3;
@@ -869,10 +867,7 @@ static int conn_open(struct lx_http_server *srv, int fd)
     c->timer.data = c;
     c->handles_open = 2;
     srv->n_conns++;
-    c->next = srv->conns;
-    if (srv->conns)
-        srv->conns->prev = c;
-    srv->conns = c;
+    lx_list_push_front(&srv->conns, &c->link);
     c->counted = srv->limits.max_conns > 0;
     if (c->counted)
         atomic_fetch_add_explicit(conn_count(srv), 1, memory_order_relaxed);
@@ -1021,6 +1016,7 @@ int lx_http_server_new(uv_loop_t *loop, const char *host, int port,
     srv->handler = handler;
     srv->ctx = ctx;
     srv->listen_fd = fd;
+    lx_list_init(&srv->conns);
     if (listen(fd, 4096) < 0 || getsockname(fd, (struct sockaddr *)&ss, &len) < 0) {
         rc = -errno;
         close(fd);
@@ -1109,7 +1105,7 @@ static void on_listener_closed(uv_handle_t *h)
 void lx_http_server_close(struct lx_http_server *srv, bool force, void (*cb)(void *arg),
                           void *arg)
 {
-    struct lx_http_conn *c, *next;
+    struct lx_list *n, *next;
 
     if (!srv->closing) {
         srv->closing = true;
@@ -1120,8 +1116,9 @@ void lx_http_server_close(struct lx_http_server *srv, bool force, void (*cb)(voi
         uv_close((uv_handle_t *)&srv->accept_poll, on_listener_closed);
         uv_close((uv_handle_t *)&srv->accept_timer, on_listener_closed);
     }
-    for (c = srv->conns; c; c = next) {
-        next = c->next;
+    lx_list_for_each_safe(n, next, &srv->conns) {
+        struct lx_http_conn *c = container_of(n, struct lx_http_conn, link);
+
         if (c->state == C_BUSY && !force)
             c->req.keep_alive = false;
         else if (c->state == C_IDLE && c->write_pending > 0 && !force)

@@ -10,7 +10,6 @@
 
 #include "../core/log.h"
 #include "../core/lx.h"
-#include "../route/router.h"
 
 static atomic_uint next_node_id;
 
@@ -221,8 +220,9 @@ bool lx_node_is_eligible(const struct lx_node *node)
 
 static void pool_deinit(struct lx_pool *p)
 {
-    if (p->strategy && p->strategy_state)
-        lx_strategy_destroy(p->strategy, p->strategy_state);
+    if (p->strategy_free && p->strategy_state)
+        p->strategy_free(p->strategy_state);
+    free(p->strategy_name);
     for (size_t i = 0; i < p->n_nodes; i++)
         lx_node_unref(p->nodes[i]);
     free(p->nodes);
@@ -255,8 +255,7 @@ static struct lx_node *node_reuse(struct lx_registry *prev, const char *model,
     return NULL;
 }
 
-struct lx_registry *lx_registry_new(const struct lx_conf *conf, struct lx_registry *prev,
-                                    char *err, size_t errlen)
+struct lx_registry *lx_registry_build(const struct lx_conf *conf, struct lx_registry *prev)
 {
     struct lx_registry *reg = lx_calloc(1, sizeof(*reg));
 
@@ -279,14 +278,8 @@ struct lx_registry *lx_registry_new(const struct lx_conf *conf, struct lx_regist
 
             p->nodes[p->n_nodes++] = n ? n : node_new(&cp->servers[k]);
         }
-        p->strategy = lx_strategy_find(cp->strategy ? cp->strategy : conf->strategy);
-        if (!p->strategy) {
-            snprintf(err, errlen, "models.%s.strategy: unknown strategy \"%s\"", cp->model,
-                     cp->strategy ? cp->strategy : conf->strategy);
-            lx_registry_unref(reg);
-            return NULL;
-        }
-        p->strategy_state = lx_strategy_init(p->strategy, p);
+        if (cp->strategy || conf->strategy)
+            p->strategy_name = lx_strdup(cp->strategy ? cp->strategy : conf->strategy);
     }
     return reg;
 }

@@ -2,7 +2,8 @@
  * node.h - the node registry: pools of upstream nodes built from the config.
  *
  * A registry is an immutable snapshot of pools and nodes, shared by every
- * worker: its shape never changes after lx_registry_new(). Per-node load and
+ * worker: its shape never changes once built and given its strategies
+ * (src/route's lx_router_registry_new() does both). Per-node load and
  * health live in atomics inside struct lx_node, so workers update them without
  * locks. Nodes are refcounted so that a later snapshot (admin API, reload) can
  * replace the registry while requests still hold the nodes they picked.
@@ -67,8 +68,11 @@ struct lx_node {
 struct lx_pool {
     char *model;                 /* client-facing model name, "*" = any */
     char *upstream_model;        /* NULL = forward the client's model */
-    const struct lx_strategy *strategy;
-    void *strategy_state;        /* owned by the strategy */
+    char *strategy_name;         /* canonical strategy name (src/conf/strategies.h) */
+    /* Set by src/route's lx_router_attach(); nodes/ only frees the state. */
+    const struct lx_strategy *strategy;  /* route's entry for strategy_name, NULL until then */
+    void *strategy_state;                /* per-pool state, may be NULL */
+    void (*strategy_free)(void *state);  /* frees strategy_state; NULL = nothing to free */
     struct lx_node **nodes;      /* n_nodes references */
     size_t n_nodes;
     struct lx_waitq parked;      /* requests waiting for a node below max_concurrency */
@@ -84,12 +88,12 @@ struct lx_registry {
     size_t n_pools;
 };
 
-/* Builds a registry from <conf>; returns a new reference, or NULL with <err>
- * filled (unknown strategy). Nodes of <prev> (may be NULL) whose pool, URL,
- * name, weight, max_concurrency and api_key are unchanged are carried over
- * with their health and load state. */
-struct lx_registry *lx_registry_new(const struct lx_conf *conf, struct lx_registry *prev,
-                                    char *err, size_t errlen);
+/* Builds a registry from <conf>, each pool knowing its strategy by name
+ * only (src/route's lx_router_attach() does the rest); returns a new
+ * reference. Nodes of <prev> (may be NULL) whose pool, URL, name, weight,
+ * max_concurrency and api_key are unchanged are carried over with their
+ * health and load state. */
+struct lx_registry *lx_registry_build(const struct lx_conf *conf, struct lx_registry *prev);
 struct lx_registry *lx_registry_ref(struct lx_registry *reg);
 void lx_registry_unref(struct lx_registry *reg);
 /* The pool for <model> (exact match first, then "*"); NULL if none. */

@@ -10,7 +10,6 @@
 #include <string.h>
 #include <time.h>
 
-#include "../route/router.h"
 #include "access_log.h"
 #include "metrics.h"
 
@@ -101,7 +100,7 @@ void lx_obs_health(const struct lx_obs_view *v, struct lx_http_req *req, const c
             n_nodes++;
         }
         json_object_set_new(jp, "model", json_string(p->model));
-        json_object_set_new(jp, "strategy", json_string(p->strategy->name));
+        json_object_set_new(jp, "strategy", json_string(p->strategy_name));
         if (p->upstream_model)
             json_object_set_new(jp, "upstream_model", json_string(p->upstream_model));
         json_object_set_new(jp, "healthy_nodes", json_integer((json_int_t)up));
@@ -308,7 +307,7 @@ void lx_obs_stats(const struct lx_obs_view *v, struct lx_http_req *req, const ch
         json_t *m = json_object();
 
         json_object_set_new(m, "model", json_string(p->model));
-        json_object_set_new(m, "strategy", json_string(p->strategy->name));
+        json_object_set_new(m, "strategy", json_string(p->strategy_name));
         json_object_set_new(m, "requests_total",
                             json_integer((json_int_t)atomic_load(&p->requests_total)));
         json_object_set_new(m, "errors_total",

@@ -105,7 +105,6 @@ static int ca_pick(struct lx_pool *pool, void *state, const struct lx_pick *ctx)
     return best;
 }
 
-const struct lx_strategy lx_strategy_cache_aware = {
-    .name = "cache_aware",
+const struct lx_strategy_ops lx_strategy_cache_aware = {
     .pick = ca_pick,
 };

@@ -71,7 +71,6 @@ static int latency_pick(struct lx_pool *pool, void *state, const struct lx_pick 
     return best;
 }
 
-const struct lx_strategy lx_strategy_latency_based = {
-    .name = "latency_based",
+const struct lx_strategy_ops lx_strategy_latency_based = {
     .pick = latency_pick,
 };

@@ -52,8 +52,7 @@ static void ll_destroy(void *state)
     free(state);
 }
 
-const struct lx_strategy lx_strategy_least_loaded = {
-    .name = "least_loaded",
+const struct lx_strategy_ops lx_strategy_least_loaded = {
     .init = ll_init,
     .pick = ll_pick,
     .destroy = ll_destroy,

@@ -37,7 +37,6 @@ static int p2_pick(struct lx_pool *pool, void *state, const struct lx_pick *ctx)
     }
 }
 
-const struct lx_strategy lx_strategy_power_of_two = {
-    .name = "power_of_two",
+const struct lx_strategy_ops lx_strategy_power_of_two = {
     .pick = p2_pick,
 };

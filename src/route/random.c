@@ -11,7 +11,6 @@ static int random_pick(struct lx_pool *pool, void *state, const struct lx_pick *
     return n ? lx_router_weighted(c, n, ctx->rand) : -1;
 }
 
-const struct lx_strategy lx_strategy_random = {
-    .name = "random",
+const struct lx_strategy_ops lx_strategy_random = {
     .pick = random_pick,
 };

@@ -41,7 +41,6 @@ static int rtm_pick(struct lx_pool *pool, void *state, const struct lx_pick *ctx
     return n ? lx_router_weighted(c, n, ctx->rand) : -1;
 }
 
-const struct lx_strategy lx_strategy_real_time_metrics = {
-    .name = "real_time_metrics",
+const struct lx_strategy_ops lx_strategy_real_time_metrics = {
     .pick = rtm_pick,
 };

@@ -68,8 +68,7 @@ static void rr_destroy(void *state)
     free(state);
 }
 
-const struct lx_strategy lx_strategy_round_robin = {
-    .name = "round_robin",
+const struct lx_strategy_ops lx_strategy_round_robin = {
     .init = rr_init,
     .pick = rr_pick,
     .destroy = rr_destroy,

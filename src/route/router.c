@@ -1,35 +1,68 @@
 /*
- * router.c - the strategy registry and the pick entry point; see router.h.
+ * router.c - the strategy table, attaching strategies to a registry's pools,
+ * and the pick entry point; see router.h.
  */
 #include "router.h"
 
-#include "../core/lx.h"
-
+#include <stdio.h>
 #include <string.h>
 
-static const struct lx_strategy *const strategies[] = {
-    &lx_strategy_round_robin,     &lx_strategy_least_loaded,        &lx_strategy_latency_based,
-    &lx_strategy_random,          &lx_strategy_power_of_two,        &lx_strategy_real_time_metrics,
-    &lx_strategy_cache_aware,
+#include "../core/lx.h"
+
+static const struct lx_strategy strategies[] = {
+#define ENTRY(name) {#name, &lx_strategy_##name},
+    LX_STRATEGIES(ENTRY)
+#undef ENTRY
 };
 
 const struct lx_strategy *lx_strategy_find(const char *name)
 {
     for (size_t i = 0; i < ARRAY_SIZE(strategies); i++)
-        if (strcmp(strategies[i]->name, name) == 0)
-            return strategies[i];
+        if (strcmp(strategies[i].name, name) == 0)
+            return &strategies[i];
     return NULL;
 }
 
 void *lx_strategy_init(const struct lx_strategy *s, struct lx_pool *pool)
 {
-    return s->init ? s->init(pool) : NULL;
+    return s->ops->init ? s->ops->init(pool) : NULL;
 }
 
 void lx_strategy_destroy(const struct lx_strategy *s, void *state)
 {
-    if (s->destroy)
-        s->destroy(state);
+    if (s->ops->destroy)
+        s->ops->destroy(state);
+}
+
+int lx_router_attach(struct lx_registry *reg, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < reg->n_pools; i++) {
+        struct lx_pool *p = &reg->pools[i];
+        const struct lx_strategy *s = p->strategy_name ? lx_strategy_find(p->strategy_name) : NULL;
+
+        LX_ASSERT(!p->strategy);
+        if (!s) {
+            snprintf(err, errlen, "models.%s.strategy: unknown strategy \"%s\"", p->model,
+                     p->strategy_name ? p->strategy_name : "");
+            return LX_EINVAL;
+        }
+        p->strategy = s;
+        p->strategy_state = lx_strategy_init(s, p);
+        p->strategy_free = s->ops->destroy;
+    }
+    return 0;
+}
+
+struct lx_registry *lx_router_registry_new(const struct lx_conf *conf, struct lx_registry *prev,
+                                           char *err, size_t errlen)
+{
+    struct lx_registry *reg = lx_registry_build(conf, prev);
+
+    if (lx_router_attach(reg, err, errlen) < 0) {
+        lx_registry_unref(reg);
+        return NULL;
+    }
+    return reg;
 }
 
 bool lx_router_is_candidate(const struct lx_pick *ctx, const struct lx_node *node)
@@ -54,7 +87,7 @@ struct lx_node *lx_router_pick(struct lx_pool *pool, const struct lx_pick *ctx)
 
     if (pool->n_nodes == 0)
         return NULL;
-    i = pool->strategy->pick(pool, pool->strategy_state, ctx);
+    i = pool->strategy->ops->pick(pool, pool->strategy_state, ctx);
     if (i < 0 || (size_t)i >= pool->n_nodes)
         return NULL;
     return lx_node_ref(pool->nodes[i]);

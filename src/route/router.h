@@ -1,9 +1,15 @@
 /*
  * router.h - routing strategies as const ops tables, picked per pool.
  *
- * A strategy is one .c file exporting a `const struct lx_strategy` and one
- * line in router.c's registry. pick() runs on worker threads concurrently for
- * the same pool: strategy state must be atomics or otherwise thread-safe.
+ * A strategy is one .c file exporting `const struct lx_strategy_ops
+ * lx_strategy_<name>` and one line in the list of src/conf/strategies.h.
+ * pick() runs on worker threads concurrently for the same pool: strategy
+ * state must be atomics or otherwise thread-safe.
+ *
+ * The node registry (src/nodes) knows a pool's strategy by name only;
+ * lx_router_attach() gives each pool its strategy and per-pool state, and
+ * leaves the pool a function to free that state with, so a registry is freed
+ * without nodes/ calling route/.
  */
 #ifndef LX_ROUTER_H
 #define LX_ROUTER_H
@@ -11,6 +17,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "../conf/strategies.h"
 #include "../http/body_scan.h"
 #include "../nodes/node.h"
 
@@ -35,8 +42,7 @@ struct lx_cand {
 
 #define LX_ROUTE_MAX_CANDIDATES 1024
 
-struct lx_strategy {
-    const char *name;
+struct lx_strategy_ops {
     /* Per-pool state; may return NULL when the strategy keeps none. */
     void *(*init)(struct lx_pool *pool);
     /* An index into pool->nodes of an eligible candidate, or -1 if none. */
@@ -44,10 +50,29 @@ struct lx_strategy {
     void (*destroy)(void *state);
 };
 
+/* A built-in strategy: its canonical name, from the list, and its ops. */
+struct lx_strategy {
+    const char *name;
+    const struct lx_strategy_ops *ops;
+};
+
 /* The strategy named <name> (canonical name), NULL if none is built in. */
 const struct lx_strategy *lx_strategy_find(const char *name);
 void *lx_strategy_init(const struct lx_strategy *s, struct lx_pool *pool);
 void lx_strategy_destroy(const struct lx_strategy *s, void *state);
+
+/*
+ * Gives every pool of <reg> the strategy its strategy_name names, with that
+ * strategy's per-pool state (freed with the registry). Call once, before the
+ * registry is shared. Returns 0, or LX_EINVAL with <err> naming the pool when
+ * a strategy is unknown; <reg> must then be unreffed (what was attached is
+ * freed with it).
+ */
+int lx_router_attach(struct lx_registry *reg, char *err, size_t errlen);
+/* lx_registry_build() then lx_router_attach(): a registry ready to route, as
+ * a new reference, or NULL with <err> filled (unknown strategy). */
+struct lx_registry *lx_router_registry_new(const struct lx_conf *conf, struct lx_registry *prev,
+                                           char *err, size_t errlen);
 
 /* Fills <out> (up to LX_ROUTE_MAX_CANDIDATES) with the pool's candidates;
  * returns how many. */
@@ -73,12 +98,8 @@ bool lx_router_is_any_candidate(struct lx_pool *pool, const struct lx_pick *ctx)
  * candidate. */
 struct lx_node *lx_router_pick(struct lx_pool *pool, const struct lx_pick *ctx);
 
-extern const struct lx_strategy lx_strategy_round_robin;
-extern const struct lx_strategy lx_strategy_least_loaded;
-extern const struct lx_strategy lx_strategy_latency_based;
-extern const struct lx_strategy lx_strategy_random;
-extern const struct lx_strategy lx_strategy_power_of_two;
-extern const struct lx_strategy lx_strategy_real_time_metrics;
-extern const struct lx_strategy lx_strategy_cache_aware;
+#define LX_STRATEGY_DECLARE(name) extern const struct lx_strategy_ops lx_strategy_##name;
+LX_STRATEGIES(LX_STRATEGY_DECLARE)
+#undef LX_STRATEGY_DECLARE
 
 #endif /* LX_ROUTER_H */

@@ -256,8 +256,7 @@ static void test_waitq(void **state)
     assert_true(lx_waitq_wake_one(&q));
     assert_false(lx_waitq_wake_one(&q));
     assert_int_equal(lx_waitq_len(&q), 0);
-    assert_null(q.head);
-    assert_null(q.tail);
+    assert_true(lx_list_empty(&q.waiters));
     assert_int_equal(n_woken, 3);
     assert_int_equal(wake_order[0], 2);
     assert_int_equal(wake_order[1], 0);
@@ -469,8 +468,7 @@ static void stress_run(int threads, int limit)
     assert_true(queued > 0);
     assert_int_equal(in_flight(), 0);
     assert_int_equal(lx_waitq_len(&adm.q), 0);
-    assert_null(adm.q.head);
-    assert_null(adm.q.tail);
+    assert_true(lx_list_empty(&adm.q.waiters));
     assert_int_equal(atomic_load(&adm.queued_total), queued);
 }
 

@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include <fcntl.h>
+#include <inttypes.h>
 #include <sched.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -23,6 +24,7 @@
 #include <unistd.h>
 
 #include "../../src/conf/conf.h"
+#include "../../src/conf/conf_internal.h"
 #include "../../src/core/lx.h"
 
 #define NO_DOTENV "/nonexistent-llmux-test-dir/.env"
@@ -166,6 +168,69 @@ static void test_defaults(void **state)
     assert_int_equal(s->max_concurrency, 0);
     assert_null(s->api_key);
     lx_conf_free(&c);
+}
+
+/* Every default in the settings table parses, and parsing it alone gives the
+ * value a load with nothing set has; printed back it is the same text, so
+ * --help shows what is stored. Rows without one leave their field unset. */
+static void test_defaults_roundtrip(void **state)
+{
+    const char *env[] = {"VLLM_NODES=http://a:8000", NULL};
+    struct lx_conf fresh;
+    size_t n_checked = 0;
+
+    expect_ok(&fresh, NULL, env, NULL);
+    for (size_t i = 0; i < lx_conf_n_settings; i++) {
+        const struct lx_conf_setting *s = &lx_conf_settings[i];
+        const char *name = s->env ? s->env : s->flag;
+        const char *want = (const char *)&fresh + s->off;
+        struct lx_conf_build b;
+        const char *got;
+        char text[64];
+
+        if (s->off == LX_CONF_NOFIELD) {
+            assert_null(s->def);
+            continue;
+        }
+        if (!s->def) {
+            if (s->kind != LX_CONF_K_INT && *(char *const *)(const void *)want)
+                fail_msg("%s: no default, but a fresh config has a value", name);
+            continue;
+        }
+        memset(&b, 0, sizeof(b));
+        if (lx_conf_set_text(&b, s, s->def, "default", errbuf, sizeof(errbuf)) < 0)
+            fail_msg("%s: the default \"%s\" does not parse: %s", name, s->def, errbuf);
+        got = (const char *)&b.conf + s->off;
+        switch (s->kind) {
+        case LX_CONF_K_INT:
+            assert_int_equal(*(const int *)(const void *)got, *(const int *)(const void *)want);
+            snprintf(text, sizeof(text), "%d", *(const int *)(const void *)got);
+            break;
+        case LX_CONF_K_U64:
+            assert_true(*(const uint64_t *)(const void *)got ==
+                        *(const uint64_t *)(const void *)want);
+            snprintf(text, sizeof(text), "%" PRIu64, *(const uint64_t *)(const void *)got);
+            break;
+        case LX_CONF_K_SECS:
+        case LX_CONF_K_SECS_OFF:
+        case LX_CONF_K_FLOAT:
+            assert_true(*(const double *)(const void *)got == *(const double *)(const void *)want);
+            snprintf(text, sizeof(text), "%g", *(const double *)(const void *)got);
+            break;
+        default:
+            assert_non_null(*(char *const *)(const void *)got);
+            assert_string_equal(*(char *const *)(const void *)got,
+                                *(char *const *)(const void *)want);
+            snprintf(text, sizeof(text), "%s", *(char *const *)(const void *)got);
+            break;
+        }
+        if (strcmp(text, s->def) != 0)
+            fail_msg("%s: the default \"%s\" is stored as \"%s\"", name, s->def, text);
+        lx_conf_free(&b.conf);
+        n_checked++;
+    }
+    assert_true(n_checked >= 25); /* the loop did run */
+    lx_conf_free(&fresh);
 }
 
 static void test_no_nodes(void **state)
@@ -502,6 +567,20 @@ static void test_bad_urls(void **state)
         {"http://300.1.1.1", "not a valid IPv4 address"},
         {"http://a b", "contains spaces"},
         {"http://a_b!c", "not a valid host name"},
+        {"http://host:0", "port 0 is out of range (1..65535)"},
+        {"http://host:65536", "port 65536 is out of range (1..65535)"},
+        {"http://host:000080", "invalid port"},
+        {"http://user@host", "user info"},
+        {"http://@host", "user info"},
+        {"http://a@b@c", "user info"},
+        {"http://host/path?q", "query strings and fragments are not allowed"},
+        {"http://host#f", "query strings and fragments are not allowed"},
+        {"http://[::1]8000", "expected ':' after the IPv6 address"},
+        {"http://[fe80::1%25eth0]", "not a valid IPv6 address"},
+        {"http://:80", "empty host"},
+        {"http:///v1", "empty host"},
+        {"http://-a", "not a valid host name"},
+        {"http://::1", "invalid port"},
     };
 
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -518,6 +597,62 @@ static void test_bad_urls(void **state)
                  "VLLM_NODES: \"https://b\": https upstreams are not supported yet");
     expect_error((const char *[]){"--nodes", " , ", NULL}, NULL, NULL,
                  "--nodes: expected at least one URL");
+}
+
+static void server_deinit(struct lx_conf_server *s)
+{
+    free(s->url);
+    free(s->host);
+    free(s->base_path);
+    memset(s, 0, sizeof(*s));
+}
+
+/* URLs that parse, with what they parse into. */
+static void test_good_urls(void **state)
+{
+    static const struct {
+        const char *in, *url, *host;
+        int port;
+        const char *base_path;
+    } cases[] = {
+        {"http://[::1]:8000/v1", "http://[::1]:8000/v1", "::1", 8000, "/v1"},
+        {"http://host", "http://host", "host", 80, ""},
+        {"http://HOST:65535//x//", "http://HOST:65535//x", "HOST", 65535, "//x"},
+        {"HTTP://a_b.c-d:00080/p@q:r", "HTTP://a_b.c-d:00080/p@q:r", "a_b.c-d", 80, "/p@q:r"},
+        {"http://1.2.3.4:1/", "http://1.2.3.4:1", "1.2.3.4", 1, ""},
+        {"http://[::ffff:1.2.3.4]", "http://[::ffff:1.2.3.4]", "::ffff:1.2.3.4", 80, ""},
+    };
+    struct lx_conf_server s = {0};
+    const size_t n = 70000;
+    char why[160], *big;
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        if (lx_conf_url_parse(&s, cases[i].in, why, sizeof(why)) < 0)
+            fail_msg("%s: %s", cases[i].in, why);
+        assert_string_equal(s.url, cases[i].url);
+        assert_string_equal(s.host, cases[i].host);
+        assert_int_equal(s.port, cases[i].port);
+        assert_string_equal(s.base_path, cases[i].base_path);
+        server_deinit(&s);
+    }
+    /* Past http-parser's 16-bit offsets: a long path is kept whole; a long
+     * authority gets the message it always had. */
+    big = malloc(n + 1);
+    assert_non_null(big);
+    memcpy(big, "http://h:81/", 12);
+    memset(big + 12, 'p', n - 12);
+    big[n] = '\0';
+    assert_int_equal(lx_conf_url_parse(&s, big, why, sizeof(why)), 0);
+    assert_int_equal(s.port, 81);
+    assert_int_equal(strlen(s.base_path), n - 11);
+    server_deinit(&s);
+    memset(big + 7, 'h', n - 7);
+    assert_int_equal(lx_conf_url_parse(&s, big, why, sizeof(why)), LX_EINVAL);
+    assert_string_equal(why, "host name too long");
+    big[n - 100] = '@';
+    assert_int_equal(lx_conf_url_parse(&s, big, why, sizeof(why)), LX_EINVAL);
+    assert_string_equal(why, "user info in URLs is not supported (use \"api_key\")");
+    free(big);
 }
 
 static void test_duplicate_server_names(void **state)
@@ -1035,6 +1170,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_defaults, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_defaults_roundtrip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_nodes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_admin_token_differs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_layers, setup, teardown),
@@ -1047,6 +1183,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_json_unknown_key, setup, teardown),
         cmocka_unit_test_setup_teardown(test_json_wrong_type, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_urls, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_good_urls, setup, teardown),
         cmocka_unit_test_setup_teardown(test_duplicate_server_names, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_strategy, setup, teardown),
         cmocka_unit_test_setup_teardown(test_vllm_nodes_pool, setup, teardown),

@@ -105,10 +105,10 @@ static void conf_init(struct test_conf *c, bool two_pools)
 static struct lx_registry *build(struct test_conf *c, struct lx_registry *prev)
 {
     char err[256] = "";
-    struct lx_registry *reg = lx_registry_new(&c->conf, prev, err, sizeof(err));
+    struct lx_registry *reg = lx_router_registry_new(&c->conf, prev, err, sizeof(err));
 
     if (!reg)
-        fail_msg("lx_registry_new: %s", err);
+        fail_msg("lx_router_registry_new: %s", err);
     return track(reg);
 }
 
@@ -144,10 +144,14 @@ static void test_registry_build(void **state)
     any = &reg->pools[1];
     assert_string_equal(p->model, "m");
     assert_null(p->upstream_model);
-    assert_ptr_equal(p->strategy, &lx_strategy_round_robin);
+    assert_string_equal(p->strategy_name, "round_robin");
+    assert_string_equal(p->strategy->name, "round_robin");
+    assert_ptr_equal(p->strategy->ops, &lx_strategy_round_robin);
     assert_non_null(p->strategy_state);
+    assert_non_null(p->strategy_free);
     assert_true(p->metrics_update_interval_s == 10);
-    assert_ptr_equal(any->strategy, &lx_strategy_least_loaded);
+    assert_string_equal(any->strategy_name, "least_loaded");
+    assert_ptr_equal(any->strategy->ops, &lx_strategy_least_loaded);
     assert_true(any->metrics_update_interval_s == 2);
     assert_int_equal(p->n_nodes, 3);
     n = p->nodes;
@@ -209,15 +213,48 @@ static void test_registry_unknown_strategy(void **state)
 
     conf_init(&c, true);
     c.pools[1].strategy = "fastest";
-    assert_null(lx_registry_new(&c.conf, NULL, err, sizeof(err)));
+    assert_null(lx_router_registry_new(&c.conf, NULL, err, sizeof(err)));
     assert_non_null(strstr(err, "unknown strategy"));
     assert_non_null(strstr(err, "fastest"));
     /* The global default is checked too. */
     conf_init(&c, false);
     c.conf.strategy = "nope";
     err[0] = '\0';
-    assert_null(lx_registry_new(&c.conf, NULL, err, sizeof(err)));
+    assert_null(lx_router_registry_new(&c.conf, NULL, err, sizeof(err)));
     assert_non_null(strstr(err, "nope"));
+}
+
+/* Built without route/, a registry names its strategies and frees cleanly;
+ * attaching gives every pool its strategy, and fails on an unknown name. */
+static void test_registry_build_then_attach(void **state)
+{
+    struct test_conf c;
+    struct lx_registry *reg;
+    char err[256] = "";
+
+    conf_init(&c, true);
+    reg = lx_registry_build(&c.conf, NULL);
+    assert_string_equal(reg->pools[0].strategy_name, "round_robin");
+    assert_string_equal(reg->pools[1].strategy_name, "least_loaded");
+    for (size_t i = 0; i < reg->n_pools; i++) {
+        assert_null(reg->pools[i].strategy);
+        assert_null(reg->pools[i].strategy_state);
+        assert_null(reg->pools[i].strategy_free);
+    }
+    lx_registry_unref(reg);
+
+    reg = lx_registry_build(&c.conf, NULL);
+    assert_int_equal(lx_router_attach(reg, err, sizeof(err)), 0);
+    assert_string_equal(reg->pools[1].strategy->name, "least_loaded");
+    lx_registry_unref(reg);
+
+    /* The first pool is attached before the second fails: freed all the same. */
+    c.pools[1].strategy = "fastest";
+    reg = lx_registry_build(&c.conf, NULL);
+    assert_int_equal(lx_router_attach(reg, err, sizeof(err)), LX_EINVAL);
+    assert_string_equal(err, "models.*.strategy: unknown strategy \"fastest\"");
+    assert_non_null(reg->pools[0].strategy_state);
+    lx_registry_unref(reg);
 }
 
 /* A reload carries over unchanged nodes with their state. */
@@ -676,6 +713,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_registry_build, setup, teardown),
         cmocka_unit_test_setup_teardown(test_registry_ipv6_host_header, setup, teardown),
         cmocka_unit_test_setup_teardown(test_registry_unknown_strategy, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_registry_build_then_attach, setup, teardown),
         cmocka_unit_test_setup_teardown(test_registry_reuse_unchanged, setup, teardown),
         cmocka_unit_test_setup_teardown(test_registry_no_reuse_when_changed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_long_api_key_not_truncated, setup, teardown),

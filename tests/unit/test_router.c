@@ -5,7 +5,7 @@
  * with bounded load and the rendezvous property), that every strategy returns
  * no node when no node is a candidate, and the stable route hash.
  *
- * Pools are built with lx_registry_new() from a hand-made struct lx_conf;
+ * Pools are built with lx_router_registry_new() from a hand-made struct lx_conf;
  * situations are set up by writing the node atomics directly. Random numbers
  * come from a seeded splitmix64 sequence, so every run makes the same picks:
  * share bounds are wide enough for any reasonable sequence but a test that
@@ -29,8 +29,9 @@
 #define MAX_NODES 8
 
 static const char *const all_strategies[] = {
-    "round_robin",  "least_loaded",      "latency_based", "random",
-    "power_of_two", "real_time_metrics", "cache_aware",
+#define NAME(name) #name,
+    LX_STRATEGIES(NAME)
+#undef NAME
 };
 
 /* ---- helpers ---------------------------------------------------------- */
@@ -150,7 +151,7 @@ static struct lx_registry *make_reg_urls(const char *strategy, size_t n, const i
     conf.n_pools = 1;
     conf.strategy = "round_robin";
     conf.metrics_update_interval_s = 10;
-    reg = lx_registry_new(&conf, NULL, err, sizeof(err));
+    reg = lx_router_registry_new(&conf, NULL, err, sizeof(err));
     assert_non_null(reg);
     track_reg(reg);
     assert_string_equal(err, "");
@@ -277,10 +278,15 @@ static void test_strategy_find(void **state)
 
         assert_non_null(s);
         assert_string_equal(s->name, all_strategies[i]);
-        assert_non_null(s->pick);
+        assert_non_null(s->ops->pick);
+        /* conf accepts the same names, as they are. */
+        assert_string_equal(lx_conf_strategy_canonical(all_strategies[i]), all_strategies[i]);
     }
-    assert_ptr_equal(lx_strategy_find("round_robin"), &lx_strategy_round_robin);
-    assert_ptr_equal(lx_strategy_find("cache_aware"), &lx_strategy_cache_aware);
+    assert_ptr_equal(lx_strategy_find("round_robin")->ops, &lx_strategy_round_robin);
+    assert_ptr_equal(lx_strategy_find("cache_aware")->ops, &lx_strategy_cache_aware);
+    /* Aliases are conf's business: route sees canonical names only. */
+    assert_string_equal(lx_conf_strategy_canonical("least_connection"), "least_loaded");
+    assert_null(lx_strategy_find("least_connection"));
     assert_null(lx_strategy_find("nope"));
     assert_null(lx_strategy_find(""));
     assert_null(lx_strategy_find("Round_Robin"));
@@ -338,7 +344,7 @@ static void test_no_candidate_every_strategy(void **state)
             ctx.scan = i & 1 ? &scan : NULL;
             if (i & 1)
                 assert_int_equal(lx_body_scan(body, strlen(body), &scan), LX_SCAN_OK);
-            assert_int_equal(pool->strategy->pick(pool, pool->strategy_state, &ctx), -1);
+            assert_int_equal(pool->strategy->ops->pick(pool, pool->strategy_state, &ctx), -1);
             assert_null(lx_router_pick(pool, &ctx));
         }
         /* One below its limit again: every strategy finds it and only it. */
@@ -363,7 +369,7 @@ static void test_empty_pool(void **state)
         pool.strategy_state = lx_strategy_init(pool.strategy, &pool);
         ctx.rand = next_rand();
         assert_null(lx_router_pick(&pool, &ctx));
-        assert_int_equal(pool.strategy->pick(&pool, pool.strategy_state, &ctx), -1);
+        assert_int_equal(pool.strategy->ops->pick(&pool, pool.strategy_state, &ctx), -1);
         assert_false(lx_router_is_any_candidate(&pool, &ctx));
         lx_strategy_destroy(pool.strategy, pool.strategy_state);
     }
