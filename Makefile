@@ -136,6 +136,7 @@ test: deps
 	@$(MAKE) --no-print-directory test-e2e
 
 test-unit: $(UNIT_BIN) $(REPLAY_BIN)
+	@scripts/check-layers
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
 	@$(MAKE) --no-print-directory test-fuzz-replay
 
