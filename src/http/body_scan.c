@@ -336,6 +336,23 @@ static int scan_scalar(const char **pp, const char *end)
     }
 }
 
+/* Skips blanks; when the next byte closes the innermost open container,
+ * consumes it, pops the container and returns 1; returns 0 at another byte
+ * (*pp on it) and -1 at the end of input. */
+static int close_container(const char **pp, const char *end, const char *stack, unsigned *top)
+{
+    const char *p = skip_ws(*pp, end);
+
+    *pp = p;
+    if (p == end)
+        return -1;
+    if (*p != stack[*top - 1])
+        return 0;
+    *pp = p + 1;
+    (*top)--;
+    return 1;
+}
+
 /* Walks any value at *pp (whitespace first allowed), <depth> containers deep
  * already. No recursion: stack[] holds the closing byte of each container
  * opened here, and the labels are the three places a parser can stand: before
@@ -358,13 +375,12 @@ value:
             goto out;
         }
         stack[top++] = *p == '{' ? '}' : ']';
-        p = skip_ws(p + 1, end);
-        if (p == end)
+        p++;
+        switch (close_container(&p, end, stack, &top)) {
+        case -1:
             goto out;
-        if (*p == stack[top - 1]) {
-            p++;
-            top--;
-            goto next;
+        case 1:
+            goto next; /* empty */
         }
         if (stack[top - 1] == '}')
             goto key;
@@ -379,12 +395,10 @@ next:
         goto out;
     }
     rc = LX_SCAN_SYNTAX;
-    p = skip_ws(p, end);
-    if (p == end)
+    switch (close_container(&p, end, stack, &top)) {
+    case -1:
         goto out;
-    if (*p == stack[top - 1]) {
-        p++;
-        top--;
+    case 1:
         goto next;
     }
     if (*p != ',')
