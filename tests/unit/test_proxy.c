@@ -121,6 +121,8 @@ struct harness {
     char trace[MAX_REQS + 1][192]; /* by request number: "NEW>PICK>..." */
     int n_started;                 /* requests handed to the proxy */
     int n_done;                    /* requests that reached DONE */
+    int handle_delay_ms;           /* the handler first sleeps this long (a busy
+                                    * turn: libuv's loop time then lags the clock) */
 };
 
 /* The harness of the running test, for teardown after a failed assertion. */
@@ -195,6 +197,8 @@ static void handle(struct lx_http_req *req, void *ctx)
     char rid[16];
 
     LX_ASSERT(h->n_started < MAX_REQS);
+    if (h->handle_delay_ms)
+        usleep((useconds_t)h->handle_delay_ms * 1000);
     snprintf(rid, sizeof(rid), "rid-%d", ++h->n_started);
     lx_proxy_start(&h->env, req, &h->env.reg->pools[0], json ? &scan : NULL, req->path, rid);
 }
@@ -962,7 +966,7 @@ static void test_queued_then_served(void **state)
  * the queue timeout here). Either limit is read when a request starts, so
  * the first request has neither and is then served.
  */
-static void expect_queued_request_times_out(bool total, int status, const char *code)
+static void expect_queued_request_times_out(bool total, int delay_ms, int status, const char *code)
 {
     struct harness *h = harness_start(&one_slot);
     struct client *c1, *c2;
@@ -973,6 +977,7 @@ static void expect_queued_request_times_out(bool total, int status, const char *
         h->conf.total_timeout_s = 0.3;
     else
         h->conf.queue_timeout_s = 0.2;
+    h->handle_delay_ms = delay_ms;
     c2 = client_post(h, BODY_PLAIN);
     r = client_response(h, c2, 0);
     assert_error(r, status, code);
@@ -984,14 +989,15 @@ static void expect_queued_request_times_out(bool total, int status, const char *
     harness_stop(h);
 }
 
+/* Fails now and then until on_timer is fixed: test_queue_timeout_after_busy_turn. */
 static void test_queue_timeout(void **state)
 {
-    expect_queued_request_times_out(false, 503, "queue_timeout");
+    expect_queued_request_times_out(false, 0, 503, "queue_timeout");
 }
 
 static void test_total_timeout_while_queued(void **state)
 {
-    expect_queued_request_times_out(true, 504, "total_timeout");
+    expect_queued_request_times_out(true, 0, 504, "total_timeout");
 }
 
 /* A request that finds the queue full (<max_queue> -1: no queue) is refused
@@ -1146,6 +1152,64 @@ static void test_pipelined_requests_in_order(void **state)
     harness_finish(h, "NEW>PICK>EXCHANGE>RELAY>DONE");
 }
 
+/* ---- known bugs: each test below fails until proxy.c is fixed ---------- */
+
+/*
+ * BUG (proxy.c on_timer): a queue timeout answered as a total timeout.
+ * timer_arm() computes the timer's delay from lx_now_ms(), but libuv adds it
+ * to its loop time, cached when the turn of the loop began, so the timer
+ * fires early by as much as that turn had already taken; on_timer() then
+ * finds now < queue_deadline_ms and answers 504 total_timeout, though no
+ * total timeout is set. Here the turn is busy for 50 ms before the request
+ * arrives (the handler sleeps); without the sleep a millisecond boundary
+ * is enough: test_queue_timeout fails 1 run in 8 to 1 in 40 here. Fix:
+ * decide by which deadline the timer was armed for, not by the clock
+ * (queue_deadline_ms <= total_deadline_ms, or no total deadline, means the
+ * queue timeout; likewise retry_at_ms against the total one in BACKOFF).
+ */
+static void test_queue_timeout_after_busy_turn(void **state)
+{
+    expect_queued_request_times_out(false, 50, 503, "queue_timeout");
+}
+
+/*
+ * BUG (proxy.c px_on_mail): a lost wake of the parked queue. When request 1
+ * ends, exchange_end() wakes the head of the parked queue, request 2; its
+ * client goes before the wake is delivered, so px_on_mail() ends it, and
+ * nothing passes the wake on: request 3 stays parked with the node idle
+ * until another exchange of the pool ends, or QUEUE_TIMEOUT_SECONDS (503).
+ * (The admission queue has no such gap: the slot handed to request 2 is
+ * released in its DONE, see test_client_abort_races_slot_wake.) Fix: in
+ * px_on_mail(), a PARKED request without a client wakes the next parked
+ * one (lx_waitq_wake_one(&p->pool->parked)) before it ends.
+ */
+static void test_client_abort_races_capacity_wake(void **state)
+{
+    expect_abort_while_waiting(&one_capacity, "NEW>PICK>PARKED", true);
+}
+
+/*
+ * BUG (proxy.c relay_retract): a state change the trace does not see. Node
+ * A's head and a malformed chunk arrive in one read: the head never left
+ * llmux, so it is taken back (RELAY>EXCHANGE) and the request retried on B,
+ * as it should be; but relay_retract() sets p->state without calling the
+ * trace, which shows "RELAY|EXCHANGE" (a change that did not start where
+ * the last one ended). Fix: one px_trace(p, next) used by px_enter() and
+ * relay_retract().
+ */
+static void test_retracted_head_retried(void **state)
+{
+    struct harness *h = harness_start(&(struct opts){.nodes = 2});
+    struct client *c = client_post(h, BODY_PLAIN);
+    struct node_conn *a = node_take(h, 0);
+
+    node_send(a, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n");
+    node_serve(h, 1, "fine");
+    assert_relayed(client_response(h, c, 0), "B", "rid-1", "fine");
+    node_wait_eof(h, a);
+    harness_finish(h, "NEW>PICK>EXCHANGE>RELAY>EXCHANGE>BACKOFF>PICK>EXCHANGE>RELAY>DONE");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1170,6 +1234,10 @@ int main(void)
         cmocka_unit_test_teardown(test_client_abort_races_slot_wake, teardown),
         cmocka_unit_test_teardown(test_client_abort_in_relay, teardown),
         cmocka_unit_test_teardown(test_pipelined_requests_in_order, teardown),
+        /* Known bugs: these fail until proxy.c is fixed (see above). */
+        cmocka_unit_test_teardown(test_queue_timeout_after_busy_turn, teardown),
+        cmocka_unit_test_teardown(test_client_abort_races_capacity_wake, teardown),
+        cmocka_unit_test_teardown(test_retracted_head_retried, teardown),
     };
 
     signal(SIGPIPE, SIG_IGN);
