@@ -613,14 +613,19 @@ static void proxy_done(struct lx_proxy *p)
     uv_close((uv_handle_t *)&p->timer, on_timer_closed);
 }
 
+static void px_trace(struct lx_proxy *p, enum px_state next)
+{
+    if (p->env->trace)
+        p->env->trace(p->env, p->request_id, state_names[p->state], state_names[next]);
+}
+
 static void px_enter(struct lx_proxy *p, enum px_state next)
 {
     enum px_state prev = p->state;
     uint64_t ms;
 
     LX_ASSERT(prev != PX_DONE);
-    if (p->env->trace)
-        p->env->trace(p->env, p->request_id, state_names[prev], state_names[next]);
+    px_trace(p, next);
     /* Leaving an exchange for anything but its relay ends it. */
     if ((prev == PX_EXCHANGE || prev == PX_RELAY) && next != PX_RELAY)
         exchange_end(p, &p->ex);
@@ -661,15 +666,18 @@ static void px_enter(struct lx_proxy *p, enum px_state next)
 static void on_timer(uv_timer_t *t)
 {
     struct lx_proxy *p = container_of(t, struct lx_proxy, timer);
-    uint64_t now = lx_now_ms();
-    bool total = p->total_deadline_ms && now >= p->total_deadline_ms;
+    uint64_t total = p->total_deadline_ms;
 
+    /* The timer was armed for the earliest deadline of the state; which one
+     * it was is not told by lx_now_ms(): libuv counts the delay from its
+     * loop time, cached when the turn began, so the timer may fire a little
+     * before that deadline by lx_now_ms(). */
     switch (p->state) {
     case PX_QUEUED:
     case PX_PARKED:
         if (!dequeue(p))
             return; /* woken meanwhile: the mailbox has it */
-        if (now >= p->queue_deadline_ms) {
+        if (!total || p->queue_deadline_ms <= total) {
             atomic_fetch_add(&p->env->admit->timeouts_total, 1);
             proxy_answer(p, ANS_QUEUE_TIMEOUT);
         } else {
@@ -678,7 +686,7 @@ static void on_timer(uv_timer_t *t)
         }
         return;
     case PX_BACKOFF:
-        if (!total) {
+        if (!total || p->retry_at_ms < total) {
             px_enter(p, PX_PICK);
             return;
         }
@@ -706,6 +714,9 @@ static void px_on_mail(struct lx_mail *m)
     if (p->state == PX_QUEUED) {
         p->t_admit_ns = now_ns();
         lx_metrics_queue_wait(p->env->metrics, (double)(p->t_admit_ns - p->t_start_ns) / 1e9);
+    } else if (!p->client && lx_waitq_len(&p->pool->parked) > 0) {
+        /* The capacity this wake announced goes unused: pass it on. */
+        lx_waitq_wake_one(&p->pool->parked);
     }
     px_enter(p, p->client ? PX_PICK : PX_DONE);
 }
@@ -911,6 +922,7 @@ static void relay_break(struct lx_proxy *p, bool node_broke, const char *code, c
  * lx_http_resp_retract): back to EXCHANGE, to be answered afresh. */
 static void relay_retract(struct lx_proxy *p)
 {
+    px_trace(p, PX_EXCHANGE);
     p->state = PX_EXCHANGE;
     p->is_sse = false;
     p->status = 0;

@@ -1152,10 +1152,10 @@ static void test_pipelined_requests_in_order(void **state)
     harness_finish(h, "NEW>PICK>EXCHANGE>RELAY>DONE");
 }
 
-/* ---- known bugs: each test below fails until proxy.c is fixed ---------- */
+/* ---- regressions: bugs of proxy.c these tests found ----------------------- */
 
 /*
- * BUG (proxy.c on_timer): a queue timeout answered as a total timeout.
+ * Was a bug (proxy.c on_timer): a queue timeout answered as a total timeout.
  * timer_arm() computes the timer's delay from lx_now_ms(), but libuv adds it
  * to its loop time, cached when the turn of the loop began, so the timer
  * fires early by as much as that turn had already taken; on_timer() then
@@ -1173,7 +1173,7 @@ static void test_queue_timeout_after_busy_turn(void **state)
 }
 
 /*
- * BUG (proxy.c px_on_mail): a lost wake of the parked queue. When request 1
+ * Was a bug (proxy.c px_on_mail): a lost wake of the parked queue. When request 1
  * ends, exchange_end() wakes the head of the parked queue, request 2; its
  * client goes before the wake is delivered, so px_on_mail() ends it, and
  * nothing passes the wake on: request 3 stays parked with the node idle
@@ -1189,7 +1189,7 @@ static void test_client_abort_races_capacity_wake(void **state)
 }
 
 /*
- * BUG (proxy.c relay_retract): a state change the trace does not see. Node
+ * Was a bug (proxy.c relay_retract): a state change the trace did not see. Node
  * A's head and a malformed chunk arrive in one read: the head never left
  * llmux, so it is taken back (RELAY>EXCHANGE) and the request retried on B,
  * as it should be; but relay_retract() sets p->state without calling the
@@ -1234,7 +1234,7 @@ int main(void)
         cmocka_unit_test_teardown(test_client_abort_races_slot_wake, teardown),
         cmocka_unit_test_teardown(test_client_abort_in_relay, teardown),
         cmocka_unit_test_teardown(test_pipelined_requests_in_order, teardown),
-        /* Known bugs: these fail until proxy.c is fixed (see above). */
+        /* Regressions (see above). */
         cmocka_unit_test_teardown(test_queue_timeout_after_busy_turn, teardown),
         cmocka_unit_test_teardown(test_client_abort_races_capacity_wake, teardown),
         cmocka_unit_test_teardown(test_retracted_head_retried, teardown),
