@@ -55,32 +55,46 @@ bool lx_waitq_remove(struct lx_waitq *q, struct lx_waiter *w)
     return removed;
 }
 
-/* Pops the head, marking it woken; NULL when empty. */
-static struct lx_waiter *pop_locked(struct lx_waitq *q)
+/* Takes <w> out of the queue, marking it woken. */
+static void pop_locked(struct lx_waitq *q, struct lx_waiter *w)
 {
-    struct lx_list *n = lx_list_pop_front(&q->waiters);
-    struct lx_waiter *w;
-
-    if (!n)
-        return NULL;
+    lx_list_remove(&w->link);
     atomic_fetch_sub(&q->len, 1);
-    w = container_of(n, struct lx_waiter, link);
     w->state = LX_WAIT_WOKEN;
-    return w;
 }
 
-bool lx_waitq_wake_one(struct lx_waitq *q)
+bool lx_waitq_wake_first(struct lx_waitq *q, lx_waiter_want want, void *arg)
 {
-    struct lx_waiter *w;
+    struct lx_waiter *w = NULL;
+    struct lx_list *n;
 
     if (atomic_load(&q->len) == 0)
         return false;
     uv_mutex_lock(&q->lock);
-    w = pop_locked(q);
+    lx_list_for_each(n, &q->waiters) {
+        struct lx_waiter *c = container_of(n, struct lx_waiter, link);
+
+        if (!want || want(c, arg)) {
+            w = c;
+            pop_locked(q, w);
+            break;
+        }
+    }
     uv_mutex_unlock(&q->lock);
     if (w)
         w->wake(w);
     return w != NULL;
+}
+
+bool lx_waitq_wake_one(struct lx_waitq *q)
+{
+    return lx_waitq_wake_first(q, NULL, NULL);
+}
+
+void lx_waitq_wake_all(struct lx_waitq *q)
+{
+    while (lx_waitq_wake_one(q))
+        ;
 }
 
 void lx_admit_init(struct lx_admit *a, int max_in_flight, int max_queue)
@@ -119,8 +133,10 @@ static void grant_waiters(struct lx_admit *a)
         struct lx_waiter *w = NULL;
 
         uv_mutex_lock(&a->q.lock);
-        if (!lx_list_empty(&a->q.waiters) && try_take(a))
-            w = pop_locked(&a->q);
+        if (!lx_list_empty(&a->q.waiters) && try_take(a)) {
+            w = container_of(lx_list_first(&a->q.waiters), struct lx_waiter, link);
+            pop_locked(&a->q, w);
+        }
         uv_mutex_unlock(&a->q.lock);
         if (!w)
             return;

@@ -50,6 +50,13 @@ void lx_waitq_push(struct lx_waitq *q, struct lx_waiter *w, bool front);
 bool lx_waitq_remove(struct lx_waitq *q, struct lx_waiter *w);
 /* Wakes the head waiter, if any; true if one was woken. */
 bool lx_waitq_wake_one(struct lx_waitq *q);
+/* Wakes the first waiter from the head for which <want>(w, arg) is true (any
+ * when <want> is NULL); true if one was woken. <want> runs under the queue's
+ * lock and may read what the waiter's owner wrote before it queued. */
+typedef bool (*lx_waiter_want)(const struct lx_waiter *w, void *arg);
+bool lx_waitq_wake_first(struct lx_waitq *q, lx_waiter_want want, void *arg);
+/* Wakes every waiter (they find the queue they belong to changed). */
+void lx_waitq_wake_all(struct lx_waitq *q);
 static inline int lx_waitq_len(struct lx_waitq *q)
 {
     return atomic_load(&q->len);

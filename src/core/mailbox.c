@@ -40,6 +40,7 @@ int lx_mailbox_init(struct lx_mailbox *mb, uv_loop_t *loop)
     int rc;
 
     mb->head = NULL;
+    mb->closed = false;
     rc = uv_mutex_init(&mb->lock);
     if (rc < 0)
         return rc;
@@ -51,15 +52,24 @@ int lx_mailbox_init(struct lx_mailbox *mb, uv_loop_t *loop)
 
 void lx_mailbox_post(struct lx_mailbox *mb, struct lx_mail *m)
 {
+    bool closed;
+
     uv_mutex_lock(&mb->lock);
     m->next = mb->head;
     mb->head = m;
+    closed = mb->closed;
     uv_mutex_unlock(&mb->lock);
-    uv_async_send(&mb->async);
+    if (!closed)
+        uv_async_send(&mb->async);
 }
 
 void lx_mailbox_close(struct lx_mailbox *mb)
 {
+    deliver_all(mb);
+    uv_mutex_lock(&mb->lock);
+    mb->closed = true;
+    uv_mutex_unlock(&mb->lock);
+    /* A mail that slipped in between is delivered, not lost. */
     deliver_all(mb);
     uv_close((uv_handle_t *)&mb->async, NULL);
 }

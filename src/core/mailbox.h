@@ -8,6 +8,7 @@
 #ifndef LX_MAILBOX_H
 #define LX_MAILBOX_H
 
+#include <stdbool.h>
 #include <uv.h>
 
 struct lx_mail {
@@ -19,6 +20,7 @@ struct lx_mailbox {
     uv_async_t async;
     uv_mutex_t lock;
     struct lx_mail *head;  /* under lock; newest first */
+    bool closed;           /* under lock: lx_mailbox_close() ran */
 };
 
 /* 0 or a libuv error. */
@@ -26,8 +28,8 @@ int lx_mailbox_init(struct lx_mailbox *mb, uv_loop_t *loop);
 /* Any thread. <m> must not be posted again before it is delivered. */
 void lx_mailbox_post(struct lx_mailbox *mb, struct lx_mail *m);
 /* On the loop's thread: delivers what is pending and closes the handle; a
- * mail posted afterwards is never delivered. lx_mailbox_deinit() once the
- * loop has closed the handle. */
+ * mail posted afterwards is never delivered (nor signalled to the closed
+ * handle). lx_mailbox_deinit() once the loop has closed the handle. */
 void lx_mailbox_close(struct lx_mailbox *mb);
 void lx_mailbox_deinit(struct lx_mailbox *mb);
 

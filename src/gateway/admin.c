@@ -369,10 +369,67 @@ static void carry_drained(struct lx_registry *reg, struct lx_registry *prev)
     }
 }
 
-/* lx_gateway_install()'s completion: every worker has switched. */
+#define INSTALL_WAIT_NS (5 * 1000000000ULL)
+
+/* An admin call waiting for lx_gateway_install()'s completion (every worker
+ * has switched). Shared with the callback, which outlives a wait that gave
+ * up. */
+struct install_wait {
+    uv_mutex_t lock;
+    uv_cond_t cond;
+    bool done;
+    int refs;
+};
+
+static void install_wait_unref(struct install_wait *iw)
+{
+    bool last;
+
+    uv_mutex_lock(&iw->lock);
+    last = --iw->refs == 0;
+    uv_mutex_unlock(&iw->lock);
+    if (!last)
+        return;
+    uv_cond_destroy(&iw->cond);
+    uv_mutex_destroy(&iw->lock);
+    free(iw);
+}
+
 static void on_installed(void *arg)
 {
-    uv_sem_post(arg);
+    struct install_wait *iw = arg;
+
+    uv_mutex_lock(&iw->lock);
+    iw->done = true;
+    uv_cond_signal(&iw->cond);
+    uv_mutex_unlock(&iw->lock);
+    install_wait_unref(iw);
+}
+
+/* Installs <reg> and waits until every worker uses it, or 5 s (a worker
+ * that cannot take it then is stuck anyway; the admin API must not be). */
+static void install_and_wait(struct lx_gateway *gw, struct lx_registry *reg, const char *rid)
+{
+    struct install_wait *iw = lx_calloc(1, sizeof(*iw));
+    uint64_t deadline = uv_hrtime() + INSTALL_WAIT_NS;
+    bool done;
+
+    uv_mutex_init(&iw->lock);
+    uv_cond_init(&iw->cond);
+    iw->refs = 2;
+    lx_gateway_install(gw, reg, on_installed, iw);
+    uv_mutex_lock(&iw->lock);
+    while (!iw->done) {
+        uint64_t now = uv_hrtime();
+
+        if (now >= deadline || uv_cond_timedwait(&iw->cond, &iw->lock, deadline - now) != 0)
+            break;
+    }
+    done = iw->done;
+    uv_mutex_unlock(&iw->lock);
+    if (!done)
+        lx_warn("admin: not every worker has taken the new pools after 5 s [request %s]", rid);
+    install_wait_unref(iw);
 }
 
 /*
@@ -390,7 +447,6 @@ static int change(struct admin_job *job, size_t at, struct lx_conf_pool *np, jso
     struct lx_conf_pool *pools = lx_calloc(n + 1, sizeof(*pools));
     json_t **src = lx_calloc(n + 1, sizeof(*src));
     struct lx_registry *reg;
-    uv_sem_t installed;
     char err[400];
     int rc = 0;
 
@@ -427,10 +483,7 @@ static int change(struct admin_job *job, size_t at, struct lx_conf_pool *np, jso
     }
     /* The answer leaves once every worker has switched, so the client's next
      * request sees the change. */
-    uv_sem_init(&installed, 0);
-    lx_gateway_install(gw, reg, on_installed, &installed);
-    uv_sem_wait(&installed);
-    uv_sem_destroy(&installed);
+    install_and_wait(gw, reg, job->rid);
     lx_registry_unref(reg);
     if (at < st.n) {
         lx_conf_pool_free(&st.pools[at]);

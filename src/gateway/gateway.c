@@ -25,6 +25,7 @@
 /* One lx_gateway_install(): how many workers have yet to switch. */
 struct install {
     atomic_int left;
+    struct lx_registry *prev;        /* the snapshot replaced (reference) */
     void (*done)(void *arg);
     void *arg;
 };
@@ -41,6 +42,12 @@ static void install_step(struct install *in)
 {
     if (atomic_fetch_sub(&in->left, 1) != 1)
         return;
+    /* Every worker has switched: requests parked in the old pools would
+     * wait there for capacity nobody announces any more. Woken, they find
+     * the new pools (adopt_newest) and park there if they must. */
+    for (size_t i = 0; i < in->prev->n_pools; i++)
+        lx_waitq_wake_all(&in->prev->pools[i].parked);
+    lx_registry_unref(in->prev);
     if (in->done)
         in->done(in->arg);
     free(in);
@@ -65,7 +72,7 @@ void lx_gateway_install(struct lx_gateway *gw, struct lx_registry *reg, void (*d
     atomic_init(&in->left, gw->n_workers + 1);
     in->done = done;
     in->arg = arg;
-    lx_registry_unref(gw->reg);
+    in->prev = gw->reg; /* the gateway's reference moves to <in> */
     gw->reg = lx_registry_ref(reg);
     if (gw->health)
         lx_health_set_registry(gw->health, reg);

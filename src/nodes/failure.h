@@ -12,7 +12,8 @@ enum lx_fail {
     LX_FAIL_CONNECT,        /* no connection: refused, unreachable, DNS, connect timeout */
     LX_FAIL_TIMEOUT,        /* no whole response head within NODE_TIMEOUT_SECONDS */
     LX_FAIL_STATUS_5XX,     /* the node answered 429 or 5xx (only 5xx counts as an error) */
-    LX_FAIL_PROTOCOL,       /* the answer broke HTTP, or the node closed before it */
+    LX_FAIL_PROTOCOL,       /* the answer broke HTTP, or the node closed before it
+                               (counted so; that one is answered as CONNECT) */
     LX_FAIL_STREAM_BROKEN,  /* the response broke after it reached the client */
     LX_FAIL__N
 };

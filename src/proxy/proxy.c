@@ -105,6 +105,7 @@ struct lx_proxy {
     struct lx_proxy_env *env;
     struct lx_mail mail;            /* a wake from another thread */
     struct lx_waiter waiter;        /* in the admission queue (QUEUED) or the pool's (PARKED) */
+    struct lx_node *woken_for;      /* PARKED: the node whose capacity woke it (parked_wants) */
     uv_timer_t timer;               /* the current state's deadline */
     uint64_t queue_deadline_ms;     /* set when it first waits; 0 = has not waited */
     uint64_t total_deadline_ms;     /* 0 = none */
@@ -151,6 +152,27 @@ static uint64_t now_ns(void)
 
 /* ---- exchanges -------------------------------------------------------- */
 
+/* A parked request that has not tried <arg> (the node whose capacity was
+ * freed) can use it; the first such one is woken. Under the queue's lock:
+ * tried[] was written before the request parked. */
+static bool parked_wants(const struct lx_waiter *w, void *arg)
+{
+    struct lx_proxy *p = container_of(w, struct lx_proxy, waiter);
+
+    for (size_t i = 0; i < p->pick.n_tried; i++)
+        if (p->pick.tried[i] == arg)
+            return false;
+    p->woken_for = arg;
+    return true;
+}
+
+/* Hands the capacity of <node> to a request parked in <pool> that can use it. */
+static void wake_parked(struct lx_pool *pool, struct lx_node *node)
+{
+    if (lx_waitq_len(&pool->parked) > 0)
+        lx_waitq_wake_first(&pool->parked, parked_wants, node);
+}
+
 /* Ends <x>: its connection is closed unless it finished, and its node's
  * capacity is returned (a request parked for it may go). */
 static void exchange_end(struct lx_proxy *p, struct px_exchange *x)
@@ -160,16 +182,18 @@ static void exchange_end(struct lx_proxy *p, struct px_exchange *x)
     if (!x->node)
         return;
     lx_upstream_cancel(&x->up);
-    atomic_fetch_sub_explicit(&x->node->in_flight, 1, memory_order_relaxed);
-    if (lx_waitq_len(&p->pool->parked) > 0)
-        lx_waitq_wake_one(&p->pool->parked);
+    atomic_fetch_sub(&x->node->in_flight, 1);
+    /* Against a request parking at once (proxy_pick): one of the two sees
+     * the other, on any CPU. */
+    atomic_thread_fence(memory_order_seq_cst);
+    wake_parked(p->pool, x->node);
     /* After a reload, requests park in the newer snapshot's pool (see
      * adopt_newest) while this one still belongs to the older. */
     if (p->reg != newest) {
         struct lx_pool *now = lx_registry_find(newest, p->pool->model, strlen(p->pool->model));
 
-        if (now && now != p->pool && lx_waitq_len(&now->parked) > 0)
-            lx_waitq_wake_one(&now->parked);
+        if (now && now != p->pool)
+            wake_parked(now, x->node);
     }
     lx_node_unref(x->node);
     x->node = NULL;
@@ -529,6 +553,7 @@ static void proxy_pick(struct lx_proxy *p)
          * the parked queue, look again: capacity freed just before is not
          * announced twice. */
         px_enter(p, PX_PARKED);
+        atomic_thread_fence(memory_order_seq_cst); /* see exchange_end */
         if (lx_router_is_any_candidate(p->pool, &p->pick) && dequeue(p))
             px_enter(p, PX_PICK);
         return;
@@ -714,10 +739,11 @@ static void px_on_mail(struct lx_mail *m)
     if (p->state == PX_QUEUED) {
         p->t_admit_ns = now_ns();
         lx_metrics_queue_wait(p->env->metrics, (double)(p->t_admit_ns - p->t_start_ns) / 1e9);
-    } else if (!p->client && lx_waitq_len(&p->pool->parked) > 0) {
+    } else if (!p->client && p->woken_for) {
         /* The capacity this wake announced goes unused: pass it on. */
-        lx_waitq_wake_one(&p->pool->parked);
+        wake_parked(p->pool, p->woken_for);
     }
+    p->woken_for = NULL;
     px_enter(p, p->client ? PX_PICK : PX_DONE);
 }
 
@@ -787,7 +813,8 @@ static void up_on_head(void *ctx, int status, const struct lx_http_header *hdrs,
     if (is_retryable_status(status) && can_retry(p)) {
         lx_info("[%s] node %s answered %d; retrying on another node", p->request_id,
                 x->node->name, status);
-        attempt_failed(p, LX_FAIL_STATUS_5XX);
+        p->last_fail = LX_FAIL_STATUS_5XX;
+        px_enter(p, PX_BACKOFF);
         return;
     }
     p->status = status;
@@ -942,8 +969,6 @@ static void up_on_error(void *ctx, enum lx_upstream_err kind, bool got_head)
     bool node_alive = kind == LX_UP_TIMEOUT &&
                       atomic_load_explicit(&x->node->last_success_ms, memory_order_relaxed) >=
                           x->t_send_ms;
-    enum lx_fail fail;
-
     if (kind == LX_UP_LOCAL) {
         lx_warn("[%s] cannot connect to node %s: llmux is out of file descriptors or local "
                 "ports (raise the descriptor limit or lower MAX_CONNECTIONS)",
@@ -966,11 +991,15 @@ static void up_on_error(void *ctx, enum lx_upstream_err kind, bool got_head)
                     lx_fail_kinds[LX_FAIL_STREAM_BROKEN].message);
         return;
     }
-    fail = kind == LX_UP_CONNECT ? LX_FAIL_CONNECT
-           : kind == LX_UP_TIMEOUT ? LX_FAIL_TIMEOUT
-                                   : LX_FAIL_PROTOCOL;
-    exchange_count_error(p, x, fail);
-    attempt_failed(p, fail);
+    /* Counted as the node's fault it was; a node that closed before its
+     * head (it crashed or restarted) is answered as unreachable. */
+    exchange_count_error(p, x,
+                         kind == LX_UP_CONNECT   ? LX_FAIL_CONNECT
+                         : kind == LX_UP_TIMEOUT ? LX_FAIL_TIMEOUT
+                                                 : LX_FAIL_PROTOCOL);
+    attempt_failed(p, kind == LX_UP_TIMEOUT    ? LX_FAIL_TIMEOUT
+                      : kind == LX_UP_PROTOCOL ? LX_FAIL_PROTOCOL
+                                               : LX_FAIL_CONNECT);
 }
 
 static const struct lx_upstream_cbs up_cbs = {

@@ -1210,6 +1210,79 @@ static void test_retracted_head_retried(void **state)
     harness_finish(h, "NEW>PICK>EXCHANGE>RELAY>EXCHANGE>BACKOFF>PICK>EXCHANGE>RELAY>DONE");
 }
 
+/*
+ * Was a bug (gateway install, proxy exchange_end): requests parked in a pool
+ * of the snapshot an install replaced were never woken, as a freed node
+ * wakes the newest snapshot's pool only: request 3 waited for its queue
+ * timeout with node A idle. lx_gateway_install() now wakes every waiter of
+ * the old pools once every worker has switched (done by hand here, where
+ * there is no gateway); woken, a request parks in the new pool.
+ */
+static void test_parked_across_install(void **state)
+{
+    struct harness *h = harness_start(&one_capacity);
+    struct client *c1, *c2, *c3;
+    struct node_conn *held = hold_first(h, &c1);
+    struct lx_registry *old, *nreg;
+    char err[256];
+
+    h->conf.queue_timeout_s = 1.5;
+    c2 = client_post(h, BODY_PLAIN);
+    wait_trace(h, 2, "NEW>PICK>PARKED");
+    c3 = client_post(h, BODY_PLAIN);
+    wait_trace(h, 3, "NEW>PICK>PARKED");
+    /* An admin change or SIGHUP installs a new snapshot (node A carried over). */
+    nreg = lx_router_registry_new(&h->conf, h->env.reg, err, sizeof(err));
+    assert_non_null(nreg);
+    assert_ptr_equal(nreg->pools[0].nodes[0], h->env.reg->pools[0].nodes[0]);
+    old = h->env.reg;
+    h->env.reg = nreg;
+    lx_waitq_wake_all(&old->pools[0].parked);
+    lx_registry_unref(old);
+    serve_first(h, held, c1);
+    node_serve(h, 0, "two");
+    assert_relayed(client_response(h, c2, 0), "A", "rid-2", "two");
+    node_serve(h, 0, "three");
+    assert_relayed(client_response(h, c3, 0), "A", "rid-3", "three");
+    harness_settle(h);
+    harness_stop(h);
+}
+
+/*
+ * Was a bug (proxy exchange_end): a freed node woke the head of the parked
+ * queue, even a request that had tried that node already (a retry parks at
+ * the front): it parked again and the wake was lost, so request 4 waited for
+ * its queue timeout with node A idle. The wake now goes to the first parked
+ * request that has not tried the node.
+ */
+static void test_wake_skips_parked_that_tried_node(void **state)
+{
+    struct harness *h = harness_start(&(struct opts){.nodes = 2, .max_concurrency = 1});
+    struct client *c1, *c2, *c3, *c4;
+    struct node_conn *a1, *b2, *a3;
+
+    h->conf.queue_timeout_s = 1.5;
+    c1 = client_post(h, BODY_PLAIN);
+    a1 = node_take(h, 0);
+    c2 = client_post(h, BODY_PLAIN);
+    b2 = node_take(h, 1);
+    c3 = client_post(h, BODY_PLAIN);
+    wait_trace(h, 3, "NEW>PICK>PARKED");
+    c4 = client_post(h, BODY_PLAIN);
+    wait_trace(h, 4, "NEW>PICK>PARKED");
+    node_answer(a1, 503, "{}");           /* r1: BACKOFF; r3 woken -> A */
+    a3 = node_take(h, 0);
+    wait_trace(h, 1, "NEW>PICK>EXCHANGE>BACKOFF>PICK>PARKED");
+    node_answer(a3, 200, "three");        /* A free again: should go to r4 */
+    assert_relayed(client_response(h, c3, 0), "A", "rid-3", "three");
+    node_serve(h, 0, "four");
+    assert_relayed(client_response(h, c4, 0), "A", "rid-4", "four");
+    (void)c1;
+    (void)c2;
+    (void)b2;
+    harness_stop(h);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1237,6 +1310,8 @@ int main(void)
         /* Regressions (see above). */
         cmocka_unit_test_teardown(test_queue_timeout_after_busy_turn, teardown),
         cmocka_unit_test_teardown(test_client_abort_races_capacity_wake, teardown),
+        cmocka_unit_test_teardown(test_parked_across_install, teardown),
+        cmocka_unit_test_teardown(test_wake_skips_parked_that_tried_node, teardown),
         cmocka_unit_test_teardown(test_retracted_head_retried, teardown),
     };
 
