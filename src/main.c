@@ -16,6 +16,7 @@
 #include "nodes/health.h"
 #include "nodes/node.h"
 #include "obs/access_log.h"
+#include "route/prefix.h"
 #include "route/router.h"
 
 struct main_ctx {
@@ -127,7 +128,10 @@ int main(int argc, char **argv)
     lx_log_set_level((enum lx_log_level)lx_log_level_parse(conf.log_level));
     lx_node_set_policy((uint64_t)(conf.slow_start_s * 1000), (uint64_t)(conf.eject_cooldown_s * 1000),
                        60000, conf.health_failure_threshold);
-    lx_route_set_cache_policy(conf.cache_aware_load_factor, (size_t)conf.cache_aware_prefix_bytes);
+    lx_route_set_cache_policy(conf.cache_aware_load_factor, conf.cache_aware_load_weight,
+                              (size_t)conf.cache_aware_prefix_bytes);
+    lx_prefix_set_policy((uint64_t)conf.cache_aware_node_tokens,
+                         (uint64_t)conf.cache_aware_index_max_blocks);
     if (lx_access_log_open(conf.access_log) < 0) {
         fprintf(stderr, "llmux: ACCESS_LOG: cannot open %s: %s\n", conf.access_log, strerror(errno));
         lx_conf_free(&conf);

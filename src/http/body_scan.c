@@ -64,6 +64,8 @@ enum field {
     F_MAX_TOKENS,
     F_MAX_COMPLETION_TOKENS,
     F_INCLUDE_USAGE,
+    F_ROLE,
+    F_CONTENT,
 };
 
 struct key_name {
@@ -87,12 +89,18 @@ static const struct key_name stream_options_keys[] = {
     {"include_usage", 13, F_INCLUDE_USAGE},
 };
 
+static const struct key_name message_keys[] = {
+    {"role", 4, F_ROLE},
+    {"content", 7, F_CONTENT},
+};
+
 /* Where scan_object() puts what it finds. The two token-limit keys are kept
  * apart until the end because they do not simply overwrite each other. */
 struct record {
     struct lx_body_scan *out;
     struct lx_slice max_tokens;            /* last "max_tokens" if a number */
     struct lx_slice max_completion_tokens; /* last "max_completion_tokens" if a number */
+    struct lx_slice role, content;         /* of a message (lx_body_scan_messages) */
 };
 
 /* Bytes that end a run of plain string contents: the quote, the backslash and
@@ -524,6 +532,12 @@ static void record(struct record *r, enum field f, const char *v, const char *ve
     case F_INCLUDE_USAGE:
         out->include_usage = *v == 't';
         break;
+    case F_ROLE:
+        r->role = is_string ? slice(v + 1, n - 2) : slice(v, n);
+        break;
+    case F_CONTENT:
+        r->content = is_string ? slice(v + 1, n - 2) : slice(v, n);
+        break;
     case F_NONE:
         break;
     }
@@ -602,7 +616,7 @@ out:
 
 int lx_body_scan(const char *body, size_t len, struct lx_body_scan *out)
 {
-    struct record r = {NULL, {NULL, 0}, {NULL, 0}};
+    struct record r = {NULL, {NULL, 0}, {NULL, 0}, {NULL, 0}, {NULL, 0}};
     const char *p, *end, *obj_end;
     int rc;
 
@@ -643,6 +657,33 @@ fail:
     memset(out, 0, sizeof(*out));
     out->end = (size_t)(p - body);
     return rc;
+}
+
+size_t lx_body_scan_messages(struct lx_slice messages, lx_message_cb fn, void *arg)
+{
+    const char *p = messages.p, *end = p + messages.len;
+    struct lx_body_scan unused;
+    size_t n = 0;
+
+    if (!p || messages.len == 0 || *p != '[')
+        return 0;
+    p = skip_ws(p + 1, end);
+    while (p < end && *p != ']') {
+        struct record r = {&unused, {NULL, 0}, {NULL, 0}, {NULL, 0}, {NULL, 0}};
+        int rc = *p == '{' ? scan_object(&p, end, 2, message_keys, ARRAY_SIZE(message_keys), &r)
+                           : skip_value(&p, end, 1);
+
+        if (rc)
+            break;
+        if (r.role.p || r.content.p) {
+            fn(arg, r.role, r.content);
+            n++;
+        }
+        p = skip_ws(p, end);
+        if (p < end && *p == ',')
+            p = skip_ws(p + 1, end);
+    }
+    return n;
 }
 
 const char *lx_body_scan_strerror(int err)

@@ -151,6 +151,15 @@ static void scrape_result(struct hnode *hn, struct hx *x)
     atomic_store(&n->scraped_waiting, (int)load.waiting);
     atomic_store(&n->scraped_running, (int)load.running);
     atomic_store(&n->scraped_kv_milli, (int)(load.kv_usage * 1000 + 0.5));
+    if (load.has_cache_tokens)
+        atomic_store(&n->scraped_cache_tokens, (uint64_t)load.cache_tokens);
+    if (load.has_prefix_queries) {
+        uint64_t q = (uint64_t)load.prefix_queries;
+
+        /* A counter that went back: the engine restarted, its cache is empty. */
+        if (q < atomic_exchange(&n->scraped_prefix_queries, q))
+            atomic_fetch_add(&n->cache_gen, 1);
+    }
     atomic_store(&n->scraped_at_ms, lx_now_ms());
 }
 

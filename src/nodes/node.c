@@ -59,6 +59,8 @@ void lx_node_unref(struct lx_node *node)
 {
     if (!node || atomic_fetch_sub_explicit(&node->refs, 1, memory_order_acq_rel) != 1)
         return;
+    if (node->prefix_cache)
+        node->prefix_cache->free(node->prefix_cache);
     free(node->name);
     free(node->url);
     free(node->host);
@@ -205,6 +207,9 @@ void lx_node_set_healthy(struct lx_node *node, bool healthy, const char *why)
         lx_info("node %s is healthy again", node->name);
     } else {
         atomic_store_explicit(&node->last_error, why, memory_order_relaxed);
+        /* Down long enough for a probe to fail: whatever comes back may
+         * be a restarted engine with an empty prefix cache. */
+        atomic_fetch_add_explicit(&node->cache_gen, 1, memory_order_relaxed);
         lx_warn("node %s marked unhealthy: %s", node->name, why);
     }
 }

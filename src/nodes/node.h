@@ -24,6 +24,11 @@
 
 struct lx_strategy;
 
+/* Per-node state another layer hangs on a node; freed with it. */
+struct lx_node_cache {
+    void (*free)(struct lx_node_cache *c);
+};
+
 struct lx_node {
     atomic_int refs;
     uint32_t id;               /* process-unique, indexes per-worker tables */
@@ -46,6 +51,13 @@ struct lx_node {
     atomic_uint_fast64_t last_success_ms; /* lx_now_ms() of the last good answer, 0 = none */
     atomic_uint_fast64_t ewma_ttft_us;    /* EWMA of time to first streamed byte, 0 = none */
     atomic_uint_fast64_t errors[LX_FAIL__N]; /* by kind (failure.h) */
+    atomic_uint_fast64_t in_flight_bytes; /* prompt bytes of the requests in flight */
+
+    /* What the node's prefix cache likely holds (src/route/prefix.c): set
+     * once by route/, freed with the node. cache_gen changes when that
+     * cache is lost (the node went down, or restarted). */
+    _Atomic(struct lx_node_cache *) prefix_cache;
+    atomic_uint cache_gen;
 
     /* Health. Active probes set `healthy`; proxied failures eject the node
      * for a cooldown that doubles while it keeps failing. */
@@ -63,6 +75,9 @@ struct lx_node {
     atomic_int scraped_running;           /* vllm:num_requests_running, summed */
     atomic_int scraped_kv_milli;          /* KV-cache usage 0..1000, averaged over engines */
     atomic_uint_fast64_t scraped_at_ms;   /* lx_now_ms() of the last good scrape, 0 = never */
+    atomic_uint_fast64_t scraped_cache_tokens; /* vllm:cache_config_info num_gpu_blocks x
+                                                  block_size, 0 = unknown */
+    atomic_uint_fast64_t scraped_prefix_queries; /* vllm:prefix_cache_queries_total (restarts) */
 };
 
 struct lx_pool {

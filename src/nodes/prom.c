@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum metric { M_NONE, M_WAITING, M_RUNNING, M_KV_NEW, M_KV_OLD };
+enum metric { M_NONE, M_WAITING, M_RUNNING, M_KV_NEW, M_KV_OLD, M_CACHE_CONFIG, M_PREFIX_QUERIES };
 
 static enum metric metric_of(const char *p, size_t n)
 {
@@ -21,6 +21,8 @@ static enum metric metric_of(const char *p, size_t n)
         {"vllm:num_requests_running", M_RUNNING},
         {"vllm:kv_cache_usage_perc", M_KV_NEW},
         {"vllm:gpu_cache_usage_perc", M_KV_OLD},
+        {"vllm:cache_config_info", M_CACHE_CONFIG},
+        {"vllm:prefix_cache_queries_total", M_PREFIX_QUERIES},
     };
 
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
@@ -50,6 +52,25 @@ static bool parse_value(const char *p, const char *end, double *out)
     return *stop == '\0' && isfinite(*out) && *out <= 1e9;
 }
 
+/* The number in label <name>="N" of the label set [p, end), or -1. */
+static double label_number(const char *p, const char *end, const char *name)
+{
+    size_t n = strlen(name);
+    double v;
+
+    for (; p + n + 2 < end; p++) {
+        if ((p[-1] == '{' || p[-1] == ',') && memcmp(p, name, n) == 0 && p[n] == '=' &&
+            p[n + 1] == '"') {
+            const char *v0 = p + n + 2, *q = v0;
+
+            while (q < end && *q != '"')
+                q++;
+            return q < end && parse_value(v0, q, &v) && v >= 0 ? v : -1;
+        }
+    }
+    return -1;
+}
+
 int lx_prom_scan_vllm(const char *text, size_t len, struct lx_vllm_load *out)
 {
     const char *p = text, *end = text + len;
@@ -59,7 +80,7 @@ int lx_prom_scan_vllm(const char *text, size_t len, struct lx_vllm_load *out)
     memset(out, 0, sizeof(*out));
     while (p < end) {
         const char *eol = memchr(p, '\n', (size_t)(end - p));
-        const char *line = p, *q;
+        const char *line = p, *q, *labels = NULL;
         enum metric m;
         double v;
 
@@ -77,6 +98,7 @@ int lx_prom_scan_vllm(const char *text, size_t len, struct lx_vllm_load *out)
             /* Skip the label set; quoted values may hold '}' and escapes. */
             bool quoted = false;
 
+            labels = q + 1;
             for (q++; q < eol; q++) {
                 if (quoted && *q == '\\') {
                     q++;
@@ -106,6 +128,20 @@ int lx_prom_scan_vllm(const char *text, size_t len, struct lx_vllm_load *out)
         case M_KV_OLD:
             kv_sum[m - M_KV_NEW] += v;
             kv_n[m - M_KV_NEW]++;
+            break;
+        case M_CACHE_CONFIG: {
+            double blocks = labels ? label_number(labels, q, "num_gpu_blocks") : -1;
+            double size = labels ? label_number(labels, q, "block_size") : -1;
+
+            if (blocks > 0 && size > 0) {
+                out->cache_tokens += blocks * size;
+                out->has_cache_tokens = true;
+            }
+            break;
+        }
+        case M_PREFIX_QUERIES:
+            out->prefix_queries += v;
+            out->has_prefix_queries = true;
             break;
         default:
             break;

@@ -12,15 +12,18 @@ struct lx_vllm_load {
     double waiting;       /* vllm:num_requests_waiting, summed over series (engines) */
     double running;       /* vllm:num_requests_running, summed */
     double kv_usage;      /* vllm:kv_cache_usage_perc (or the older gpu_cache_usage_perc), 0..1, averaged */
-    bool has_waiting, has_running, has_kv;
+    double cache_tokens;  /* vllm:cache_config_info: num_gpu_blocks x block_size, summed */
+    double prefix_queries; /* vllm:prefix_cache_queries_total, summed (falls when it restarts) */
+    bool has_waiting, has_running, has_kv, has_cache_tokens, has_prefix_queries;
 };
 
 /*
  * Scans <text>. Series of the same metric with several label sets (several
  * engines, data parallel ranks) are summed (counts) or averaged (usage). When
  * both KV-cache names are present the newer one wins. Returns 0 when at least
- * one of the three metrics was found with a finite value, -1 otherwise
- * (garbage, or not a vLLM).
+ * one of the three load metrics was found with a finite value, -1 otherwise
+ * (garbage, or not a vLLM); the cache size and prefix queries come along when
+ * present.
  */
 int lx_prom_scan_vllm(const char *text, size_t len, struct lx_vllm_load *out);
 

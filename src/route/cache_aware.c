@@ -1,107 +1,101 @@
 /*
- * cache_aware.c - requests that share a prompt prefix go to the same node, so
- * that vLLM's prefix cache hits, within a bound on load.
+ * cache_aware.c - each request goes to the node where it costs least: the
+ * prompt blocks the node would have to compute (those it likely does not
+ * hold in its prefix cache, see prefix.h) plus the work already on it.
  *
- * Key: the X-Session-Id header or the body's "user" when present; otherwise
- * the first prefix_bytes of the prompt's raw JSON text ("messages" for chat,
- * "prompt" for completions). Requests with the same system prompt and
- * leading turns share a key.
+ *   cost(node) = missing blocks + LOAD_WEIGHT x (blocks in flight on the
+ *                node + DECODE_BLOCKS per request in flight) / weight
  *
- * Node: rendezvous (highest random weight) hashing of key and node URL with
- * a hash that is the same on every machine and run, so several llmux replicas
- * in front of the same nodes agree without talking, and a node joining or
- * leaving moves only its own share of keys. Weights follow the logarithmic
- * method (score = -w / ln(u)), with the slow-start ramped weight, so a node
- * coming back takes its keys back gradually.
+ * in blocks of LX_PREFIX_BLOCK_BYTES; "blocks in flight" is the prompt size
+ * of the requests the node is serving (their KV footprint and decode work),
+ * as NVIDIA Dynamo's KV router weighs new prefill against active decode
+ * blocks. The lowest cost wins; equal costs go to the highest rendezvous
+ * score of the prompt's first block (or the affinity hint) and the node's
+ * URL, so a prompt that no node holds, on idle nodes, lands on the same node
+ * from every llmux replica, and a node joining or leaving moves only its
+ * share. X-Session-Id or "user" is hashed ahead of the prompt, so a
+ * session's requests share their first block.
  *
- * Bounded load: when the chosen node's in-flight requests per unit of weight
- * exceed load_factor times the pool's average (+1 request), the request goes
- * to the least loaded candidate instead.
+ * Bounded load: a node whose in-flight requests per unit of weight exceed
+ * CACHE_AWARE_LOAD_FACTOR x the pool's average (+1) is chosen only when
+ * every candidate is.
+ *
+ * The chosen node is recorded as holding the prompt's blocks (a node holds
+ * what it was sent).
  */
 #include <math.h>
 #include <stdatomic.h>
 #include <string.h>
 
 #include "../core/lx.h"
+#include "prefix.h"
 #include "router.h"
 
-static double load_factor = 1.5;
-static size_t prefix_bytes = 1024;
+#define DECODE_BLOCKS 8.0 /* a request's decode work, in blocks of prefill */
 
-void lx_route_set_cache_policy(double factor, size_t bytes)
+static double load_factor = 1.5;
+static double load_weight = 0.25;
+static size_t max_blocks = LX_PREFIX_MAX_BLOCKS;
+
+void lx_route_set_cache_policy(double factor, double weight, size_t prefix_bytes)
 {
     load_factor = factor;
-    prefix_bytes = bytes;
+    load_weight = weight;
+    max_blocks = LX_MAX(LX_MIN(prefix_bytes / LX_PREFIX_BLOCK_BYTES, LX_PREFIX_MAX_BLOCKS), 1);
 }
 
-static bool request_key(const struct lx_pick *ctx, const char **key, size_t *len)
+/* Rendezvous score of <anchor> for <node> (logarithmic method, weighted). */
+static double rendezvous(uint64_t anchor, const struct lx_node *node, double weight)
 {
-    const struct lx_body_scan *s = ctx->scan;
+    uint64_t h = lx_route_hash(node->url, strlen(node->url), anchor);
+    /* u in (0, 1): never 0 or 1, so the log is finite and negative. */
+    double u = ((double)(h >> 11) + 0.5) * (1.0 / 9007199254740992.0);
 
-    if (ctx->affinity && ctx->affinity_len) {
-        *key = ctx->affinity;
-        *len = ctx->affinity_len;
-        return true;
-    }
-    if (!s)
-        return false;
-    if (s->user.p && s->user.len) {
-        *key = s->user.p;
-        *len = s->user.len;
-        return true;
-    }
-    if (s->messages.p) {
-        *key = s->messages.p;
-        *len = LX_MIN(s->messages.len, prefix_bytes);
-        return true;
-    }
-    if (s->prompt.p) {
-        *key = s->prompt.p;
-        *len = LX_MIN(s->prompt.len, prefix_bytes);
-        return true;
-    }
-    return false;
+    return -weight / log(u);
 }
 
 static int ca_pick(struct lx_pool *pool, void *state, const struct lx_pick *ctx)
 {
+    static _Thread_local uint64_t blocks[LX_PREFIX_MAX_BLOCKS];
     struct lx_cand c[LX_ROUTE_MAX_CANDIDATES];
-    size_t n = lx_router_candidates(pool, ctx, c);
-    const char *key;
-    size_t key_len;
-    uint64_t kh;
-    int best = -1, least = -1;
-    double best_score = -1, least_load = 0, total = 0, total_w = 0, best_load = 0;
+    size_t n = lx_router_candidates(pool, ctx, c), nb;
+    double total = 0, total_w = 0, best_cost = INFINITY, best_score = 0;
+    bool best_over = true;
+    uint64_t anchor;
+    int best = -1;
 
     if (n == 0)
         return -1;
-    if (!request_key(ctx, &key, &key_len))
-        return lx_router_weighted(c, n, ctx->rand);
-    kh = lx_route_hash(key, key_len, 0);
+    nb = lx_prefix_blocks(ctx->scan, ctx->affinity, ctx->affinity_len, blocks, max_blocks);
+    anchor = nb ? blocks[0]
+             : ctx->affinity ? lx_route_hash(ctx->affinity, ctx->affinity_len, 0)
+                             : ctx->rand;
     for (size_t i = 0; i < n; i++) {
-        const struct lx_node *node = pool->nodes[c[i].idx];
-        uint64_t h = lx_route_hash(node->url, strlen(node->url), kh);
-        /* u in (0, 1): never 0 or 1, so the log is finite and negative. */
-        double u = ((double)(h >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-        double score = -c[i].weight / log(u);
-        double load = lx_router_load(pool, &c[i]);
-
-        total += atomic_load_explicit(&node->in_flight, memory_order_relaxed);
+        total += atomic_load_explicit(&pool->nodes[c[i].idx]->in_flight, memory_order_relaxed);
         total_w += c[i].weight;
-        if (score > best_score) {
-            best_score = score;
-            best = c[i].idx;
-            best_load = load;
-        }
-        if (least < 0 || load < least_load) {
-            least = c[i].idx;
-            least_load = load;
-        }
     }
-    /* Loads are per unit of weight, so a heavy node carrying its fair share
-     * is not taken for overloaded. */
-    if (best_load > load_factor * (total / total_w) + 1.0 / pool->nodes[best]->weight)
-        return least;
+    for (size_t i = 0; i < n; i++) {
+        struct lx_node *node = pool->nodes[c[i].idx];
+        double in_flight = atomic_load_explicit(&node->in_flight, memory_order_relaxed);
+        double bytes = (double)atomic_load_explicit(&node->in_flight_bytes, memory_order_relaxed);
+        double busy = (bytes / LX_PREFIX_BLOCK_BYTES + DECODE_BLOCKS * in_flight) / c[i].weight;
+        double cost = (double)(nb - lx_prefix_match(node, blocks, nb)) + load_weight * busy;
+        bool over = in_flight / c[i].weight > load_factor * (total / total_w) + 1.0 / c[i].weight;
+        double score = 0;
+
+        /* Within the load bound beats over it; then the lower cost; then the
+         * rendezvous score. */
+        if (over > best_over || (over == best_over && cost > best_cost))
+            continue;
+        score = rendezvous(anchor, node, c[i].weight);
+        if (over == best_over && cost == best_cost && score <= best_score)
+            continue;
+        best = c[i].idx;
+        best_cost = cost;
+        best_score = score;
+        best_over = over;
+    }
+    lx_prefix_insert(pool->nodes[best], blocks, nb);
     return best;
 }
 

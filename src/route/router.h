@@ -81,10 +81,11 @@ size_t lx_router_candidates(struct lx_pool *pool, const struct lx_pick *ctx, str
 int lx_router_weighted(const struct lx_cand *c, size_t n, uint64_t rand);
 /* Load of a node for comparisons: in-flight requests per unit of effective weight. */
 double lx_router_load(const struct lx_pool *pool, const struct lx_cand *c);
-/* cache_aware tuning (process-wide, set once at start): a node takes its keys
- * while its in-flight count <= factor * pool average + 1; keys are made of the
- * first <prefix_bytes> of the prompt. */
-void lx_route_set_cache_policy(double load_factor, size_t prefix_bytes);
+/* cache_aware tuning (process-wide, set once at start): the load bound
+ * (in-flight requests <= factor x the pool's average + 1), the weight of
+ * load against missing prompt blocks, and how many bytes of a prompt are
+ * indexed (cache_aware.c). */
+void lx_route_set_cache_policy(double load_factor, double load_weight, size_t prefix_bytes);
 /* A 64-bit hash that is the same on every machine and every run (FNV-1a
  * followed by a final mix), for rendezvous hashing. */
 uint64_t lx_route_hash(const void *data, size_t len, uint64_t seed);

@@ -98,7 +98,7 @@ static int setup(void **state)
 {
     rng = 0x5eed;
     lx_node_set_policy(10000, 5000, 60000, 3);
-    lx_route_set_cache_policy(1.5, 1024);
+    lx_route_set_cache_policy(1.5, 0.25, 1 << 21);
     return 0;
 }
 
@@ -1023,7 +1023,7 @@ static void test_ca_prefix_bytes(void **state)
     int seen[3] = {0};
 
     /* 64 bytes: `[{"role":"user","content":"` and 36 bytes of content. */
-    lx_route_set_cache_policy(1.5, 64);
+    lx_route_set_cache_policy(1.5, 0.25, 1 << 21);
     for (int k = 0; k < 50; k++) {
         int a, b;
 
@@ -1042,7 +1042,7 @@ static void test_ca_prefix_bytes(void **state)
     }
     assert_true(seen[0] == 30 || seen[1] == 30 || seen[2] == 30);
     /* With the default 1024 bytes the tails are part of the key. */
-    lx_route_set_cache_policy(1.5, 1024);
+    lx_route_set_cache_policy(1.5, 0.25, 1 << 21);
     memset(seen, 0, sizeof(seen));
     for (int k = 0; k < 30; k++) {
         memset(content, 'q', 100);
