@@ -420,5 +420,6 @@ const struct sim_engine_stats *sim_engine_stats(struct sim_engine *eng)
     st->waiting = eng->n_waiting;
     st->kv_blocks_used = eng->kv_used;
     st->kv_blocks_total = eng->kv_total;
+    st->block_size = eng->conf->block_size;
     return st;
 }

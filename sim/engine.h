@@ -96,6 +96,7 @@ struct sim_engine_stats {
     unsigned waiting;
     uint64_t kv_blocks_used;
     uint64_t kv_blocks_total;
+    unsigned block_size;        /* tokens per KV block */
     uint64_t prefix_queries;    /* prompt tokens looked up, total */
     uint64_t prefix_hits;       /* prompt tokens found, total */
     uint64_t prompt_tokens;     /* prefilled prompt tokens, total */

@@ -173,6 +173,15 @@ int sim_metrics_render(struct lx_buf *out, const struct sim_engine_stats *st, co
     gauge(&r, "vllm:num_requests_swapped", "Number of requests swapped to CPU.", 0);
     gauge(&r, "vllm:gpu_cache_usage_perc", "GPU KV-cache usage. 1 means 100 percent usage.", kv);
     gauge(&r, "vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", kv);
+    {
+        /* vLLM's info metric: the cache's geometry in labels, value 1. */
+        char extra[96];
+
+        snprintf(extra, sizeof(extra), ",block_size=\"%u\",num_gpu_blocks=\"%llu\"",
+                 st->block_size, (unsigned long long)st->kv_blocks_total);
+        head(&r, "vllm:cache_config_info", "gauge", "Information of the LLMEngine CacheConfig");
+        sample(&r, "vllm:cache_config_info", extra, 1);
+    }
     counter(&r, "vllm:prefix_cache_queries_total",
             "Prefix cache queries, in terms of number of queried tokens.",
             (double)st->prefix_queries);
