@@ -283,6 +283,31 @@ def peak(samples, i):
 
 # ---- HTTP helpers ----------------------------------------------------------
 
+def httpx_nodelay():
+    """Makes httpx's sync clients set TCP_NODELAY on their connections.
+    httpx 0.23 (Debian's python3-httpx) writes a request's head and body in
+    two send()s without it, so Nagle holds the body until the server's
+    delayed ACK: ~40 ms added to every request on loopback, more or less
+    depending on the server's ACKs. Real clients (curl, aiohttp) set it; so
+    do tests/e2e (conftest.py) and the generators here."""
+    try:
+        from httpcore.backends import sync as hc_sync
+    except ImportError:       # another httpcore: nothing to patch
+        return
+    orig = hc_sync.SyncBackend.connect_tcp
+    if getattr(orig, "_llmux_nodelay", False):
+        return
+
+    def connect_tcp(self, *a, **kw):
+        stream = orig(self, *a, **kw)
+        sock = getattr(stream, "_sock", None)
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return stream
+    connect_tcp._llmux_nodelay = True
+    hc_sync.SyncBackend.connect_tcp = connect_tcp
+
+
 def http_get(port, path, timeout=5.0):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:

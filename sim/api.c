@@ -59,12 +59,13 @@ struct sim_call {
     struct sim_fault fault;
     double due_ms; /* DELAYED: when to go on */
     bool stream;
-    bool include_usage; /* stream_options.include_usage */
-    bool broken;        /* a write failed; on_abort follows */
-    unsigned events;    /* token events written (streaming) */
-    char id[48];        /* "chatcmpl-<32 hex>" or "cmpl-<32 hex>" */
-    char *model;        /* the request's model, JSON-escaped, owned */
-    struct sim_prompt prompt;
+    bool include_usage;       /* stream_options.include_usage */
+    bool broken;              /* a write failed; on_abort follows */
+    unsigned events;          /* token events written (streaming) */
+    char id[48];              /* "chatcmpl-<32 hex>" or "cmpl-<32 hex>" */
+    char *model;              /* the request's model, JSON-escaped, owned */
+    struct sim_prompt prompt; /* the prompt's tokens, then the completion's */
+    uint64_t seed;            /* the prompt's hash: picks the output words */
 };
 
 struct sim_api {
@@ -364,7 +365,7 @@ static void append_usage(struct lx_buf *b, const struct sim_call *call, bool det
 static void append_text(struct lx_buf *b, const struct sim_call *call, unsigned from, unsigned to)
 {
     for (unsigned i = from; i < to; i++)
-        sim_output_token(b, call->prompt.hash, i);
+        sim_output_token(b, call->seed, i);
 }
 
 /* data: {"id":...,"object":...,"created":...,"model":...,"choices": */
@@ -394,7 +395,7 @@ static void append_token_event(struct lx_buf *b, const struct sim_call *call, un
         APPEND_LIT(b, "[{\"index\":0,\"delta\":{\"content\":\"");
     else
         APPEND_LIT(b, "[{\"index\":0,\"text\":\"");
-    sim_output_token(b, call->prompt.hash, i);
+    sim_output_token(b, call->seed, i);
     if (call->kind == KIND_CHAT)
         APPEND_LIT(b, "\"}");
     else
@@ -600,6 +601,10 @@ static int call_parse(struct sim_call *call, char *err, size_t errlen)
     rc = plan_tokens(call, root, err, errlen);
     if (rc)
         goto out;
+    /* The blocks of the prompt followed by the whole completion: the engine
+     * caches those the sequence has computed when it ends. */
+    call->seed = call->prompt.hash;
+    sim_prompt_push_output(&call->prompt, call->seed, call->seq.max_tokens);
     call->seq.blocks = call->prompt.blocks;
     call->seq.n_blocks = call->prompt.n_blocks;
     h1 = sim_hash(body->data, body->len, 0x5eed);

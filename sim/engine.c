@@ -7,8 +7,9 @@
  * A sequence whose only token is the first goes PREFILL -> DONE.
  *
  * Invariants: n_waiting/n_prefill/n_decode are the lengths of the three
- * lists; kv_used is the sum of kv_blocks of PREFILL and DECODE sequences and
- * never exceeds kv_total; n_prefill + n_decode <= max_num_seqs.
+ * lists; a block's ref is the number of PREFILL and DECODE sequences that
+ * hold it; pool.n_free counts the blocks with ref 0 (never used, or queued);
+ * n_prefill + n_decode <= max_num_seqs.
  *
  * One tick does, in order: the decode step (if due), the first tokens of
  * sequences whose prefill (plus ttft_ms) is over, admission, and arming the
@@ -16,10 +17,17 @@
  * callback may cancel its own sequence, and may submit new ones (a pipelined
  * request handled inside resp_end), which only touches the waiting list.
  *
- * The prefix cache is a hash set of block chain hashes with LRU eviction,
- * bounded by the KV capacity in blocks; a sequence's leading blocks that are
- * in the set are hits (vLLM always recomputes at least the last prompt
- * token). Blocks enter the set with the sequence's first token.
+ * The prefix cache is vLLM's (v1 block pool): the KV pool's blocks, each
+ * with a reference count, in a hash table by chain hash once full. Running
+ * sequences hold blocks; a block no sequence holds goes to the tail of the
+ * free queue and keeps its hash, so it can still be hit until a new
+ * sequence takes it from the head of the queue (LRU eviction). A sequence's
+ * hits are its leading blocks in the table, at most (prompt - 1) /
+ * block_size (vLLM always recomputes the last prompt token); it shares them.
+ * Its prompt's full blocks get their hashes at admission, the full blocks
+ * of its generated tokens when it leaves the batch (the last token, never
+ * fed back, is not in the cache). Hits and queries are counted in tokens,
+ * once per sequence, at admission.
  */
 #include "engine.h"
 
@@ -31,19 +39,29 @@
 /* Timers tick in whole ms: treat anything due within this as due now. */
 #define TICK_SLACK_MS 1.0
 
-struct pc_entry {
+/*
+ * One KV block of the pool. A block is held (ref > 0) by the running
+ * sequences that use it, or free (ref == 0): then it is in the free queue,
+ * least recently freed first. A block with a chain hash (hashed) is in the
+ * hash table whether held or free: a free hashed block is a cached prefix
+ * block, kept until the block is taken for something else.
+ */
+struct kv_block {
     uint64_t hash;
-    struct pc_entry *hnext; /* bucket chain */
-    struct lx_list lru;     /* most recent at the head */
+    struct kv_block *hnext; /* bucket chain, while hashed */
+    struct lx_list free;    /* the free queue, while ref == 0 */
+    uint32_t ref;
+    bool hashed;
 };
 
-struct prefix_cache {
-    struct pc_entry *pool;     /* cap entries */
-    struct pc_entry **buckets; /* mask + 1 heads */
+struct kv_pool {
+    struct kv_block *blocks;   /* cap entries */
+    struct kv_block **buckets; /* mask + 1 heads */
     size_t mask;
-    size_t cap;  /* entries, = KV capacity in blocks */
-    size_t used; /* pool entries handed out so far */
-    struct lx_list lru;
+    size_t cap;         /* blocks in all, = KV capacity in blocks */
+    size_t fresh;       /* blocks[fresh..cap) were never used: free, not queued */
+    size_t n_free;      /* free blocks: never used + queued */
+    struct lx_list lru; /* free queue: head = next to be taken (and evicted) */
 };
 
 struct sim_engine {
@@ -53,12 +71,12 @@ struct sim_engine {
     void *ctx;
     struct lx_list waiting, prefill, decode;
     unsigned n_waiting, n_prefill, n_decode;
-    uint64_t kv_used, kv_total; /* blocks */
-    double prefill_free_ms;     /* the prefill unit is busy until then */
-    double next_step_ms;        /* end of the current decode step */
+    uint64_t kv_total;      /* blocks */
+    double prefill_free_ms; /* the prefill unit is busy until then */
+    double next_step_ms;    /* end of the current decode step */
     bool in_tick;
     bool frozen;
-    struct prefix_cache pc;
+    struct kv_pool pool;
     struct sim_engine_stats st;
 };
 
@@ -67,68 +85,98 @@ double sim_now_ms(void)
     return (double)uv_hrtime() / 1e6;
 }
 
-/* ---- prefix cache ------------------------------------------------------- */
+/* ---- KV pool and prefix cache -------------------------------------------- */
 
-static void pc_init(struct prefix_cache *pc, size_t cap)
+static void pool_init(struct kv_pool *pool, size_t cap)
 {
     size_t nb = 16;
 
     while (nb < cap)
         nb <<= 1;
-    pc->cap = cap;
-    pc->used = 0;
-    pc->mask = nb - 1;
-    pc->pool = cap ? lx_calloc(cap, sizeof(*pc->pool)) : NULL;
-    pc->buckets = lx_calloc(nb, sizeof(*pc->buckets));
-    lx_list_init(&pc->lru);
+    pool->cap = cap;
+    pool->fresh = 0;
+    pool->n_free = cap;
+    pool->mask = nb - 1;
+    /* calloc: pages of blocks never used are never touched. */
+    pool->blocks = cap ? lx_calloc(cap, sizeof(*pool->blocks)) : NULL;
+    pool->buckets = lx_calloc(nb, sizeof(*pool->buckets));
+    lx_list_init(&pool->lru);
 }
 
-static void pc_deinit(struct prefix_cache *pc)
+static void pool_deinit(struct kv_pool *pool)
 {
-    free(pc->pool);
-    free(pc->buckets);
+    free(pool->blocks);
+    free(pool->buckets);
 }
 
-static struct pc_entry *pc_find(struct prefix_cache *pc, uint64_t hash)
+/* The cached block with chain hash <hash>, held or free; NULL if none. */
+static struct kv_block *pool_find(struct kv_pool *pool, uint64_t hash)
 {
-    for (struct pc_entry *e = pc->buckets[hash & pc->mask]; e; e = e->hnext)
-        if (e->hash == hash)
-            return e;
+    for (struct kv_block *b = pool->buckets[hash & pool->mask]; b; b = b->hnext)
+        if (b->hash == hash)
+            return b;
     return NULL;
 }
 
-/* True when <hash> is cached; it then becomes the most recently used. */
-static bool pc_touch(struct prefix_cache *pc, uint64_t hash)
+static void pool_unhash(struct kv_pool *pool, struct kv_block *b)
 {
-    struct pc_entry *e = pc_find(pc, hash);
+    struct kv_block **pp = &pool->buckets[b->hash & pool->mask];
 
-    if (!e)
-        return false;
-    lx_list_remove(&e->lru);
-    lx_list_push_back(&pc->lru, &e->lru); /* tail = most recent */
-    return true;
+    while (*pp != b)
+        pp = &(*pp)->hnext;
+    *pp = b->hnext;
+    b->hnext = NULL;
+    b->hashed = false;
 }
 
-static void pc_insert(struct prefix_cache *pc, uint64_t hash)
+/* Gives the full block <b> its chain hash, unless another block has it. */
+static void pool_hash(struct kv_pool *pool, struct kv_block *b, uint64_t hash)
 {
-    struct pc_entry *e, **pp;
-
-    if (pc->cap == 0 || pc_touch(pc, hash))
+    if (b->hashed || pool_find(pool, hash))
         return;
-    if (pc->used < pc->cap) {
-        e = &pc->pool[pc->used++];
-    } else {
-        /* Evict the least recently used block (the list head). */
-        e = container_of(lx_list_first(&pc->lru), struct pc_entry, lru);
-        lx_list_remove(&e->lru);
-        for (pp = &pc->buckets[e->hash & pc->mask]; *pp != e; pp = &(*pp)->hnext)
-            ;
-        *pp = e->hnext;
+    b->hash = hash;
+    b->hashed = true;
+    b->hnext = pool->buckets[hash & pool->mask];
+    pool->buckets[hash & pool->mask] = b;
+}
+
+/* A sequence takes cached block <b> (a prefix hit): it is no longer free. */
+static struct kv_block *pool_take(struct kv_pool *pool, struct kv_block *b)
+{
+    if (b->ref++ == 0) {
+        lx_list_remove(&b->free);
+        pool->n_free--;
     }
-    e->hash = hash;
-    e->hnext = pc->buckets[hash & pc->mask];
-    pc->buckets[hash & pc->mask] = e;
-    lx_list_push_back(&pc->lru, &e->lru);
+    return b;
+}
+
+/* A new block for a sequence: one never used, else the head of the free
+ * queue, whose cached prefix (if any) is evicted. n_free must be > 0. */
+static struct kv_block *pool_alloc(struct kv_pool *pool)
+{
+    struct kv_block *b;
+
+    LX_ASSERT(pool->n_free > 0);
+    if (pool->fresh < pool->cap) {
+        b = &pool->blocks[pool->fresh++];
+    } else {
+        b = container_of(lx_list_first(&pool->lru), struct kv_block, free);
+        lx_list_remove(&b->free);
+        if (b->hashed)
+            pool_unhash(pool, b);
+    }
+    pool->n_free--;
+    b->ref = 1;
+    return b;
+}
+
+static void pool_put(struct kv_pool *pool, struct kv_block *b)
+{
+    LX_ASSERT(b->ref > 0);
+    if (--b->ref == 0) {
+        lx_list_push_back(&pool->lru, &b->free); /* tail = freed last */
+        pool->n_free++;
+    }
 }
 
 /* ---- sequences ------------------------------------------------------------ */
@@ -150,6 +198,29 @@ static uint32_t blocks_for(const struct sim_engine *eng, uint64_t tokens)
     return (uint32_t)((tokens + eng->conf->block_size - 1) / eng->conf->block_size);
 }
 
+/*
+ * <seq> leaves the batch. The blocks it has computed (the prompt, and every
+ * generated token but the last, which is never fed back) keep their chain
+ * hashes: the next turn of a conversation, which resends this answer, finds
+ * them. Its blocks go back to the free queue last block first, so that a
+ * sequence's tail is evicted before its head (as vLLM frees them).
+ */
+static void seq_release(struct sim_engine *eng, struct sim_seq *seq)
+{
+    unsigned bs = eng->conf->block_size;
+    uint64_t computed = (uint64_t)seq->prompt_tokens + (seq->generated ? seq->generated - 1 : 0);
+    size_t n = LX_MIN((size_t)(computed / bs), seq->n_blocks);
+
+    n = LX_MIN(n, (size_t)seq->kv_blocks);
+    for (size_t i = seq->prompt_tokens / bs; i < n; i++)
+        pool_hash(&eng->pool, seq->kv[i], seq->blocks[i]);
+    for (size_t i = seq->kv_blocks; i-- > 0;)
+        pool_put(&eng->pool, seq->kv[i]);
+    free(seq->kv);
+    seq->kv = NULL;
+    seq->kv_blocks = 0;
+}
+
 /* Takes <seq> out of its list; returns the state it was in. */
 static enum sim_seq_state seq_unlink(struct sim_engine *eng, struct sim_seq *seq)
 {
@@ -169,11 +240,8 @@ static enum sim_seq_state seq_unlink(struct sim_engine *eng, struct sim_seq *seq
         return was;
     }
     lx_list_remove(&seq->link);
-    if (was != SIM_SEQ_WAITING) {
-        LX_ASSERT(eng->kv_used >= seq->kv_blocks);
-        eng->kv_used -= seq->kv_blocks;
-        seq->kv_blocks = 0;
-    }
+    if (was != SIM_SEQ_WAITING)
+        seq_release(eng, seq);
     seq->state = SIM_SEQ_DONE;
     return was;
 }
@@ -230,8 +298,6 @@ static void first_tokens(struct sim_engine *eng, double now)
             break;
         if (seq->first_token_ms > now + TICK_SLACK_MS)
             continue;
-        for (size_t i = 0; i < seq->n_blocks; i++)
-            pc_insert(&eng->pc, seq->blocks[i]);
         eng->st.prompt_tokens += seq->prompt_tokens;
         if (eng->n_decode == 0)
             eng->next_step_ms = now + step_ms(eng);
@@ -250,22 +316,41 @@ static void admit(struct sim_engine *eng, double now)
 
     while (!lx_list_empty(&eng->waiting) && running(eng) < conf->max_num_seqs) {
         struct sim_seq *seq = container_of(lx_list_first(&eng->waiting), struct sim_seq, link);
-        uint32_t need = blocks_for(eng, (uint64_t)seq->prompt_tokens + seq->max_tokens);
-        size_t max_hit, hit = 0;
+        struct kv_pool *pool = &eng->pool;
+        uint32_t total = blocks_for(eng, (uint64_t)seq->prompt_tokens + seq->max_tokens);
+        size_t max_hit, hit = 0, evictable = 0, cached;
         unsigned compute;
         double start;
 
-        if (eng->kv_used + need > eng->kv_total)
+        /* The prefix hit: the leading blocks in the cache, at most
+         * (prompt - 1) / block_size (vLLM recomputes the last prompt token). */
+        max_hit = seq->prompt_tokens ? (seq->prompt_tokens - 1) / conf->block_size : 0;
+        max_hit = LX_MIN(max_hit, seq->n_blocks);
+        for (; hit < max_hit; hit++) {
+            const struct kv_block *b = pool_find(pool, seq->blocks[hit]);
+
+            if (!b)
+                break;
+            evictable += b->ref == 0;
+        }
+        /* Hit blocks are shared, not allocated; those that are free stop
+         * being free. The rest is taken from the free blocks. */
+        if (total - hit + evictable > pool->n_free)
             break; /* FIFO: the head waits for room, and so do the rest */
         lx_list_remove(&seq->link);
         eng->n_waiting--;
-        eng->kv_used += need;
-        seq->kv_blocks = need;
+        seq->kv = lx_malloc(total * sizeof(*seq->kv));
+        seq->kv_blocks = total;
+        for (size_t i = 0; i < hit; i++)
+            seq->kv[i] = pool_take(pool, pool_find(pool, seq->blocks[i]));
+        for (size_t i = hit; i < total; i++)
+            seq->kv[i] = pool_alloc(pool);
+        /* The prompt's full blocks are cached from now on (vLLM caches a
+         * block when it is scheduled). */
+        cached = LX_MIN((size_t)(seq->prompt_tokens / conf->block_size), seq->n_blocks);
+        for (size_t i = hit; i < cached; i++)
+            pool_hash(pool, seq->kv[i], seq->blocks[i]);
 
-        max_hit = seq->prompt_tokens ? (seq->prompt_tokens - 1) / conf->block_size : 0;
-        max_hit = LX_MIN(max_hit, seq->n_blocks);
-        while (hit < max_hit && pc_touch(&eng->pc, seq->blocks[hit]))
-            hit++;
         seq->hit_tokens = (unsigned)(hit * conf->block_size);
         eng->st.prefix_queries += seq->prompt_tokens;
         eng->st.prefix_hits += seq->hit_tokens;
@@ -361,7 +446,7 @@ struct sim_engine *sim_engine_new(uv_loop_t *loop, const struct sim_conf *conf,
     lx_list_init(&eng->prefill);
     lx_list_init(&eng->decode);
     eng->kv_total = conf->kv_cache_tokens / conf->block_size;
-    pc_init(&eng->pc, (size_t)eng->kv_total);
+    pool_init(&eng->pool, (size_t)eng->kv_total);
     sim_hist_init(&eng->st.ttft, SIM_HIST_TTFT);
     sim_hist_init(&eng->st.e2e, SIM_HIST_E2E);
     sim_hist_init(&eng->st.itl, SIM_HIST_ITL);
@@ -373,7 +458,7 @@ static void on_timer_closed(uv_handle_t *h)
 {
     struct sim_engine *eng = container_of((uv_timer_t *)h, struct sim_engine, timer);
 
-    pc_deinit(&eng->pc);
+    pool_deinit(&eng->pool);
     free(eng);
 }
 
@@ -388,6 +473,7 @@ void sim_engine_submit(struct sim_engine *eng, struct sim_seq *seq)
     LX_ASSERT(seq->state == SIM_SEQ_NEW && seq->max_tokens >= 1);
     seq->generated = 0;
     seq->hit_tokens = 0;
+    seq->kv = NULL;
     seq->kv_blocks = 0;
     seq->arrive_ms = sim_now_ms();
     seq->state = SIM_SEQ_WAITING;
@@ -418,7 +504,7 @@ const struct sim_engine_stats *sim_engine_stats(struct sim_engine *eng)
 
     st->running = running(eng);
     st->waiting = eng->n_waiting;
-    st->kv_blocks_used = eng->kv_used;
+    st->kv_blocks_used = eng->pool.cap - eng->pool.n_free;
     st->kv_blocks_total = eng->kv_total;
     st->block_size = eng->conf->block_size;
     return st;

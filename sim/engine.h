@@ -9,10 +9,16 @@
  *
  * Timing model (all times in ms on a monotonic clock):
  *   admission   FIFO; the head of the queue enters the batch when
- *               running < max_num_seqs and the KV cache has free blocks for
- *               ceil((prompt + completion) / block_size) blocks (reserved
- *               up front for the whole sequence, so nothing is ever
- *               preempted). A head that does not fit blocks those behind it.
+ *               running < max_num_seqs and the KV pool has room for its
+ *               ceil((prompt + completion) / block_size) blocks, reserved up
+ *               front for the whole sequence (so nothing is ever preempted)
+ *               less its prefix hit, whose cached blocks it shares. A head
+ *               that does not fit blocks those behind it.
+ *   KV pool     as vLLM's: one pool of blocks for running sequences and the
+ *               prefix cache. A block no running sequence holds is free;
+ *               a free block that still has its chain hash is a cached
+ *               prefix block until it is taken for a new sequence (free
+ *               blocks are taken least recently freed first).
  *   prefill     (prompt - prefix_hit) / prefill_tps seconds; prefills run
  *               one after another (the GPU computes one prefill at a time),
  *               decoding goes on beside them. The first token is out when
@@ -59,6 +65,8 @@ struct sim_conf {
     bool fast;                /* no prefill or decode time at all */
 };
 
+struct kv_block;
+
 enum sim_seq_state { SIM_SEQ_NEW, SIM_SEQ_WAITING, SIM_SEQ_PREFILL, SIM_SEQ_DECODE, SIM_SEQ_DONE };
 
 struct sim_seq {
@@ -66,15 +74,19 @@ struct sim_seq {
     enum sim_seq_state state;
     /* Set by the owner before sim_engine_submit(). */
     unsigned prompt_tokens;
-    unsigned max_tokens;    /* tokens to generate, >= 1 */
-    const uint64_t *blocks; /* borrowed: chain hashes of the full prompt blocks */
+    unsigned max_tokens; /* tokens to generate, >= 1 */
+    /* Borrowed: chain hashes of the full blocks of the prompt followed by
+     * its whole completion (max_tokens tokens, as the next turn of a
+     * conversation would resend them). */
+    const uint64_t *blocks;
     size_t n_blocks;
     double ttft_extra_ms; /* held back this long after the prefill */
     bool finish_stop;     /* finish_reason "stop" (else "length"), for metrics */
     /* Engine state. */
     unsigned generated;    /* tokens out so far */
     unsigned hit_tokens;   /* prompt tokens found in the prefix cache */
-    uint32_t kv_blocks;    /* KV blocks reserved while running */
+    struct kv_block **kv;  /* while running: its kv_blocks KV blocks, in order */
+    uint32_t kv_blocks;    /* KV blocks held while running (hits included) */
     double arrive_ms;      /* submit time */
     double first_token_ms; /* when the first token is due (PREFILL) */
     double last_token_ms;  /* when the latest token came out */

@@ -13,15 +13,20 @@
 
 #define TOKEN_BYTES 4
 
+/*
+ * Output tokens: 64 three-letter words, each with its trailing space, so that
+ * every output token is exactly one 4-byte token of the sim's tokenizer: the
+ * text a client gets back tokenizes into the very tokens that were generated
+ * (as a real model's output re-tokenizes, near enough, into its own tokens),
+ * and a later turn that resends it hits the blocks the node cached for it.
+ */
 static const char *const words[] = {
-    "the",    "of",     "and",   "to",     "in",     "is",      "that",  "for",
-    "it",     "as",     "with",  "was",    "on",     "be",      "by",    "this",
-    "are",    "from",   "or",    "an",     "which",  "can",     "model", "token",
-    "data",   "node",   "cache", "batch",  "prefix", "gateway", "route", "request",
-    "stream", "server", "fast",  "simple", "light",  "river",   "stone", "cloud",
-    "green",  "blue",   "quiet", "bright", "north",  "south",   "small", "large",
-    "early",  "later",  "again", "always", "never",  "often",   "here",  "there",
-    "one",    "two",    "three", "four",   "five",   "six",     "seven", "eight",
+    "the ", "and ", "for ", "was ", "are ", "but ", "not ", "you ", "all ", "any ", "can ",
+    "had ", "her ", "one ", "our ", "out ", "day ", "get ", "has ", "him ", "his ", "how ",
+    "man ", "new ", "now ", "old ", "see ", "two ", "way ", "who ", "boy ", "did ", "its ",
+    "let ", "put ", "say ", "she ", "too ", "use ", "map ", "key ", "row ", "set ", "log ",
+    "run ", "bit ", "net ", "web ", "box ", "cup ", "sky ", "sea ", "sun ", "red ", "fox ",
+    "owl ", "oak ", "elm ", "ivy ", "fig ", "tea ", "ice ", "fog ", "dew ",
 };
 
 uint64_t sim_mix64(uint64_t x)
@@ -138,6 +143,13 @@ static int push_content(struct sim_prompt *p, const json_t *content, size_t idx,
     return 0;
 }
 
+/* The chat template's tokens that open a message of <role>. */
+static void push_role(struct sim_prompt *p, const char *role, size_t len)
+{
+    for (unsigned k = 0; k < SIM_CHAT_TOKENS_PER_MESSAGE; k++)
+        sim_prompt_push_token(p, sim_hash(role, len, 0x7e3 + k));
+}
+
 int sim_prompt_chat(struct sim_prompt *p, const json_t *messages, char *err, size_t errlen)
 {
     size_t i;
@@ -156,14 +168,15 @@ int sim_prompt_chat(struct sim_prompt *p, const json_t *messages, char *err, siz
             snprintf(err, errlen, "messages[%zu] must be an object with a string role", i);
             return LX_EINVAL;
         }
-        /* The chat template's tokens around the message. */
-        for (unsigned k = 0; k < SIM_CHAT_TOKENS_PER_MESSAGE; k++)
-            sim_prompt_push_token(
-                p, sim_hash(json_string_value(role), json_string_length(role), 0x7e3 + k));
+        push_role(p, json_string_value(role), json_string_length(role));
         rc = push_content(p, json_object_get(msg, "content"), i, err, errlen);
         if (rc)
             return rc;
     }
+    /* The generation prompt (add_generation_prompt): the tokens that open
+     * an assistant message, the same as the next turn's history will have
+     * before this answer. */
+    push_role(p, "assistant", 9);
     return 0;
 }
 
@@ -210,13 +223,18 @@ bad:
     return LX_EINVAL;
 }
 
+static const char *output_word(uint64_t seed, unsigned i)
+{
+    return words[sim_mix64(seed ^ ((uint64_t)i * 0x9e3779b97f4a7c15ULL)) % ARRAY_SIZE(words)];
+}
+
 int sim_output_token(struct lx_buf *out, uint64_t seed, unsigned i)
 {
-    const char *w =
-        words[sim_mix64(seed ^ ((uint64_t)i * 0x9e3779b97f4a7c15ULL)) % ARRAY_SIZE(words)];
-    int rc = 0;
+    return lx_buf_append(out, output_word(seed, i), TOKEN_BYTES);
+}
 
-    if (i > 0)
-        rc = lx_buf_append(out, " ", 1);
-    return rc | lx_buf_append(out, w, strlen(w));
+void sim_prompt_push_output(struct sim_prompt *p, uint64_t seed, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++)
+        sim_prompt_push_text(p, output_word(seed, i), TOKEN_BYTES);
 }

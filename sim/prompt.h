@@ -4,15 +4,20 @@
  *
  * Tokens: a text of N bytes is ceil(N / 4) tokens, each token being the next
  * 4 bytes of the text (the last one shorter). A chat message is 4 tokens of
- * template (derived from its role) plus its content's tokens; a completions
- * prompt is its string, its strings one after another, or its token ids.
- * Every full block of block_size tokens gets a chain hash: hash(previous
- * block's chain hash, the block's tokens), as vLLM's prefix caching does, so
- * two prompts share cached blocks exactly as far as they share leading tokens.
+ * template (derived from its role) plus its content's tokens, and a chat
+ * prompt ends with the generation prompt: the 4 template tokens of an
+ * assistant message. A completions prompt is its string, its strings one
+ * after another, or its token ids. Every full block of block_size tokens gets
+ * a chain hash: hash(previous block's chain hash, the block's tokens), as
+ * vLLM's prefix caching does, so two prompts share cached blocks exactly as
+ * far as they share leading tokens.
  *
- * Output: token i of a completion is a word picked by hash(prompt, i) from a
- * fixed list, with a leading space except for the first: the same prompt
- * always gives the same text.
+ * Output: token i of a completion is a three-letter word and a space (4
+ * bytes: one token) picked by hash(prompt, i) from a fixed list: the same
+ * prompt always gives the same text, and that text, resent as the assistant
+ * message of the next turn, is the same tokens again. So the chain of a
+ * prompt followed by its output (sim_prompt_push_output) is the chain of the
+ * next turn's prompt up to the end of the answer.
  *
  * Pure functions over caller-owned state; no globals.
  */
@@ -62,5 +67,8 @@ uint64_t sim_mix64(uint64_t x);
 
 /* Appends the text of output token <i> for a prompt hashing to <seed>. */
 int sim_output_token(struct lx_buf *out, uint64_t seed, unsigned i);
+/* Pushes output tokens 0..n-1 for <seed> onto <p> (extends its block chain
+ * past the prompt, as the KV cache holds the generated tokens). */
+void sim_prompt_push_output(struct sim_prompt *p, uint64_t seed, unsigned n);
 
 #endif /* SIM_PROMPT_H */

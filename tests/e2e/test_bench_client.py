@@ -165,9 +165,10 @@ def test_run_json_fields_and_seed_flags(procs, tmp_path):
         run = d["runs"][name]
         check_phase(run)
         assert run["successes"] == 30 and run["errors"] == 0
-        # usage from the sim: 8 completion tokens each, prompt 40 + 4 template tokens.
+        # usage from the sim: 8 completion tokens each, prompt 40 + 4 template
+        # tokens + 4 of the generation prompt.
         assert run["completion_tokens"] == 30 * 8
-        assert run["prompt_tokens"] == 30 * 44
+        assert run["prompt_tokens"] == 30 * 48
         assert d["runs"][f"{name}_node_counts"] == run["node_counts"] == {"unknown": 30}
     assert d["runs"]["naive"]["concurrency"] == 1
     assert d["throughput_multiplier"] is not None
