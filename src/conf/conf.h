@@ -75,7 +75,7 @@ struct lx_conf {
 
     /* cache_aware strategy */
     double cache_aware_load_factor;     /* CACHE_AWARE_LOAD_FACTOR, default 1.5 */
-    double cache_aware_load_weight;     /* CACHE_AWARE_LOAD_WEIGHT, default 0.25 */
+    double cache_aware_load_weight;     /* CACHE_AWARE_LOAD_WEIGHT, default 4 */
     int cache_aware_prefix_bytes;       /* CACHE_AWARE_PREFIX_BYTES, default 2 MiB */
     int cache_aware_node_tokens;        /* CACHE_AWARE_NODE_TOKENS, default 262144 */
     int cache_aware_index_max_blocks;   /* CACHE_AWARE_INDEX_MAX_BLOCKS, default 1M */

@@ -51,7 +51,6 @@ struct lx_node {
     atomic_uint_fast64_t last_success_ms; /* lx_now_ms() of the last good answer, 0 = none */
     atomic_uint_fast64_t ewma_ttft_us;    /* EWMA of time to first streamed byte, 0 = none */
     atomic_uint_fast64_t errors[LX_FAIL__N]; /* by kind (failure.h) */
-    atomic_uint_fast64_t in_flight_bytes; /* prompt bytes of the requests in flight */
 
     /* What the node's prefix cache likely holds (src/route/prefix.c): set
      * once by route/, freed with the node. cache_gen changes when that

@@ -93,8 +93,7 @@ struct lx_proxy;
 
 struct px_exchange {
     struct lx_proxy *p;
-    struct lx_node *node;           /* reference, counted in node->in_flight and
-                                       in_flight_bytes; NULL = none */
+    struct lx_node *node;           /* reference, counted in node->in_flight; NULL = none */
     struct lx_upstream_req up;
     struct lx_buf head;             /* the request head for this node */
     uint64_t t_send_ns;
@@ -153,12 +152,6 @@ static uint64_t now_ns(void)
 
 /* ---- exchanges -------------------------------------------------------- */
 
-/* The size of the request's prompt, a node's load while it serves it. */
-static uint64_t prompt_bytes(const struct lx_proxy *p)
-{
-    return p->scan.messages.p ? p->scan.messages.len : p->scan.prompt.len;
-}
-
 /* A parked request that has not tried <arg> (the node whose capacity was
  * freed) can use it; the first such one is woken. Under the queue's lock:
  * tried[] was written before the request parked. */
@@ -189,7 +182,6 @@ static void exchange_end(struct lx_proxy *p, struct px_exchange *x)
     if (!x->node)
         return;
     lx_upstream_cancel(&x->up);
-    atomic_fetch_sub_explicit(&x->node->in_flight_bytes, prompt_bytes(p), memory_order_relaxed);
     atomic_fetch_sub(&x->node->in_flight, 1);
     /* Against a request parking at once (proxy_pick): one of the two sees
      * the other, on any CPU. */
@@ -568,7 +560,6 @@ static void proxy_pick(struct lx_proxy *p)
     }
     p->ex.node = node;
     atomic_fetch_add_explicit(&node->in_flight, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&node->in_flight_bytes, prompt_bytes(p), memory_order_relaxed);
     atomic_fetch_add_explicit(&node->requests_total, 1, memory_order_relaxed);
     px_enter(p, PX_EXCHANGE);
 }

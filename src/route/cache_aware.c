@@ -1,20 +1,23 @@
 /*
  * cache_aware.c - each request goes to the node where it costs least: the
- * prompt blocks the node would have to compute (those it likely does not
- * hold in its prefix cache, see prefix.h) plus the work already on it.
+ * prompt blocks the node would have to compute because it likely does not
+ * hold them in its prefix cache (prefix.h), plus the requests already on it.
  *
- *   cost(node) = missing blocks + LOAD_WEIGHT x (blocks in flight on the
- *                node + DECODE_BLOCKS per request in flight) / weight
+ *   cost(node) = missing blocks + LOAD_WEIGHT x requests in flight / weight
  *
- * in blocks of LX_PREFIX_BLOCK_BYTES; "blocks in flight" is the prompt size
- * of the requests the node is serving (their KV footprint and decode work),
- * as NVIDIA Dynamo's KV router weighs new prefill against active decode
- * blocks. The lowest cost wins; equal costs go to the highest rendezvous
- * score of the prompt's first block (or the affinity hint) and the node's
- * URL, so a prompt that no node holds, on idle nodes, lands on the same node
- * from every llmux replica, and a node joining or leaving moves only its
- * share. X-Session-Id or "user" is hashed ahead of the prompt, so a
- * session's requests share their first block.
+ * in blocks of LX_PREFIX_BLOCK_BYTES; LOAD_WEIGHT (CACHE_AWARE_LOAD_WEIGHT)
+ * is what one request in flight is worth in blocks of prefill. Missing
+ * blocks are counted in full, except a prefix that two candidates hold: it
+ * is popular (a shared system prompt), will be cached wherever traffic goes,
+ * and counts POPULAR_SHARE per block, so the first node to get a shared
+ * prompt does not keep every request that starts with it.
+ *
+ * The lowest cost wins; equal costs go to the highest rendezvous score of
+ * the affinity hint (X-Session-Id, else the body's "user") or else the
+ * prompt's first block, and the node's URL: a prompt that no node holds, on
+ * idle nodes, lands on the same node from every llmux replica, and a node
+ * joining or leaving moves only its share. The node that last served a
+ * session counts as holding the whole prompt.
  *
  * Bounded load: a node whose in-flight requests per unit of weight exceed
  * CACHE_AWARE_LOAD_FACTOR x the pool's average (+1) is chosen only when
@@ -31,10 +34,11 @@
 #include "prefix.h"
 #include "router.h"
 
-#define DECODE_BLOCKS 8.0 /* a request's decode work, in blocks of prefill */
+#define SESSION_SEED 0x5e5510cULL
+#define POPULAR_SHARE 0.25 /* what a node pays for a prefix two others hold */
 
 static double load_factor = 1.5;
-static double load_weight = 0.25;
+static double load_weight = 4;
 static size_t max_blocks = LX_PREFIX_MAX_BLOCKS;
 
 void lx_route_set_cache_policy(double factor, double weight, size_t prefix_bytes)
@@ -58,28 +62,52 @@ static int ca_pick(struct lx_pool *pool, void *state, const struct lx_pick *ctx)
 {
     static _Thread_local uint64_t blocks[LX_PREFIX_MAX_BLOCKS];
     struct lx_cand c[LX_ROUTE_MAX_CANDIDATES];
-    size_t n = lx_router_candidates(pool, ctx, c), nb;
+    size_t held[LX_ROUTE_MAX_CANDIDATES];
+    size_t n = lx_router_candidates(pool, ctx, c), nb, first = 0, second = 0;
     double total = 0, total_w = 0, best_cost = INFINITY, best_score = 0;
+    const char *hint = ctx->affinity;
+    size_t hint_len = hint ? ctx->affinity_len : 0;
     bool best_over = true;
-    uint64_t anchor;
+    uint64_t anchor, session = 0;
     int best = -1;
 
     if (n == 0)
         return -1;
-    nb = lx_prefix_blocks(ctx->scan, ctx->affinity, ctx->affinity_len, blocks, max_blocks);
-    anchor = nb ? blocks[0]
-             : ctx->affinity ? lx_route_hash(ctx->affinity, ctx->affinity_len, 0)
-                             : ctx->rand;
+    if (!hint_len && ctx->scan && ctx->scan->user.len) {
+        hint = ctx->scan->user.p;
+        hint_len = ctx->scan->user.len;
+    }
+    nb = lx_prefix_blocks(ctx->scan, NULL, 0, blocks, max_blocks);
+    if (hint_len)
+        session = lx_route_hash(hint, hint_len, SESSION_SEED);
+    anchor = hint_len ? session : nb ? blocks[0] : ctx->rand;
+    /* What each candidate holds, and the second longest hold: a prefix two
+     * nodes hold is popular (a shared system prompt) and will be cached
+     * wherever traffic goes, so a node that lacks it pays only a part of
+     * it. Without this, the first node to get a shared prompt would keep
+     * every request that starts with it. */
     for (size_t i = 0; i < n; i++) {
-        total += atomic_load_explicit(&pool->nodes[c[i].idx]->in_flight, memory_order_relaxed);
+        struct lx_node *node = pool->nodes[c[i].idx];
+
+        total += atomic_load_explicit(&node->in_flight, memory_order_relaxed);
         total_w += c[i].weight;
+        /* The node that served the session holds its history, whatever
+         * the index kept of it. */
+        held[i] = session && lx_prefix_match(node, &session, 1) ? nb
+                                                               : lx_prefix_match(node, blocks, nb);
+        if (held[i] > first) {
+            second = first;
+            first = held[i];
+        } else if (held[i] > second) {
+            second = held[i];
+        }
     }
     for (size_t i = 0; i < n; i++) {
         struct lx_node *node = pool->nodes[c[i].idx];
         double in_flight = atomic_load_explicit(&node->in_flight, memory_order_relaxed);
-        double bytes = (double)atomic_load_explicit(&node->in_flight_bytes, memory_order_relaxed);
-        double busy = (bytes / LX_PREFIX_BLOCK_BYTES + DECODE_BLOCKS * in_flight) / c[i].weight;
-        double cost = (double)(nb - lx_prefix_match(node, blocks, nb)) + load_weight * busy;
+        double missing = (double)(nb - LX_MAX(held[i], second)) +
+                         POPULAR_SHARE * (double)(second > held[i] ? second - held[i] : 0);
+        double cost = missing + load_weight * in_flight / c[i].weight;
         bool over = in_flight / c[i].weight > load_factor * (total / total_w) + 1.0 / c[i].weight;
         double score = 0;
 
@@ -96,6 +124,8 @@ static int ca_pick(struct lx_pool *pool, void *state, const struct lx_pick *ctx)
         best_over = over;
     }
     lx_prefix_insert(pool->nodes[best], blocks, nb);
+    if (session)
+        lx_prefix_insert(pool->nodes[best], &session, 1);
     return best;
 }
 
