@@ -13,8 +13,10 @@
  * score of the prompt's first block (or the affinity hint) and the node's
  * URL, so a prompt that no node holds, on idle nodes, lands on the same node
  * from every llmux replica, and a node joining or leaving moves only its
- * share. X-Session-Id or "user" is hashed ahead of the prompt, so a
- * session's requests share their first block.
+ * share. The affinity hint, X-Session-Id or else the body's "user", is
+ * hashed ahead of the prompt, so sessions do not share blocks, and it is
+ * the tie-break instead of the first block (which holds the start of the
+ * prompt too): a session's prompts that no node holds go together.
  *
  * Bounded load: a node whose in-flight requests per unit of weight exceed
  * CACHE_AWARE_LOAD_FACTOR x the pool's average (+1) is chosen only when
@@ -61,15 +63,19 @@ static int ca_pick(struct lx_pool *pool, void *state, const struct lx_pick *ctx)
     size_t n = lx_router_candidates(pool, ctx, c), nb;
     double total = 0, total_w = 0, best_cost = INFINITY, best_score = 0;
     bool best_over = true;
+    const char *hint = ctx->affinity;
+    size_t hint_len = hint ? ctx->affinity_len : 0;
     uint64_t anchor;
     int best = -1;
 
     if (n == 0)
         return -1;
-    nb = lx_prefix_blocks(ctx->scan, ctx->affinity, ctx->affinity_len, blocks, max_blocks);
-    anchor = nb ? blocks[0]
-             : ctx->affinity ? lx_route_hash(ctx->affinity, ctx->affinity_len, 0)
-                             : ctx->rand;
+    if (!hint_len && ctx->scan && ctx->scan->user.len) {
+        hint = ctx->scan->user.p;
+        hint_len = ctx->scan->user.len;
+    }
+    nb = lx_prefix_blocks(ctx->scan, hint, hint_len, blocks, max_blocks);
+    anchor = hint_len ? lx_route_hash(hint, hint_len, 0) : nb ? blocks[0] : ctx->rand;
     for (size_t i = 0; i < n; i++) {
         total += atomic_load_explicit(&pool->nodes[c[i].idx]->in_flight, memory_order_relaxed);
         total_w += c[i].weight;

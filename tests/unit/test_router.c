@@ -1221,6 +1221,78 @@ static void test_ca_weights(void **state)
     drop_reg(reg);
 }
 
+/* Two affinity keys that land on different nodes (searched, deterministic). */
+static void two_keys_apart(struct lx_pool *pool, char *a, char *b, size_t size)
+{
+    struct lx_pick ctx = pick_ctx();
+    int ia;
+
+    snprintf(a, size, "session-0");
+    ctx.affinity = a;
+    ctx.affinity_len = strlen(a);
+    ia = pick(pool, &ctx);
+    for (int k = 1; k < 100; k++) {
+        snprintf(b, size, "session-%d", k);
+        ctx.affinity = b;
+        ctx.affinity_len = strlen(b);
+        if (pick(pool, &ctx) != ia)
+            return;
+    }
+    fail_msg("100 keys on one node");
+}
+
+/* X-Session-Id is hashed ahead of the prompt: two sessions sending the same
+ * text do not share its blocks, and a session's prompts that no node holds
+ * go to the session's node (the tie-break is the session), so its turns
+ * and its unrelated prompts stay together. */
+static void test_ca_session_keeps_together(void **state)
+{
+    struct lx_registry *reg = make_reg("cache_aware", 3, NULL);
+    struct lx_pool *pool = &reg->pools[0];
+    char a[32], b[32], tag[32];
+    int na, nb;
+
+    two_keys_apart(pool, a, b, sizeof(a));
+    na = pick_text(pool, "the same prompt:", 300, NULL, a);
+    nb = pick_text(pool, "the same prompt:", 300, NULL, b);
+    assert_int_not_equal(na, nb);
+    for (int k = 0; k < 30; k++) {
+        snprintf(tag, sizeof(tag), "prompt %d:", k);
+        assert_int_equal(pick_text(pool, tag, 300, NULL, a), na);
+        assert_int_equal(pick_text(pool, tag, 300, NULL, b), nb);
+        /* Short prompts too (no full block). */
+        assert_int_equal(pick_text(pool, tag, 20, NULL, a), na);
+    }
+    for (int k = 1; k <= 4; k++) {
+        assert_int_equal(pick_turn(pool, 0, k, a), na);
+        assert_int_equal(pick_turn(pool, 0, k, b), nb);
+    }
+    drop_reg(reg);
+}
+
+/* The body's "user" is the same hint as an X-Session-Id of the same value;
+ * the header wins over it. */
+static void test_ca_user_is_a_session(void **state)
+{
+    struct lx_registry *reg = make_reg("cache_aware", 3, NULL);
+    struct lx_pool *pool = &reg->pools[0];
+    char a[32], b[32], user[64], tag[32];
+    int na, nb;
+
+    two_keys_apart(pool, a, b, sizeof(a));
+    na = pick_text(pool, "first prompt:", 300, NULL, a);
+    nb = pick_text(pool, "first prompt:", 300, NULL, b);
+    snprintf(user, sizeof(user), "\"user\":\"%s\",", a);
+    /* The same blocks as with the header: a hit where the header sent it. */
+    assert_int_equal(pick_text(pool, "first prompt:", 300, user, NULL), na);
+    for (int k = 0; k < 30; k++) {
+        snprintf(tag, sizeof(tag), "user prompt %d:", k);
+        assert_int_equal(pick_text(pool, tag, 300, user, NULL), na);
+        assert_int_equal(pick_text(pool, tag, 300, user, b), nb);
+    }
+    drop_reg(reg);
+}
+
 /* A node that went unhealthy, or restarted (cache_gen bumped by the
  * scrape), has lost its blocks: a prompt it held goes where it would go
  * fresh. */
@@ -1380,6 +1452,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ca_bounded_load, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ca_fresh_prompts_spread, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ca_weights, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ca_session_keeps_together, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ca_user_is_a_session, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ca_lost_cache_forgotten, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ca_rendezvous_removal, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ca_replicas_agree, setup, teardown),
