@@ -1147,30 +1147,38 @@ static void test_ca_load_gives_up_hit(void **state)
 
 /* Bounded load, apart from the cost (load weight 0): a node far above the
  * pool's average in-flight requests gets nothing while others are within
- * the bound, whatever it holds. */
+ * the bound, whatever it holds. Prompts whose first node is each node in
+ * turn, so the node's place in the pool does not matter. */
 static void test_ca_bounded_load(void **state)
 {
     struct lx_registry *reg = make_reg("cache_aware", 3, NULL);
     struct lx_pool *pool = &reg->pools[0];
-    const char *tag = "a popular system prompt:";
-    int home, other;
+    int homes[3] = {0};
+    char tag[48];
 
     lx_route_set_cache_policy(1.5, 0, 1 << 21);
-    home = pick_text(pool, tag, 600, NULL, NULL);
-    /* A little busier than the rest: it keeps its prompt (1 <= 1.5 x 1/3 + 1). */
-    atomic_store(&pool->nodes[home]->in_flight, 1);
-    assert_int_equal(pick_text(pool, tag, 600, NULL, NULL), home);
-    /* Far above the average (10 > 1.5 x 12/3 + 1). */
-    atomic_store(&pool->nodes[home]->in_flight, 10);
-    other = (home + 1) % 3;
-    atomic_store(&pool->nodes[other]->in_flight, 2);
-    for (int i = 0; i < 10; i++)
-        assert_int_not_equal(pick_text(pool, tag, 600, NULL, NULL), home);
-    /* Load gone: back home (a tie with the node that took it, which
-     * rendezvous hashing breaks for home, as at the first request). */
-    atomic_store(&pool->nodes[home]->in_flight, 0);
-    atomic_store(&pool->nodes[other]->in_flight, 0);
-    assert_int_equal(pick_text(pool, tag, 600, NULL, NULL), home);
+    for (int k = 0; k < 12; k++) {
+        int home, other;
+
+        snprintf(tag, sizeof(tag), "a popular system prompt %d:", k);
+        home = pick_text(pool, tag, 600, NULL, NULL);
+        homes[home]++;
+        /* A little busier than the rest: it keeps its prompt (1 <= 1.5 x 1/3 + 1). */
+        atomic_store(&pool->nodes[home]->in_flight, 1);
+        assert_int_equal(pick_text(pool, tag, 600, NULL, NULL), home);
+        /* Far above the average (10 > 1.5 x 12/3 + 1). */
+        atomic_store(&pool->nodes[home]->in_flight, 10);
+        other = (home + 1) % 3;
+        atomic_store(&pool->nodes[other]->in_flight, 2);
+        for (int i = 0; i < 5; i++)
+            assert_int_not_equal(pick_text(pool, tag, 600, NULL, NULL), home);
+        /* Load gone: back home (a tie with the node that took it, which
+         * rendezvous hashing breaks for home, as at the first request). */
+        atomic_store(&pool->nodes[home]->in_flight, 0);
+        atomic_store(&pool->nodes[other]->in_flight, 0);
+        assert_int_equal(pick_text(pool, tag, 600, NULL, NULL), home);
+    }
+    assert_true(homes[0] > 0 && homes[1] > 0 && homes[2] > 0);
     drop_reg(reg);
 }
 
