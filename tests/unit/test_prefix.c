@@ -28,6 +28,7 @@
 #include "../../src/http/body_scan.h"
 #include "../../src/nodes/node.h"
 #include "../../src/route/prefix.h"
+#include "unit_util.h"
 
 #define B LX_PREFIX_BLOCK_BYTES
 #define TOKENS(blocks) ((uint64_t)(blocks)*32) /* capacity of <blocks> blocks */
@@ -36,53 +37,20 @@
 
 /* ---- helpers ---------------------------------------------------------- */
 
-/* What a test made, released in teardown when a failed assertion jumped
- * over its own cleanup, so a failure does not also report leaks. */
-static struct lx_node *nodes[8];
-static void *mems[64];
+/* Nodes and memory a test made, released in teardown if a failed
+ * assertion jumped over the test's own cleanup (unit_util.h). */
+static void node_free(void *node)
+{
+    lx_node_unref(node);
+}
 
 static struct lx_node *new_node(uint64_t cache_tokens)
 {
-    struct lx_node *n = calloc(1, sizeof(*n));
+    struct lx_node *n = ut_track(calloc(1, sizeof(*n)), node_free);
 
-    assert_non_null(n);
     atomic_init(&n->refs, 1);
     atomic_init(&n->scraped_cache_tokens, cache_tokens);
-    for (size_t i = 0; i < sizeof(nodes) / sizeof(nodes[0]); i++)
-        if (!nodes[i]) {
-            nodes[i] = n;
-            return n;
-        }
-    fail_msg("too many nodes");
-    return NULL;
-}
-
-static void free_node(struct lx_node *n)
-{
-    for (size_t i = 0; i < sizeof(nodes) / sizeof(nodes[0]); i++)
-        if (nodes[i] == n)
-            nodes[i] = NULL;
-    lx_node_unref(n);
-}
-
-static void *track(void *p)
-{
-    assert_non_null(p);
-    for (size_t i = 0; i < sizeof(mems) / sizeof(mems[0]); i++)
-        if (!mems[i]) {
-            mems[i] = p;
-            return p;
-        }
-    fail_msg("too many allocations");
-    return NULL;
-}
-
-static void untrack_free(void *p)
-{
-    for (size_t i = 0; i < sizeof(mems) / sizeof(mems[0]); i++)
-        if (mems[i] == p)
-            mems[i] = NULL;
-    free(p);
+    return n;
 }
 
 static int setup(void **state)
@@ -93,12 +61,7 @@ static int setup(void **state)
 
 static int teardown(void **state)
 {
-    for (size_t i = 0; i < sizeof(nodes) / sizeof(nodes[0]); i++)
-        if (nodes[i])
-            free_node(nodes[i]);
-    for (size_t i = 0; i < sizeof(mems) / sizeof(mems[0]); i++)
-        if (mems[i])
-            untrack_free(mems[i]);
+    ut_release_all();
     return 0;
 }
 
@@ -107,13 +70,13 @@ static int teardown(void **state)
 static size_t blocks_hint(const char *body, const char *hint, uint64_t *out, size_t max)
 {
     size_t len = strlen(body), n;
-    char *copy = track(malloc(len));
+    char *copy = ut_track(malloc(len), free);
     struct lx_body_scan scan;
 
     memcpy(copy, body, len);
     assert_int_equal(lx_body_scan(copy, len, &scan), LX_SCAN_OK);
     n = lx_prefix_blocks(&scan, hint, hint ? strlen(hint) : 0, out, max);
-    untrack_free(copy);
+    ut_release(copy);
     return n;
 }
 
@@ -122,23 +85,11 @@ static size_t blocks_of(const char *body, uint64_t *out, size_t max)
     return blocks_hint(body, NULL, out, max);
 }
 
-/* <len> bytes of plain text into <buf> (len + 1 bytes), starting with <tag>. */
-static void fill_text(char *buf, size_t len, const char *tag)
-{
-    static const char filler[] = " lorem ipsum dolor sit amet, consectetur adipiscing";
-    size_t n = strlen(tag) < len ? strlen(tag) : len;
-
-    memcpy(buf, tag, n);
-    for (size_t i = n; i < len; i++)
-        buf[i] = filler[(i - n) % (sizeof(filler) - 1)];
-    buf[len] = '\0';
-}
-
 /* A completions body whose "prompt" string holds <text> (no escapes needed). */
 static char *completion(const char *text)
 {
     size_t n = strlen(text) + 64;
-    char *b = track(malloc(n));
+    char *b = ut_track(malloc(n), free);
 
     snprintf(b, n, "{\"model\":\"m\",\"prompt\":\"%s\"}", text);
     return b;
@@ -154,9 +105,9 @@ static char *chat(const char *const *roles, const char *const *contents, size_t 
 
     for (size_t i = 0; i < n; i++)
         cap += strlen(roles[i]) + strlen(contents[i]) + 32;
-    b = track(malloc(cap));
+    b = ut_track(malloc(cap), free);
     if (canon)
-        c = *canon = track(malloc(cap));
+        c = *canon = ut_track(malloc(cap), free);
     len = (size_t)snprintf(b, cap, "{\"model\":\"m\",\"messages\":[");
     for (size_t i = 0; i < n; i++) {
         len += (size_t)snprintf(b + len, cap - len, "%s{\"role\":\"%s\",\"content\":\"%s\"}",
@@ -194,15 +145,6 @@ static bool holds(struct lx_node *node, uint64_t h)
     return lx_prefix_match(node, &h, 1) == 1;
 }
 
-/* splitmix64 */
-static uint64_t mix(uint64_t x)
-{
-    x += 0x9E3779B97F4A7C15ULL;
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-    return x ^ (x >> 31);
-}
-
 /* Synthetic block hashes of a prompt whose block i is tok[i]: chained as
  * lx_prefix_blocks chains them, so equal hashes mean equal prefixes. */
 static void chain(const uint32_t *tok, size_t n, uint64_t *h)
@@ -210,7 +152,7 @@ static void chain(const uint32_t *tok, size_t n, uint64_t *h)
     uint64_t x = 0x5eed;
 
     for (size_t i = 0; i < n; i++)
-        h[i] = x = mix(x ^ tok[i]);
+        h[i] = x = ut_mix64(x ^ tok[i]);
 }
 
 /* <n> hashes of a prompt that shares nothing with another <seed>'s. */
@@ -234,12 +176,12 @@ static void test_partial_block_not_hashed(void **state)
     uint64_t h[16], first[16];
     char text[1001];
 
-    fill_text(text, 1000, "Once upon a time");
+    ut_fill_text(text, 1000, "Once upon a time");
     assert_int_equal(blocks_of(completion(text), first, 16), 1000 / B);
     for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
         size_t n;
 
-        fill_text(text, lens[i], "Once upon a time");
+        ut_fill_text(text, lens[i], "Once upon a time");
         n = blocks_of(completion(text), h, 16);
         assert_int_equal(n, lens[i] / B);
         assert_int_equal(common(h, n, first, 1000 / B), n);
@@ -249,7 +191,7 @@ static void test_partial_block_not_hashed(void **state)
         const char *roles[] = {"user"};
         const char *contents[] = {text};
 
-        fill_text(text, len, "hello");
+        ut_fill_text(text, len, "hello");
         assert_int_equal(blocks_of(chat(roles, contents, 1, NULL), h, 16), (len + 6) / B);
     }
 }
@@ -262,7 +204,7 @@ static void test_common_prefix_shared_exactly(void **state)
     char a[1025], b[1025];
     uint64_t ha[8], hb[8];
 
-    fill_text(a, 1024, "");
+    ut_fill_text(a, 1024, "");
     for (size_t i = 0; i < sizeof(same) / sizeof(same[0]); i++) {
         size_t k = same[i], na, nb;
 
@@ -288,8 +230,8 @@ static void test_chat_canonical(void **state)
     uint64_t ref[8], h[8];
     size_t n;
 
-    fill_text(sys, 300, "You are a helpful assistant.");
-    fill_text(q, 300, "What is a prefix cache?");
+    ut_fill_text(sys, 300, "You are a helpful assistant.");
+    ut_fill_text(q, 300, "What is a prefix cache?");
     n = blocks_of(chat(roles, contents, 2, NULL), ref, 8);
     assert_int_equal(n, (300 + 8 + 300 + 6) / B);
     snprintf(body, sizeof(body),
@@ -332,7 +274,7 @@ static void test_boundaries_not_forgeable(void **state)
     char *bodies[8];
     uint64_t h[8][4];
 
-    fill_text(x, 300, "xyz");
+    ut_fill_text(x, 300, "xyz");
     snprintf(cus, sizeof(cus), "%sus", c);
     snprintf(cuser, sizeof(cuser), "%suser", c);
     snprintf(userc, sizeof(userc), "user%s", c);
@@ -365,7 +307,7 @@ static void test_completions(void **state)
     const char *contents[] = {text};
     uint64_t ref[4], h[4];
 
-    fill_text(text, 400, "Once upon a time");
+    ut_fill_text(text, 400, "Once upon a time");
     assert_int_equal(blocks_of(completion(text), ref, 4), 3);
     snprintf(body, sizeof(body), "{\"max_tokens\":9,\"prompt\" : \"%s\",\"model\":\"x\"}", text);
     assert_int_equal(blocks_of(body, h, 4), 3);
@@ -396,8 +338,8 @@ static void test_affinity_changes_every_block(void **state)
     size_t n[5];
     char *body;
 
-    fill_text(text, 1024, "prompt");
-    fill_text(long_hint, 200, "hint");
+    ut_fill_text(text, 1024, "prompt");
+    ut_fill_text(long_hint, 200, "hint");
     body = completion(text);
     for (int i = 0; i < 5; i++) {
         size_t extra = hints[i] ? strlen(hints[i]) + 1 : 0;
@@ -431,14 +373,14 @@ static void test_affinity_changes_every_block(void **state)
 static void test_max_blocks(void **state)
 {
     size_t big = (size_t)LX_PREFIX_MAX_BLOCKS * B + 3 * B + 5;
-    char *text = track(malloc(big + 1));
-    uint64_t *all = track(malloc((LX_PREFIX_MAX_BLOCKS + 1) * sizeof(*all)));
-    uint64_t *three = track(malloc(3 * sizeof(*three)));
+    char *text = ut_track(malloc(big + 1), free);
+    uint64_t *all = ut_track(malloc((LX_PREFIX_MAX_BLOCKS + 1) * sizeof(*all)), free);
+    uint64_t *three = ut_track(malloc(3 * sizeof(*three)), free);
     char *body;
 
-    fill_text(text, big, "a very long document");
+    ut_fill_text(text, big, "a very long document");
     body = completion(text);
-    untrack_free(text);
+    ut_release(text);
     all[LX_PREFIX_MAX_BLOCKS] = 0x5e471e1;
     assert_int_equal(blocks_of(body, all, LX_PREFIX_MAX_BLOCKS), LX_PREFIX_MAX_BLOCKS);
     assert_int_equal(all[LX_PREFIX_MAX_BLOCKS], 0x5e471e1);
@@ -458,8 +400,8 @@ static void test_escapes_kept(void **state)
     char head[11], tail[291], a[400], b[400], e[64 * 6 + 1];
     uint64_t ha[4], hb[4];
 
-    fill_text(head, 10, "say");
-    fill_text(tail, 290, "");
+    ut_fill_text(head, 10, "say");
+    ut_fill_text(tail, 290, "");
     snprintf(a, sizeof(a), "%s\\\"hi\\\"%s", head, tail);       /* 306 bytes */
     snprintf(b, sizeof(b), "%s\\u0022hi\\u0022%s", head, tail); /* the same string: 314 */
     assert_int_equal(blocks_of(completion(a), ha, 4), 2);
@@ -501,12 +443,12 @@ static void test_longest_prefix(void **state)
     struct lx_node *node = new_node(0);
     const bool inserted[N_TEXTS] = {false, true, false, true, false, false};
 
-    fill_text(sys, 600, "You are a helpful assistant.");
-    fill_text(q1, 200, "first question");
-    fill_text(a1, 300, "first answer");
-    fill_text(q2, 200, "second question");
-    fill_text(q3, 200, "another first question");
-    fill_text(other, 400, "unrelated");
+    ut_fill_text(sys, 600, "You are a helpful assistant.");
+    ut_fill_text(q1, 200, "first question");
+    ut_fill_text(a1, 300, "first answer");
+    ut_fill_text(q2, 200, "second question");
+    ut_fill_text(q3, 200, "another first question");
+    ut_fill_text(other, 400, "unrelated");
     body[0] = chat(r_sys, t_turn1, 2, &canon[0]);   /* turn 1 */
     body[1] = chat(r_sys, t_turn2, 4, &canon[1]);   /* turn 2: turn 1 + answer + question */
     body[2] = chat(r_sys, t_sibling, 2, &canon[2]); /* another conversation, same system */
@@ -549,10 +491,23 @@ static void test_longest_prefix(void **state)
     /* Inserting again changes nothing but recency. */
     lx_prefix_insert(node, h[1], n[1]);
     assert_int_equal(lx_prefix_count(node), n[1] + n[3]);
-    free_node(node);
+    ut_release(node);
 }
 
 /* ---- the index: LRU at capacity ---------------------------------------- */
+
+/* Inserts <fresh> (6 blocks) into a node of capacity 10 holding <old> (6
+ * blocks) and more: afterwards all of <fresh> is held, and of <old> its
+ * first 4 blocks only, its deepest 2 evicted. */
+static void insert_evicting(struct lx_node *node, const uint64_t *fresh, const uint64_t *old)
+{
+    lx_prefix_insert(node, fresh, 6);
+    assert_int_equal(lx_prefix_count(node), 10);
+    assert_int_equal(lx_prefix_match(node, fresh, 6), 6);
+    assert_int_equal(lx_prefix_match(node, old, 6), 4);
+    for (int i = 0; i < 6; i++)
+        assert_int_equal(holds(node, old[i]), i < 4);
+}
 
 /* Capacity 10 blocks: a prompt inserted last to first keeps its leading
  * blocks the most recent, so the oldest prompt's deep blocks go first and
@@ -569,19 +524,9 @@ static void test_lru_evicts_deep_blocks_first(void **state)
     prompt_hashes(4, 2, d);
     lx_prefix_insert(node, a, 6);
     assert_int_equal(lx_prefix_count(node), 6);
-    lx_prefix_insert(node, b, 6);
-    assert_int_equal(lx_prefix_count(node), 10);
-    assert_int_equal(lx_prefix_match(node, b, 6), 6);
-    assert_int_equal(lx_prefix_match(node, a, 6), 4);
-    for (int i = 0; i < 6; i++)
-        assert_int_equal(holds(node, a[i]), i < 4);
+    insert_evicting(node, b, a);
     /* a again: whole; the oldest of b, its deepest blocks, make room. */
-    lx_prefix_insert(node, a, 6);
-    assert_int_equal(lx_prefix_count(node), 10);
-    assert_int_equal(lx_prefix_match(node, a, 6), 6);
-    assert_int_equal(lx_prefix_match(node, b, 6), 4);
-    for (int i = 0; i < 6; i++)
-        assert_int_equal(holds(node, b[i]), i < 4);
+    insert_evicting(node, a, b);
     /* Matched, b stays the oldest: two new blocks evict two of it. */
     for (int i = 0; i < 3; i++)
         lx_prefix_match(node, b, 6);
@@ -596,7 +541,7 @@ static void test_lru_evicts_deep_blocks_first(void **state)
     assert_int_equal(lx_prefix_match(node, a, 6), 0);
     assert_int_equal(lx_prefix_match(node, b, 6), 0);
     assert_int_equal(lx_prefix_match(node, d, 2), 0);
-    free_node(node);
+    ut_release(node);
 }
 
 #define TREE_PROMPTS 400
@@ -609,20 +554,20 @@ static void test_lru_evicts_deep_blocks_first(void **state)
 static void test_lru_stays_prefix_closed(void **state)
 {
     struct lx_node *node = new_node(TOKENS(50));
-    uint64_t(*h)[TREE_MAX] = track(malloc(sizeof(uint64_t[TREE_PROMPTS][TREE_MAX])));
+    uint64_t(*h)[TREE_MAX] = ut_track(malloc(sizeof(uint64_t[TREE_PROMPTS][TREE_MAX])), free);
     size_t n[TREE_PROMPTS];
     uint64_t rnd = 42;
 
     for (int p = 0; p < TREE_PROMPTS; p++) {
         uint32_t tok[TREE_MAX];
 
-        n[p] = 1 + (rnd = mix(rnd)) % TREE_MAX;
+        n[p] = 1 + (rnd = ut_mix64(rnd)) % TREE_MAX;
         for (size_t i = 0; i < n[p]; i++)
-            tok[i] = (uint32_t)((rnd = mix(rnd)) % (i < 3 ? 2 : i < 6 ? 4 : 1000));
+            tok[i] = (uint32_t)((rnd = ut_mix64(rnd)) % (i < 3 ? 2 : i < 6 ? 4 : 1000));
         chain(tok, n[p], h[p]);
     }
     for (int round = 0; round < 3 * TREE_PROMPTS; round++) {
-        int p = (int)((rnd = mix(rnd)) % TREE_PROMPTS);
+        int p = (int)((rnd = ut_mix64(rnd)) % TREE_PROMPTS);
 
         lx_prefix_insert(node, h[p], n[p]);
         assert_true(lx_prefix_count(node) <= 50);
@@ -639,8 +584,8 @@ static void test_lru_stays_prefix_closed(void **state)
         }
     }
     assert_int_equal(lx_prefix_count(node), 50);
-    untrack_free(h);
-    free_node(node);
+    ut_release(h);
+    ut_release(node);
 }
 
 /* The capacity follows the scraped cache size (else the configured
@@ -672,7 +617,7 @@ static void test_capacity_change(void **state)
     lx_prefix_insert(node, a, 40);
     assert_int_equal(lx_prefix_count(node), 0);
     assert_int_equal(lx_prefix_match(node, a, 40), 0);
-    free_node(node);
+    ut_release(node);
 }
 
 /* A lost cache (cache_gen changed: the node went down or restarted) starts
@@ -700,8 +645,8 @@ static void test_cache_gen_clears(void **state)
     assert_int_equal(lx_prefix_count(node), 5);
     assert_int_equal(lx_prefix_match(node, a, 8), 0);
     assert_int_equal(lx_prefix_match(node, b, 5), 5);
-    free_node(other);
-    free_node(node);
+    ut_release(other);
+    ut_release(node);
 }
 
 /* The process-wide cap: each index is granted its capacity while the total
@@ -727,7 +672,7 @@ static void test_process_cap(void **state)
     assert_int_equal(lx_prefix_count(n3), 5);
     assert_int_equal(lx_prefix_count(n4), 0);
     assert_int_equal(lx_prefix_match(n4, a, 40), 0);
-    free_node(n1);
+    ut_release(n1);
     lx_prefix_insert(n4, a, 40);
     assert_int_equal(lx_prefix_count(n4), 10);
     assert_int_equal(lx_prefix_match(n4, a, 40), 10);
@@ -736,18 +681,18 @@ static void test_process_cap(void **state)
     atomic_store(&n2->scraped_cache_tokens, TOKENS(20));
     lx_prefix_insert(n2, a, 40);
     assert_int_equal(lx_prefix_count(n2), 10);
-    free_node(n4);
+    ut_release(n4);
     atomic_fetch_add(&n2->cache_gen, 1);
     lx_prefix_insert(n2, a, 40);
     assert_int_equal(lx_prefix_count(n2), 20);
-    free_node(n2);
-    free_node(n3);
+    ut_release(n2);
+    ut_release(n3);
     /* Everything given back: a node gets its whole capacity again. */
     lx_prefix_set_policy(TOKENS(10), 10);
     n1 = new_node(0);
     lx_prefix_insert(n1, a, 40);
     assert_int_equal(lx_prefix_count(n1), 10);
-    free_node(n1);
+    ut_release(n1);
 }
 
 /* ---- concurrent updates ------------------------------------------------ */
@@ -774,7 +719,7 @@ static void conc_worker(void *arg)
 
     do { /* one round at least, however late the thread starts */
         for (int k = 0; k < 64; k++) {
-            int p = (int)((rnd = mix(rnd)) % CONC_PROMPTS);
+            int p = (int)((rnd = ut_mix64(rnd)) % CONC_PROMPTS);
             size_t m;
 
             if (rnd & 1) {
@@ -801,19 +746,19 @@ static void conc_worker(void *arg)
 static void test_concurrent_updates(void **state)
 {
     struct lx_node *node = new_node(TOKENS(CONC_CAP));
-    uint64_t(*h)[CONC_MAX] = track(malloc(sizeof(uint64_t[CONC_PROMPTS][CONC_MAX])));
+    uint64_t(*h)[CONC_MAX] = ut_track(malloc(sizeof(uint64_t[CONC_PROMPTS][CONC_MAX])), free);
     size_t n[CONC_PROMPTS], held = 0, count;
     struct conc c[THREADS];
     uv_thread_t tid[THREADS];
-    uint64_t rnd = 7, *seen = track(calloc(CONC_PROMPTS * CONC_MAX, sizeof(*seen)));
+    uint64_t rnd = 7, *seen = ut_track(calloc(CONC_PROMPTS * CONC_MAX, sizeof(*seen)), free);
     size_t n_seen = 0;
 
     for (int p = 0; p < CONC_PROMPTS; p++) {
         uint32_t tok[CONC_MAX];
 
-        n[p] = 1 + (rnd = mix(rnd)) % CONC_MAX;
+        n[p] = 1 + (rnd = ut_mix64(rnd)) % CONC_MAX;
         for (size_t i = 0; i < n[p]; i++)
-            tok[i] = (uint32_t)((rnd = mix(rnd)) % (i < 4 ? 2 : 50));
+            tok[i] = (uint32_t)((rnd = ut_mix64(rnd)) % (i < 4 ? 2 : 50));
         chain(tok, n[p], h[p]);
     }
     for (int i = 0; i < THREADS; i++) {
@@ -844,9 +789,9 @@ static void test_concurrent_updates(void **state)
     count = lx_prefix_count(node);
     assert_true(count <= CONC_CAP);
     assert_int_equal(count, held);
-    untrack_free(seen);
-    untrack_free(h);
-    free_node(node);
+    ut_release(seen);
+    ut_release(h);
+    ut_release(node);
 }
 
 int main(void)

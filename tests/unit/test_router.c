@@ -28,6 +28,7 @@
 #include "../../src/nodes/node.h"
 #include "../../src/route/prefix.h"
 #include "../../src/route/router.h"
+#include "unit_util.h"
 
 #define MAX_NODES 8
 
@@ -44,55 +45,37 @@ static uint64_t rng;
 /* splitmix64: a deterministic stand-in for the gateway's per-pick random. */
 static uint64_t next_rand(void)
 {
-    uint64_t z = (rng += 0x9E3779B97F4A7C15ULL);
+    uint64_t z = ut_mix64(rng);
 
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
+    rng += 0x9E3779B97F4A7C15ULL;
+    return z;
 }
 
-/* What a test allocated, released in teardown when a failed assertion
- * jumped over the test's own cleanup, so a failure does not also report leaks. */
-static struct lx_registry *regs[8];
-static void *mems[8];
+/* Registries and memory a test made, released in teardown if a failed
+ * assertion jumped over the test's own cleanup (unit_util.h). */
+static void reg_free(void *reg)
+{
+    lx_registry_unref(reg);
+}
 
 static struct lx_registry *track_reg(struct lx_registry *reg)
 {
-    for (size_t i = 0; i < sizeof(regs) / sizeof(regs[0]); i++)
-        if (!regs[i]) {
-            regs[i] = reg;
-            return reg;
-        }
-    fail_msg("too many registries");
-    return NULL;
+    return ut_track(reg, reg_free);
 }
 
 static void drop_reg(struct lx_registry *reg)
 {
-    for (size_t i = 0; i < sizeof(regs) / sizeof(regs[0]); i++)
-        if (regs[i] == reg)
-            regs[i] = NULL;
-    lx_registry_unref(reg);
+    ut_release(reg);
 }
 
 static void *track_mem(void *p)
 {
-    assert_non_null(p);
-    for (size_t i = 0; i < sizeof(mems) / sizeof(mems[0]); i++)
-        if (!mems[i]) {
-            mems[i] = p;
-            return p;
-        }
-    fail_msg("too many allocations");
-    return NULL;
+    return ut_track(p, free);
 }
 
 static void drop_mem(void *p)
 {
-    for (size_t i = 0; i < sizeof(mems) / sizeof(mems[0]); i++)
-        if (mems[i] == p)
-            mems[i] = NULL;
-    free(p);
+    ut_release(p);
 }
 
 /* Per-test defaults for the process-wide policies, so tests do not depend
@@ -107,12 +90,7 @@ static int setup(void **state)
 
 static int teardown(void **state)
 {
-    for (size_t i = 0; i < sizeof(regs) / sizeof(regs[0]); i++)
-        if (regs[i])
-            drop_reg(regs[i]);
-    for (size_t i = 0; i < sizeof(mems) / sizeof(mems[0]); i++)
-        if (mems[i])
-            drop_mem(mems[i]);
+    ut_release_all();
     return 0;
 }
 
@@ -965,20 +943,6 @@ static void test_rtm_staleness_follows_pool_interval(void **state)
 #define ASK_BYTES 200
 #define ANSWER_BYTES 300
 
-/* <len> bytes of plain text (no JSON escapes) into <buf> (len + 1 bytes),
- * starting with <tag>: texts with distinct tags differ in their first
- * bytes, so in their first block. */
-static void fill_text(char *buf, size_t len, const char *tag)
-{
-    static const char filler[] = " the quick brown fox jumps over the lazy dog";
-    size_t n = strlen(tag) < len ? strlen(tag) : len;
-
-    memcpy(buf, tag, n);
-    for (size_t i = n; i < len; i++)
-        buf[i] = filler[(i - n) % (sizeof(filler) - 1)];
-    buf[len] = '\0';
-}
-
 /* A cache_aware pick for one user message of <len> bytes starting with
  * <tag>, <extra> fields and <affinity> as in pick_chat. */
 static int pick_text(struct lx_pool *pool, const char *tag, size_t len, const char *extra,
@@ -987,7 +951,7 @@ static int pick_text(struct lx_pool *pool, const char *tag, size_t len, const ch
     char *content = track_mem(malloc(len + 1));
     int idx;
 
-    fill_text(content, len, tag);
+    ut_fill_text(content, len, tag);
     idx = pick_chat(pool, content, extra, affinity);
     drop_mem(content);
     return idx;
@@ -1001,19 +965,19 @@ static char *conv_body(int c, int k)
     size_t cap = 64 + SYSTEM_BYTES + (size_t)k * (ASK_BYTES + ANSWER_BYTES + 96), n;
     char *b = track_mem(malloc(cap)), text[SYSTEM_BYTES + 1], tag[48];
 
-    fill_text(text, SYSTEM_BYTES, "You are a helpful assistant.");
+    ut_fill_text(text, SYSTEM_BYTES, "You are a helpful assistant.");
     n = (size_t)snprintf(b, cap,
                          "{\"model\":\"m\",\"messages\":"
                          "[{\"role\":\"system\",\"content\":\"%s\"}",
                          text);
     for (int t = 1; t <= k; t++) {
         snprintf(tag, sizeof(tag), "conversation %d question %d:", c, t);
-        fill_text(text, ASK_BYTES, tag);
+        ut_fill_text(text, ASK_BYTES, tag);
         n += (size_t)snprintf(b + n, cap - n, ",{\"role\":\"user\",\"content\":\"%s\"}", text);
         if (t == k)
             break;
         snprintf(tag, sizeof(tag), "conversation %d answer %d:", c, t);
-        fill_text(text, ANSWER_BYTES, tag);
+        ut_fill_text(text, ANSWER_BYTES, tag);
         n += (size_t)snprintf(b + n, cap - n, ",{\"role\":\"assistant\",\"content\":\"%s\"}", text);
     }
     assert_true(n + 3 <= cap);
@@ -1197,7 +1161,7 @@ static void test_ca_fresh_prompts_spread(void **state)
         snprintf(tag, sizeof(tag), "conversation %d:", k);
         chat[pick_text(pool, tag, 300, NULL, NULL)]++;
         snprintf(tag, sizeof(tag), "Once upon a time %d", k);
-        fill_text(text, 300, tag);
+        ut_fill_text(text, 300, tag);
         snprintf(body, sizeof(body), "{\"model\":\"m\",\"prompt\":\"%s\"}", text);
         first = pick_body(pool, body, NULL);
         assert_int_equal(pick_body(pool, body, NULL), first);
