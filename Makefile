@@ -63,7 +63,7 @@ BINDIR := $(BUILD)/bin
 endif
 BINS := $(BINDIR)/llmux $(BINDIR)/llmux-sim $(BINDIR)/llmux-bench
 
-.PHONY: all run test test-unit test-e2e test-fuzz-replay asan asan-test tsan tsan-test attack soak soak-asan fuzz fuzz-smoke bench bench-quick bench-profile format lint deps clean help
+.PHONY: all run test test-unit test-e2e test-fuzz-replay asan asan-test tsan tsan-test attack soak soak-asan fuzz fuzz-smoke bench bench-quick bench-profile bench-prefix format lint deps clean help
 .SECONDARY:
 
 all: $(BINS)
@@ -182,6 +182,16 @@ bench-quick: deps all
 bench-profile: deps all
 	bench/profile
 
+# The cost of cache_aware's block index per request and its memory (a C
+# program of its own under bench/prefix, not part of llmux-bench).
+$(BUILD)/bench/prefix_cost: $(BUILD)/bench/prefix/prefix_cost.o $(LIB) $(MODE_OBJ)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+
+bench-prefix: $(BUILD)/bench/prefix_cost
+	$(BUILD)/bench/prefix_cost
+
 # Robustness runs (not tests): slowhttptest's slow attacks on llmux and HAProxy
 # (~10 min; ATTACK_ARGS=--quick: ~3 min), and a soak of mixed traffic with node
 # restarts that fails on RSS growth or leaked descriptors (1 h; SOAK_ARGS=
@@ -226,6 +236,7 @@ help:
 	@echo "  deps        install missing Debian packages (root) or say what to install"
 	@echo "  bench       bench/relay.sh, bench/compare (vs nginx, HAProxy), bench/routing (~10 min)"
 	@echo "  bench-quick the comparison and routing benchmarks in ~2 min; bench-profile: callgrind"
+	@echo "  bench-prefix the block index's cost per request (1k, 32k tokens) and memory (~10 s)"
 	@echo "  attack      slowhttptest (slowloris, slow body, slow read) on llmux and HAProxy (~10 min;"
 	@echo "              ATTACK_ARGS=--quick ~3 min)"
 	@echo "  soak        1 h of mixed traffic and node restarts; fails on RSS growth or fd leaks"

@@ -28,7 +28,8 @@ struct lx_pick {
     struct lx_node *tried[LX_PICK_MAX_TRIED]; /* nodes already tried for this request */
     size_t n_tried;
     const struct lx_body_scan *scan;          /* the request body's fields, may be NULL */
-    const char *affinity;                     /* X-Session-Id or "user", NULL = none */
+    const char *affinity;                     /* X-Session-Id, NULL = none (cache_aware
+                                                 falls back on the body's "user") */
     size_t affinity_len;
     uint64_t rand;                            /* a fresh random number for this pick */
     uint64_t now_ms;                          /* lx_now_ms() at the pick */

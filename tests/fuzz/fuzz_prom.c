@@ -1,7 +1,8 @@
 /*
  * fuzz_prom.c - libFuzzer target for lx_prom_scan_vllm (node /metrics text).
  * A scrape's body comes from the network: any bytes must give a clean answer,
- * and found figures must be finite, non-negative, and the KV usage within 0..1.
+ * and found figures must be finite, non-negative, and the KV usage within 0..1;
+ * the cache size and prefix queries too, and zero when not found.
  */
 #include <math.h>
 #include <stdint.h>
@@ -24,6 +25,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     if (!isfinite(load.waiting) || !isfinite(load.running) || load.waiting < 0 ||
         load.running < 0 || load.kv_usage < 0 || load.kv_usage > 1)
+        abort();
+    if (!isfinite(load.cache_tokens) || load.cache_tokens < 0 || !isfinite(load.prefix_queries) ||
+        load.prefix_queries < 0 || (!load.has_cache_tokens && load.cache_tokens != 0) ||
+        (!load.has_prefix_queries && load.prefix_queries != 0))
         abort();
     free(text);
     return 0;

@@ -358,6 +358,110 @@ static void test_truncated_escape_at_end(void **state)
     }
 }
 
+/* vllm:cache_config_info: the KV cache's size in tokens, num_gpu_blocks x
+ * block_size from its labels, in any order, summed over engines; a series
+ * without both numbers, or with one that is not a positive number, counts
+ * for nothing (vLLM writes "None" for unset ones). */
+static void test_cache_config_info(void **state)
+{
+    struct lx_vllm_load l;
+
+    /* As vLLM writes it (labels sorted), with the lookalike label
+     * num_gpu_blocks_override first in the other order. */
+    assert_int_equal(
+        scan("vllm:num_requests_running{engine=\"0\",model_name=\"m\"} 1\n"
+             "vllm:cache_config_info{block_size=\"16\",cache_dtype=\"auto\",engine=\"0\","
+             "gpu_memory_utilization=\"0.9\",num_cpu_blocks=\"None\",num_gpu_blocks=\"2048\","
+             "num_gpu_blocks_override=\"None\",sliding_window=\"None\"} 1.0\n"
+             "vllm:cache_config_info{num_gpu_blocks_override=\"None\",engine=\"1\","
+             "num_gpu_blocks=\"1000\",block_size=\"32\"} 1.0\n",
+             &l),
+        0);
+    assert_true(l.has_cache_tokens);
+    assert_double(l.cache_tokens, 2048 * 16 + 1000 * 32);
+    /* Block size first or last, one label or many between. */
+    assert_int_equal(scan("vllm:num_requests_waiting 0\n"
+                          "vllm:cache_config_info{num_gpu_blocks=\"10\",block_size=\"16\"} 1\n"
+                          "vllm:cache_config_info{block_size=\"16\",a=\"1\",b=\"2\","
+                          "num_gpu_blocks=\"5\"} 1\n",
+                          &l),
+                     0);
+    assert_double(l.cache_tokens, 15 * 16);
+    /* Missing or unusable numbers: the series is left out. */
+    assert_int_equal(
+        scan("vllm:num_requests_waiting 0\n"
+             "vllm:cache_config_info{block_size=\"16\"} 1\n"
+             "vllm:cache_config_info{num_gpu_blocks=\"2048\"} 1\n"
+             "vllm:cache_config_info{block_size=\"16\",num_gpu_blocks=\"None\"} 1\n"
+             "vllm:cache_config_info{block_size=\"16\",num_gpu_blocks=\"\"} 1\n"
+             "vllm:cache_config_info{block_size=\"16\",num_gpu_blocks=\"0\"} 1\n"
+             "vllm:cache_config_info{block_size=\"16\",num_gpu_blocks=\"-5\"} 1\n"
+             "vllm:cache_config_info{block_size=\"x16\",num_gpu_blocks=\"12\"} 1\n"
+             "vllm:cache_config_info{block_size=\"16\",num_gpu_blocks=\"1e12\"} 1\n"
+             "vllm:cache_config_info{block_size=\"16\",num_gpu_blocks=\"inf\"} 1\n"
+             "vllm:cache_config_info{block_size=\"16\",xnum_gpu_blocks=\"12\"} 1\n"
+             "vllm:cache_config_info{block_size=\"16\",num_gpu_blocks_total=\"12\"} 1\n"
+             "vllm:cache_config_info{block_size=\"16\",num_gpu_blocks=\"12\"\n"
+             "vllm:cache_config_info{block_size=\"16\",num_gpu_blocks=\"12} 1\n"
+             "vllm:cache_config_info{block_size=\"16\",num_gpu_blocks=\"12\"} NaN\n"
+             "vllm:cache_config_info 1\n"
+             "vllm:cache_config_info_total{block_size=\"16\",num_gpu_blocks=\"12\"} 1\n",
+             &l),
+        0);
+    assert_false(l.has_cache_tokens);
+    assert_double(l.cache_tokens, 0);
+    /* A name inside another label's quoted value is not that label. */
+    assert_int_equal(scan("vllm:num_requests_waiting 0\n"
+                          "vllm:cache_config_info{note=\"a,num_gpu_blocks=\\\"9\\\"\","
+                          "num_gpu_blocks=\"100\",block_size=\"16\"} 1\n",
+                          &l),
+                     0);
+    assert_double(l.cache_tokens, 1600);
+    /* On its own it is no load figure: not a vLLM answer. */
+    assert_int_equal(
+        scan("vllm:cache_config_info{block_size=\"16\",num_gpu_blocks=\"2048\"} 1\n", &l), -1);
+}
+
+/* vllm:prefix_cache_queries_total (a counter that falls when the engine
+ * restarts), summed over engines; its _created sample, the hits counter
+ * and other lookalikes are not it. */
+static void test_prefix_cache_queries(void **state)
+{
+    struct lx_vllm_load l;
+
+    assert_int_equal(scan(vllm_two_engines, &l), 0);
+    assert_true(l.has_prefix_queries);
+    assert_double(l.prefix_queries, 98765);
+    assert_false(l.has_cache_tokens); /* block_size without num_gpu_blocks */
+    assert_int_equal(
+        scan("vllm:num_requests_running 0\n"
+             "# TYPE vllm:prefix_cache_queries counter\n"
+             "vllm:prefix_cache_queries_total{engine=\"0\",model_name=\"m\"} 1234.0\n"
+             "vllm:prefix_cache_queries_created{engine=\"0\",model_name=\"m\"} 1.7e+09\n"
+             "vllm:prefix_cache_queries_total{engine=\"1\",model_name=\"m\"} 766\n"
+             "vllm:prefix_cache_hits_total{engine=\"0\",model_name=\"m\"} 1000.0\n"
+             "vllm:prefix_cache_queries{engine=\"0\"} 5\n"
+             "vllm:prefix_cache_queries_total{engine=\"2\"} -3\n"
+             "vllm:prefix_cache_queries_total{engine=\"2\"} NaN\n"
+             "vllm:prefix_cache_queries_total{engine=\"2\"} 12abc\n",
+             &l),
+        0);
+    assert_true(l.has_prefix_queries);
+    assert_double(l.prefix_queries, 2000);
+    /* Absent: not known, rather than zero queries. */
+    assert_int_equal(scan("vllm:num_requests_running 0\n"
+                          "vllm:prefix_cache_hits_total 5\n",
+                          &l),
+                     0);
+    assert_false(l.has_prefix_queries);
+    assert_double(l.prefix_queries, 0);
+    /* A fresh engine reports 0: present. */
+    assert_int_equal(scan("vllm:num_requests_running 0\nvllm:prefix_cache_queries_total 0\n", &l),
+                     0);
+    assert_true(l.has_prefix_queries);
+    assert_double(l.prefix_queries, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -374,6 +478,8 @@ int main(void)
         cmocka_unit_test_teardown(test_garbage_and_empty, free_copy),
         cmocka_unit_test_teardown(test_every_prefix, free_copy),
         cmocka_unit_test_teardown(test_truncated_escape_at_end, free_copy),
+        cmocka_unit_test_teardown(test_cache_config_info, free_copy),
+        cmocka_unit_test_teardown(test_prefix_cache_queries, free_copy),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

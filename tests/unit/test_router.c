@@ -1,9 +1,11 @@
 /*
  * test_router.c - the routing strategies: for each one, the property it
  * promises (rotation, weight shares, least load, latency preference with
- * exploration, power of two choices, scraped-metrics shares, prefix affinity
- * with bounded load and the rendezvous property), that every strategy returns
- * no node when no node is a candidate, and the stable route hash.
+ * exploration, power of two choices, scraped-metrics shares; for cache_aware
+ * index hits across repeats and conversation turns weighed against load,
+ * bounded load, forgetting a lost cache, the rendezvous tie-break and
+ * replicas that agree), that every strategy returns no node when no node is
+ * a candidate, and the stable route hash.
  *
  * Pools are built with lx_router_registry_new() from a hand-made struct lx_conf;
  * situations are set up by writing the node atomics directly. Random numbers
@@ -24,7 +26,9 @@
 #include "../../src/core/log.h"
 #include "../../src/http/body_scan.h"
 #include "../../src/nodes/node.h"
+#include "../../src/route/prefix.h"
 #include "../../src/route/router.h"
+#include "unit_util.h"
 
 #define MAX_NODES 8
 
@@ -41,55 +45,37 @@ static uint64_t rng;
 /* splitmix64: a deterministic stand-in for the gateway's per-pick random. */
 static uint64_t next_rand(void)
 {
-    uint64_t z = (rng += 0x9E3779B97F4A7C15ULL);
+    uint64_t z = ut_mix64(rng);
 
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
+    rng += 0x9E3779B97F4A7C15ULL;
+    return z;
 }
 
-/* What a test allocated, released in teardown when a failed assertion
- * jumped over the test's own cleanup, so a failure does not also report leaks. */
-static struct lx_registry *regs[8];
-static void *mems[8];
+/* Registries and memory a test made, released in teardown if a failed
+ * assertion jumped over the test's own cleanup (unit_util.h). */
+static void reg_free(void *reg)
+{
+    lx_registry_unref(reg);
+}
 
 static struct lx_registry *track_reg(struct lx_registry *reg)
 {
-    for (size_t i = 0; i < sizeof(regs) / sizeof(regs[0]); i++)
-        if (!regs[i]) {
-            regs[i] = reg;
-            return reg;
-        }
-    fail_msg("too many registries");
-    return NULL;
+    return ut_track(reg, reg_free);
 }
 
 static void drop_reg(struct lx_registry *reg)
 {
-    for (size_t i = 0; i < sizeof(regs) / sizeof(regs[0]); i++)
-        if (regs[i] == reg)
-            regs[i] = NULL;
-    lx_registry_unref(reg);
+    ut_release(reg);
 }
 
 static void *track_mem(void *p)
 {
-    assert_non_null(p);
-    for (size_t i = 0; i < sizeof(mems) / sizeof(mems[0]); i++)
-        if (!mems[i]) {
-            mems[i] = p;
-            return p;
-        }
-    fail_msg("too many allocations");
-    return NULL;
+    return ut_track(p, free);
 }
 
 static void drop_mem(void *p)
 {
-    for (size_t i = 0; i < sizeof(mems) / sizeof(mems[0]); i++)
-        if (mems[i] == p)
-            mems[i] = NULL;
-    free(p);
+    ut_release(p);
 }
 
 /* Per-test defaults for the process-wide policies, so tests do not depend
@@ -104,12 +90,7 @@ static int setup(void **state)
 
 static int teardown(void **state)
 {
-    for (size_t i = 0; i < sizeof(regs) / sizeof(regs[0]); i++)
-        if (regs[i])
-            drop_reg(regs[i]);
-    for (size_t i = 0; i < sizeof(mems) / sizeof(mems[0]); i++)
-        if (mems[i])
-            drop_mem(mems[i]);
+    ut_release_all();
     return 0;
 }
 
@@ -957,120 +938,258 @@ static void test_rtm_staleness_follows_pool_interval(void **state)
 
 /* ---- cache_aware ------------------------------------------------------ */
 
-static void test_ca_same_prefix_same_node(void **state)
+/* Sizes of the conversation texts below, in bytes (blocks are 128). */
+#define SYSTEM_BYTES 700
+#define ASK_BYTES 200
+#define ANSWER_BYTES 300
+
+/* A cache_aware pick for one user message of <len> bytes starting with
+ * <tag>, <extra> fields and <affinity> as in pick_chat. */
+static int pick_text(struct lx_pool *pool, const char *tag, size_t len, const char *extra,
+                     const char *affinity)
+{
+    char *content = track_mem(malloc(len + 1));
+    int idx;
+
+    ut_fill_text(content, len, tag);
+    idx = pick_chat(pool, content, extra, affinity);
+    drop_mem(content);
+    return idx;
+}
+
+/* Turn <k> (from 1) of conversation <c>: a system prompt that every
+ * conversation shares, then the user's k questions with the k - 1 answers
+ * between them, the history a client resends each turn. */
+static char *conv_body(int c, int k)
+{
+    size_t cap = 64 + SYSTEM_BYTES + (size_t)k * (ASK_BYTES + ANSWER_BYTES + 96), n;
+    char *b = track_mem(malloc(cap)), text[SYSTEM_BYTES + 1], tag[48];
+
+    ut_fill_text(text, SYSTEM_BYTES, "You are a helpful assistant.");
+    n = (size_t)snprintf(b, cap,
+                         "{\"model\":\"m\",\"messages\":"
+                         "[{\"role\":\"system\",\"content\":\"%s\"}",
+                         text);
+    for (int t = 1; t <= k; t++) {
+        snprintf(tag, sizeof(tag), "conversation %d question %d:", c, t);
+        ut_fill_text(text, ASK_BYTES, tag);
+        n += (size_t)snprintf(b + n, cap - n, ",{\"role\":\"user\",\"content\":\"%s\"}", text);
+        if (t == k)
+            break;
+        snprintf(tag, sizeof(tag), "conversation %d answer %d:", c, t);
+        ut_fill_text(text, ANSWER_BYTES, tag);
+        n += (size_t)snprintf(b + n, cap - n, ",{\"role\":\"assistant\",\"content\":\"%s\"}", text);
+    }
+    assert_true(n + 3 <= cap);
+    snprintf(b + n, cap - n, "]}");
+    return b;
+}
+
+static int pick_turn(struct lx_pool *pool, int c, int k, const char *affinity)
+{
+    char *b = conv_body(c, k);
+    int idx = pick_body(pool, b, affinity);
+
+    drop_mem(b);
+    return idx;
+}
+
+/* Drains every node of <pool> but <keep>; keep = -1 undrains them all. */
+static void drain_all_but(struct lx_pool *pool, int keep)
+{
+    for (size_t i = 0; i < pool->n_nodes; i++)
+        atomic_store(&pool->nodes[i]->drained, keep >= 0 && (int)i != keep);
+}
+
+/* Sends the prompt <tag> (300 bytes) to a node of <pool> other than the one
+ * rendezvous hashing prefers for it, found on <probe>, a registry over the
+ * same nodes; returns that node and sets *fav to the preferred one. Only
+ * the index can then bring the prompt back to the returned node. */
+static int steer_away(struct lx_pool *pool, struct lx_pool *probe, const char *tag, int *fav)
+{
+    int idx;
+
+    *fav = pick_text(probe, tag, 300, NULL, NULL);
+    atomic_store(&pool->nodes[*fav]->drained, true);
+    idx = pick_text(pool, tag, 300, NULL, NULL);
+    atomic_store(&pool->nodes[*fav]->drained, false);
+    assert_true(idx >= 0);
+    assert_int_not_equal(idx, *fav);
+    return idx;
+}
+
+/* A prompt's second request goes to the node that got the first (an index
+ * hit), though another node is as idle and rendezvous hashing prefers it;
+ * other fields and random numbers do not matter. */
+static void test_ca_repeat_hits_first_node(void **state)
 {
     struct lx_registry *reg = make_reg("cache_aware", 3, NULL);
+    struct lx_registry *probe = make_reg("cache_aware", 3, NULL);
     struct lx_pool *pool = &reg->pools[0];
-    char content[64];
+    char tag[32];
 
     for (int k = 0; k < 20; k++) {
-        int first;
+        int fav, first;
 
-        snprintf(content, sizeof(content), "You are assistant number %d.", k);
-        first = pick_chat(pool, content, NULL, NULL);
-        assert_true(first >= 0);
-        /* Other fields and other random numbers do not matter. */
-        for (int i = 0; i < 10; i++) {
-            assert_int_equal(pick_chat(pool, content, NULL, NULL), first);
-            assert_int_equal(pick_chat(pool, content, "\"stream\":true,\"max_tokens\":5,", NULL),
+        snprintf(tag, sizeof(tag), "prompt %d:", k);
+        first = steer_away(pool, &probe->pools[0], tag, &fav);
+        for (int i = 0; i < 5; i++) {
+            assert_int_equal(pick_text(pool, tag, 300, NULL, NULL), first);
+            assert_int_equal(pick_text(pool, tag, 300, "\"stream\":true,\"max_tokens\":5,", NULL),
                              first);
         }
+        /* Where nobody was steered, the preferred node keeps it. */
+        assert_int_equal(pick_text(&probe->pools[0], tag, 300, NULL, NULL), fav);
     }
+    drop_reg(probe);
     drop_reg(reg);
 }
 
-static void test_ca_prefixes_spread(void **state)
+/* Multi-turn chat: every turn resends the history, so turn k + 1 hits the
+ * node that served turn k. Eight conversations share one system prompt
+ * (soon held by every node, and the same first block for all, so
+ * rendezvous hashing alone would put them together) and start on node
+ * c % 4, the others drained for their first turn; with loads equal each
+ * keeps to its node, turns interleaved. A turn served elsewhere moves the
+ * conversation: the next turn follows the longest history. */
+static void test_ca_multi_turn(void **state)
+{
+    struct lx_registry *reg = make_reg("cache_aware", 4, NULL);
+    struct lx_pool *pool = &reg->pools[0];
+    int home[8], moved;
+
+    for (int c = 0; c < 8; c++) {
+        drain_all_but(pool, c % 4);
+        home[c] = pick_turn(pool, c, 1, NULL);
+        assert_int_equal(home[c], c % 4);
+    }
+    drain_all_but(pool, -1);
+    for (int k = 2; k <= 6; k++)
+        for (int c = 0; c < 8; c++)
+            assert_int_equal(pick_turn(pool, c, k, NULL), home[c]);
+    atomic_store(&pool->nodes[home[0]]->drained, true);
+    moved = pick_turn(pool, 0, 7, NULL);
+    atomic_store(&pool->nodes[home[0]]->drained, false);
+    assert_int_not_equal(moved, home[0]);
+    assert_int_equal(pick_turn(pool, 0, 8, NULL), moved);
+    assert_int_equal(pick_turn(pool, 1, 7, NULL), home[1]);
+    drop_reg(reg);
+}
+
+/* Cache against load. The node holding a 20-block prompt ("user", 0x1e,
+ * 2554 bytes, 0x1f) keeps it while the work on it costs less than
+ * recomputing the prompt elsewhere: load_weight x (in-flight prompt blocks
+ * + 8 per request) < 20. With a load weight of 0 the hit always wins. */
+static void test_ca_load_gives_up_hit(void **state)
 {
     struct lx_registry *reg = make_reg("cache_aware", 3, NULL);
     struct lx_pool *pool = &reg->pools[0];
-    int counts[3] = {0};
-    char content[64];
+    const char *tag = "a shared document:";
+    int home = pick_text(pool, tag, 2554, NULL, NULL), other;
+    struct lx_node *h = pool->nodes[home];
 
-    for (int k = 0; k < 300; k++) {
-        snprintf(content, sizeof(content), "conversation %d", k);
-        counts[pick_chat(pool, content, NULL, NULL)]++;
-    }
-    for (int i = 0; i < 3; i++)
-        assert_true(counts[i] >= 60);
+    assert_int_equal(pick_text(pool, tag, 2554, NULL, NULL), home);
+    /* One request of 40 blocks in flight: 0.25 x (40 + 8) = 12 < 20. The
+     * load bound is not reached (1 <= 1.5 x 1/3 + 1). */
+    atomic_store(&h->in_flight, 1);
+    atomic_store(&h->in_flight_bytes, 40 * 128);
+    assert_int_equal(pick_text(pool, tag, 2554, NULL, NULL), home);
+    /* 100 blocks: 0.25 x (100 + 8) = 27 > 20, unless load weighs nothing. */
+    atomic_store(&h->in_flight_bytes, 100 * 128);
+    lx_route_set_cache_policy(1.5, 0, 1 << 21);
+    assert_int_equal(pick_text(pool, tag, 2554, NULL, NULL), home);
+    lx_route_set_cache_policy(1.5, 0.25, 1 << 21);
+    other = pick_text(pool, tag, 2554, NULL, NULL);
+    assert_int_not_equal(other, home);
+    /* Both hold it now: the busier one loses, then the tie-break decides. */
+    assert_int_equal(pick_text(pool, tag, 2554, NULL, NULL), other);
+    atomic_store(&h->in_flight, 0);
+    atomic_store(&h->in_flight_bytes, 0);
+    assert_int_equal(pick_text(pool, tag, 2554, NULL, NULL), home);
     drop_reg(reg);
 }
 
-/* Rendezvous weights: a weight-2 node takes about 2/4 of the keys. */
+/* Bounded load, apart from the cost (load weight 0): a node far above the
+ * pool's average in-flight requests gets nothing while others are within
+ * the bound, whatever it holds. Prompts whose first node is each node in
+ * turn, so the node's place in the pool does not matter. */
+static void test_ca_bounded_load(void **state)
+{
+    struct lx_registry *reg = make_reg("cache_aware", 3, NULL);
+    struct lx_pool *pool = &reg->pools[0];
+    int homes[3] = {0};
+    char tag[48];
+
+    lx_route_set_cache_policy(1.5, 0, 1 << 21);
+    for (int k = 0; k < 12; k++) {
+        int home, other;
+
+        snprintf(tag, sizeof(tag), "a popular system prompt %d:", k);
+        home = pick_text(pool, tag, 600, NULL, NULL);
+        homes[home]++;
+        /* A little busier than the rest: it keeps its prompt (1 <= 1.5 x 1/3 + 1). */
+        atomic_store(&pool->nodes[home]->in_flight, 1);
+        assert_int_equal(pick_text(pool, tag, 600, NULL, NULL), home);
+        /* Far above the average (10 > 1.5 x 12/3 + 1). */
+        atomic_store(&pool->nodes[home]->in_flight, 10);
+        other = (home + 1) % 3;
+        atomic_store(&pool->nodes[other]->in_flight, 2);
+        for (int i = 0; i < 5; i++)
+            assert_int_not_equal(pick_text(pool, tag, 600, NULL, NULL), home);
+        /* Load gone: back home (a tie with the node that took it, which
+         * rendezvous hashing breaks for home, as at the first request). */
+        atomic_store(&pool->nodes[home]->in_flight, 0);
+        atomic_store(&pool->nodes[other]->in_flight, 0);
+        assert_int_equal(pick_text(pool, tag, 600, NULL, NULL), home);
+    }
+    assert_true(homes[0] > 0 && homes[1] > 0 && homes[2] > 0);
+    drop_reg(reg);
+}
+
+/* Fresh prompts spread over the nodes, chat and completions alike, and a
+ * completions prompt comes back to its node. */
+static void test_ca_fresh_prompts_spread(void **state)
+{
+    struct lx_registry *reg = make_reg("cache_aware", 3, NULL);
+    struct lx_pool *pool = &reg->pools[0];
+    int chat[3] = {0}, completions[3] = {0};
+    char tag[32], text[301], body[400];
+
+    for (int k = 0; k < 300; k++) {
+        int first;
+
+        snprintf(tag, sizeof(tag), "conversation %d:", k);
+        chat[pick_text(pool, tag, 300, NULL, NULL)]++;
+        snprintf(tag, sizeof(tag), "Once upon a time %d", k);
+        ut_fill_text(text, 300, tag);
+        snprintf(body, sizeof(body), "{\"model\":\"m\",\"prompt\":\"%s\"}", text);
+        first = pick_body(pool, body, NULL);
+        assert_int_equal(pick_body(pool, body, NULL), first);
+        completions[first]++;
+    }
+    for (int i = 0; i < 3; i++) {
+        assert_true(chat[i] >= 60);
+        assert_true(completions[i] >= 60);
+    }
+    drop_reg(reg);
+}
+
+/* Rendezvous weights for fresh prompts: a weight-2 node takes about 2/4. */
 static void test_ca_weights(void **state)
 {
     int w[] = {1, 2, 1};
     struct lx_registry *reg = make_reg("cache_aware", 3, w);
     struct lx_pool *pool = &reg->pools[0];
     int counts[3] = {0};
-    char content[64];
+    char tag[32];
 
     for (int k = 0; k < 2000; k++) {
-        snprintf(content, sizeof(content), "key %d", k);
-        counts[pick_chat(pool, content, NULL, NULL)]++;
+        snprintf(tag, sizeof(tag), "key %d:", k);
+        counts[pick_text(pool, tag, 200, NULL, NULL)]++;
     }
     assert_near(counts[0], 500, 80);
     assert_near(counts[1], 1000, 100);
     assert_near(counts[2], 500, 80);
-    drop_reg(reg);
-}
-
-/* Only the first prefix_bytes of the messages' JSON text make the key. */
-static void test_ca_prefix_bytes(void **state)
-{
-    struct lx_registry *reg = make_reg("cache_aware", 3, NULL);
-    struct lx_pool *pool = &reg->pools[0];
-    char content[256];
-    int seen[3] = {0};
-
-    /* 64 bytes: `[{"role":"user","content":"` and 36 bytes of content. */
-    lx_route_set_cache_policy(1.5, 0.25, 1 << 21);
-    for (int k = 0; k < 50; k++) {
-        int a, b;
-
-        /* Same first 100 characters of content, different tails. */
-        memset(content, 'a' + k % 26, 100);
-        snprintf(content + 100, sizeof(content) - 100, "tail %d", k);
-        a = pick_chat(pool, content, NULL, NULL);
-        snprintf(content + 100, sizeof(content) - 100, "another tail %d", k * 7);
-        b = pick_chat(pool, content, NULL, NULL);
-        assert_int_equal(a, b);
-    }
-    for (int k = 0; k < 30; k++) {
-        memset(content, 'q', 100);
-        snprintf(content + 100, sizeof(content) - 100, "tail %d", k);
-        seen[pick_chat(pool, content, NULL, NULL)]++;
-    }
-    assert_true(seen[0] == 30 || seen[1] == 30 || seen[2] == 30);
-    /* With the default 1024 bytes the tails are part of the key. */
-    lx_route_set_cache_policy(1.5, 0.25, 1 << 21);
-    memset(seen, 0, sizeof(seen));
-    for (int k = 0; k < 30; k++) {
-        memset(content, 'q', 100);
-        snprintf(content + 100, sizeof(content) - 100, "tail %d", k);
-        seen[pick_chat(pool, content, NULL, NULL)]++;
-    }
-    assert_true(seen[0] > 0 && seen[1] > 0 && seen[2] > 0);
-    drop_reg(reg);
-}
-
-/* Completions: the "prompt" is the key. */
-static void test_ca_prompt_key(void **state)
-{
-    struct lx_registry *reg = make_reg("cache_aware", 3, NULL);
-    struct lx_pool *pool = &reg->pools[0];
-    int counts[3] = {0};
-    char body[128];
-
-    for (int k = 0; k < 300; k++) {
-        int first;
-
-        snprintf(body, sizeof(body), "{\"model\":\"m\",\"prompt\":\"Once upon a time %d\"}", k);
-        first = pick_body(pool, body, NULL);
-        assert_int_equal(pick_body(pool, body, NULL), first);
-        counts[first]++;
-    }
-    for (int i = 0; i < 3; i++)
-        assert_true(counts[i] >= 60);
     drop_reg(reg);
 }
 
@@ -1094,82 +1213,107 @@ static void two_keys_apart(struct lx_pool *pool, char *a, char *b, size_t size)
     fail_msg("100 keys on one node");
 }
 
-static void test_ca_affinity_and_user_override_prefix(void **state)
+/* X-Session-Id is hashed ahead of the prompt: two sessions sending the same
+ * text do not share its blocks, and a session's prompts that no node holds
+ * go to the session's node (the tie-break is the session), so its turns
+ * and its unrelated prompts stay together. */
+static void test_ca_session_keeps_together(void **state)
 {
     struct lx_registry *reg = make_reg("cache_aware", 3, NULL);
     struct lx_pool *pool = &reg->pools[0];
-    char a[32], b[32], user[64], content[64];
+    char a[32], b[32], tag[32];
     int na, nb;
 
     two_keys_apart(pool, a, b, sizeof(a));
-    na = pick_chat(pool, "first prompt", NULL, a);
-    nb = pick_chat(pool, "first prompt", NULL, b);
+    na = pick_text(pool, "the same prompt:", 300, NULL, a);
+    nb = pick_text(pool, "the same prompt:", 300, NULL, b);
     assert_int_not_equal(na, nb);
-    /* The session wins over any prefix. */
-    for (int k = 0; k < 50; k++) {
-        snprintf(content, sizeof(content), "prompt %d", k);
-        assert_int_equal(pick_chat(pool, content, NULL, a), na);
-        assert_int_equal(pick_chat(pool, content, NULL, b), nb);
+    for (int k = 0; k < 30; k++) {
+        snprintf(tag, sizeof(tag), "prompt %d:", k);
+        assert_int_equal(pick_text(pool, tag, 300, NULL, a), na);
+        assert_int_equal(pick_text(pool, tag, 300, NULL, b), nb);
+        /* Short prompts too (no full block). */
+        assert_int_equal(pick_text(pool, tag, 20, NULL, a), na);
     }
-    /* The body's "user" is a key too, the same as the session header with
-     * the same value... */
-    snprintf(user, sizeof(user), "\"user\":\"%s\",", a);
-    for (int k = 0; k < 50; k++) {
-        snprintf(content, sizeof(content), "prompt %d", k);
-        assert_int_equal(pick_chat(pool, content, user, NULL), na);
-    }
-    /* ...and the session header wins over "user". */
-    for (int k = 0; k < 20; k++) {
-        snprintf(content, sizeof(content), "prompt %d", k);
-        assert_int_equal(pick_chat(pool, content, user, b), nb);
+    for (int k = 1; k <= 4; k++) {
+        assert_int_equal(pick_turn(pool, 0, k, a), na);
+        assert_int_equal(pick_turn(pool, 0, k, b), nb);
     }
     drop_reg(reg);
 }
 
-static void test_ca_bounded_load(void **state)
+/* The body's "user" is the same hint as an X-Session-Id of the same value;
+ * the header wins over it. */
+static void test_ca_user_is_a_session(void **state)
 {
     struct lx_registry *reg = make_reg("cache_aware", 3, NULL);
     struct lx_pool *pool = &reg->pools[0];
-    const char *content = "a popular system prompt";
-    int home = pick_chat(pool, content, NULL, NULL), other, idx;
+    char a[32], b[32], user[64], tag[32];
+    int na, nb;
 
-    /* A little busier than the rest: it keeps its key (1 <= 1.5 * 1/3 + 1). */
-    atomic_store(&pool->nodes[home]->in_flight, 1);
-    assert_int_equal(pick_chat(pool, content, NULL, NULL), home);
-    /* Far above the average (10 > 1.5 * 10/3 + 1): the least loaded. */
-    atomic_store(&pool->nodes[home]->in_flight, 10);
-    other = (home + 1) % 3;
-    atomic_store(&pool->nodes[other]->in_flight, 2);
-    for (int i = 0; i < 10; i++) {
-        idx = pick_chat(pool, content, NULL, NULL);
-        assert_int_not_equal(idx, home);
-        assert_int_not_equal(idx, other);
+    two_keys_apart(pool, a, b, sizeof(a));
+    na = pick_text(pool, "first prompt:", 300, NULL, a);
+    nb = pick_text(pool, "first prompt:", 300, NULL, b);
+    snprintf(user, sizeof(user), "\"user\":\"%s\",", a);
+    /* The same blocks as with the header: a hit where the header sent it. */
+    assert_int_equal(pick_text(pool, "first prompt:", 300, user, NULL), na);
+    for (int k = 0; k < 30; k++) {
+        snprintf(tag, sizeof(tag), "user prompt %d:", k);
+        assert_int_equal(pick_text(pool, tag, 300, user, NULL), na);
+        assert_int_equal(pick_text(pool, tag, 300, user, b), nb);
     }
-    /* Load gone: back home. */
-    atomic_store(&pool->nodes[home]->in_flight, 0);
-    assert_int_equal(pick_chat(pool, content, NULL, NULL), home);
     drop_reg(reg);
 }
 
-/* Rendezvous: a node leaving moves only its own keys; back, it gets them
- * back. */
+/* A node that went unhealthy, or restarted (cache_gen bumped by the
+ * scrape), has lost its blocks: a prompt it held goes where it would go
+ * fresh. */
+static void test_ca_lost_cache_forgotten(void **state)
+{
+    struct lx_registry *reg = make_reg("cache_aware", 3, NULL);
+    struct lx_registry *probe = make_reg("cache_aware", 3, NULL);
+    struct lx_pool *pool = &reg->pools[0];
+    struct lx_node *s;
+    int fav, held;
+
+    lx_node_set_policy(0, 5000, 60000, 3); /* no slow start once back */
+    held = steer_away(pool, &probe->pools[0], "down prompt:", &fav);
+    s = pool->nodes[held];
+    assert_int_equal(pick_text(pool, "down prompt:", 300, NULL, NULL), held);
+    assert_true(lx_prefix_count(s) > 0);
+    lx_node_set_healthy(s, false, "probe: connection refused");
+    lx_node_set_healthy(s, true, NULL);
+    assert_int_equal(lx_prefix_count(s), 0);
+    assert_int_equal(pick_text(pool, "down prompt:", 300, NULL, NULL), fav);
+
+    held = steer_away(pool, &probe->pools[0], "restart prompt:", &fav);
+    s = pool->nodes[held];
+    assert_int_equal(pick_text(pool, "restart prompt:", 300, NULL, NULL), held);
+    atomic_fetch_add(&s->cache_gen, 1);
+    assert_int_equal(pick_text(pool, "restart prompt:", 300, NULL, NULL), fav);
+    drop_reg(probe);
+    drop_reg(reg);
+}
+
+/* Rendezvous: a node leaving moves only its own prompts; back, it gets them
+ * back (it still holds them, as does the node that stood in: a tie). */
 static void test_ca_rendezvous_removal(void **state)
 {
     struct lx_registry *reg = make_reg("cache_aware", 4, NULL);
     struct lx_pool *pool = &reg->pools[0];
     int before[300], moved = 0, to[4] = {0};
-    char content[64];
+    char tag[32];
 
     for (int k = 0; k < 300; k++) {
-        snprintf(content, sizeof(content), "chat %d", k);
-        before[k] = pick_chat(pool, content, NULL, NULL);
+        snprintf(tag, sizeof(tag), "chat %d:", k);
+        before[k] = pick_text(pool, tag, 300, NULL, NULL);
     }
     atomic_store(&pool->nodes[2]->drained, true);
     for (int k = 0; k < 300; k++) {
         int now;
 
-        snprintf(content, sizeof(content), "chat %d", k);
-        now = pick_chat(pool, content, NULL, NULL);
+        snprintf(tag, sizeof(tag), "chat %d:", k);
+        now = pick_text(pool, tag, 300, NULL, NULL);
         assert_int_not_equal(now, 2);
         if (before[k] != 2) {
             assert_int_equal(now, before[k]);
@@ -1183,35 +1327,48 @@ static void test_ca_rendezvous_removal(void **state)
     assert_true(to[0] > 0 && to[1] > 0 && to[3] > 0);
     atomic_store(&pool->nodes[2]->drained, false);
     for (int k = 0; k < 300; k++) {
-        snprintf(content, sizeof(content), "chat %d", k);
-        assert_int_equal(pick_chat(pool, content, NULL, NULL), before[k]);
+        snprintf(tag, sizeof(tag), "chat %d:", k);
+        assert_int_equal(pick_text(pool, tag, 300, NULL, NULL), before[k]);
     }
     drop_reg(reg);
 }
 
-/* Two replicas configured with the same nodes in another order agree on
- * every key: the choice depends on the node URL, not its position. */
+/* Two llmux replicas in front of the same nodes (listed in another order)
+ * have seen different traffic, so their indexes differ; a prompt new to
+ * both goes to the same node from each (equal loads: rendezvous on its
+ * first block and the node URL, not its position), and so do its turns. */
 static void test_ca_replicas_agree(void **state)
 {
     const char *u1[] = {"http://a:1", "http://b:2", "http://c:3"};
     const char *u2[] = {"http://c:3", "http://a:1", "http://b:2"};
     struct lx_registry *r1 = make_reg_urls("cache_aware", 3, NULL, u1);
     struct lx_registry *r2 = make_reg_urls("cache_aware", 3, NULL, u2);
-    char content[64];
+    struct lx_pool *p1 = &r1->pools[0], *p2 = &r2->pools[0];
+    char tag[32];
 
+    for (int k = 0; k < 100; k++) {
+        snprintf(tag, sizeof(tag), "only one %d:", k);
+        pick_text(p1, tag, 300, NULL, NULL);
+        snprintf(tag, sizeof(tag), "only two %d:", k);
+        pick_text(p2, tag, 300, NULL, NULL);
+    }
     for (int k = 0; k < 200; k++) {
         int i1, i2;
 
-        snprintf(content, sizeof(content), "replica key %d", k);
-        i1 = pick_chat(&r1->pools[0], content, NULL, NULL);
-        i2 = pick_chat(&r2->pools[0], content, NULL, NULL);
-        assert_string_equal(r1->pools[0].nodes[i1]->url, r2->pools[0].nodes[i2]->url);
+        snprintf(tag, sizeof(tag), "replica key %d:", k);
+        i1 = pick_text(p1, tag, 300, NULL, NULL);
+        i2 = pick_text(p2, tag, 300, NULL, NULL);
+        assert_string_equal(p1->nodes[i1]->url, p2->nodes[i2]->url);
     }
+    for (int c = 0; c < 4; c++)
+        for (int k = 1; k <= 3; k++)
+            assert_string_equal(p1->nodes[pick_turn(p1, c, k, NULL)]->url,
+                                p2->nodes[pick_turn(p2, c, k, NULL)]->url);
     drop_reg(r1);
     drop_reg(r2);
 }
 
-/* No key at all: a weighted random choice, so traffic still spreads. */
+/* No prompt and no hint: a random tie-break, so traffic still spreads. */
 static void test_ca_no_key_spreads(void **state)
 {
     struct lx_registry *reg = make_reg("cache_aware", 3, NULL);
@@ -1261,13 +1418,15 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_rtm_stale_scrape_falls_back, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rtm_no_scrape_uses_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rtm_staleness_follows_pool_interval, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_ca_same_prefix_same_node, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_ca_prefixes_spread, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_ca_weights, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_ca_prefix_bytes, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_ca_prompt_key, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_ca_affinity_and_user_override_prefix, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ca_repeat_hits_first_node, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ca_multi_turn, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ca_load_gives_up_hit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ca_bounded_load, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ca_fresh_prompts_spread, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ca_weights, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ca_session_keeps_together, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ca_user_is_a_session, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ca_lost_cache_forgotten, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ca_rendezvous_removal, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ca_replicas_agree, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ca_no_key_spreads, setup, teardown),
