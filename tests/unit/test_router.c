@@ -84,7 +84,7 @@ static int setup(void **state)
 {
     rng = 0x5eed;
     lx_node_set_policy(10000, 5000, 60000, 3);
-    lx_route_set_cache_policy(1.5, 0.25, 1 << 21);
+    lx_route_set_cache_policy(1.5, 4, 1 << 21);
     return 0;
 }
 
@@ -1077,9 +1077,9 @@ static void test_ca_multi_turn(void **state)
 }
 
 /* Cache against load. The node holding a 20-block prompt ("user", 0x1e,
- * 2554 bytes, 0x1f) keeps it while the work on it costs less than
- * recomputing the prompt elsewhere: load_weight x (in-flight prompt blocks
- * + 8 per request) < 20. With a load weight of 0 the hit always wins. */
+ * 2554 bytes, 0x1f) keeps it while its requests in flight cost less than
+ * recomputing the prompt elsewhere: load_weight x in flight < 20. With a load
+ * weight of 0 the hit always wins. */
 static void test_ca_load_gives_up_hit(void **state)
 {
     struct lx_registry *reg = make_reg("cache_aware", 3, NULL);
@@ -1089,23 +1089,22 @@ static void test_ca_load_gives_up_hit(void **state)
     struct lx_node *h = pool->nodes[home];
 
     assert_int_equal(pick_text(pool, tag, 2554, NULL, NULL), home);
-    /* One request of 40 blocks in flight: 0.25 x (40 + 8) = 12 < 20. The
-     * load bound is not reached (1 <= 1.5 x 1/3 + 1). */
+    /* One request in flight weighing 12 blocks: 12 < 20. The load bound is
+     * not reached (1 <= 1.5 x 1/3 + 1). */
     atomic_store(&h->in_flight, 1);
-    atomic_store(&h->in_flight_bytes, 40 * 128);
+    lx_route_set_cache_policy(1.5, 12, 1 << 21);
     assert_int_equal(pick_text(pool, tag, 2554, NULL, NULL), home);
-    /* 100 blocks: 0.25 x (100 + 8) = 27 > 20, unless load weighs nothing. */
-    atomic_store(&h->in_flight_bytes, 100 * 128);
+    /* Weighing 25 blocks: 25 > 20, unless load weighs nothing. */
     lx_route_set_cache_policy(1.5, 0, 1 << 21);
     assert_int_equal(pick_text(pool, tag, 2554, NULL, NULL), home);
-    lx_route_set_cache_policy(1.5, 0.25, 1 << 21);
+    lx_route_set_cache_policy(1.5, 25, 1 << 21);
     other = pick_text(pool, tag, 2554, NULL, NULL);
     assert_int_not_equal(other, home);
     /* Both hold it now: the busier one loses, then the tie-break decides. */
     assert_int_equal(pick_text(pool, tag, 2554, NULL, NULL), other);
     atomic_store(&h->in_flight, 0);
-    atomic_store(&h->in_flight_bytes, 0);
     assert_int_equal(pick_text(pool, tag, 2554, NULL, NULL), home);
+    lx_route_set_cache_policy(1.5, 4, 1 << 21);
     drop_reg(reg);
 }
 
