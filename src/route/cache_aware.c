@@ -17,7 +17,10 @@
  * prompt's first block, and the node's URL: a prompt that no node holds, on
  * idle nodes, lands on the same node from every llmux replica, and a node
  * joining or leaving moves only its share. The node that last served a
- * session counts as holding the whole prompt.
+ * session counts as holding the whole prompt and SESSION_BLOCKS more: a
+ * session stays on its node, even with short prompts, until the node is
+ * loaded by SESSION_BLOCKS / LOAD_WEIGHT more requests than another, or
+ * crosses the load bound.
  *
  * Bounded load: a node whose in-flight requests per unit of weight exceed
  * CACHE_AWARE_LOAD_FACTOR x the pool's average (+1) is chosen only when
@@ -34,7 +37,8 @@
 #include "prefix.h"
 #include "router.h"
 
-#define SESSION_SEED 0x5e5510cULL
+#define SESSION_SEED 0x5e5510cULL /* the index entry of a session, apart from blocks */
+#define SESSION_BLOCKS 64         /* what a session's node is worth beyond its prompt */
 #define POPULAR_SHARE 0.25 /* what a node pays for a prefix two others hold */
 
 static double load_factor = 1.5;
@@ -63,7 +67,8 @@ static int ca_pick(struct lx_pool *pool, void *state, const struct lx_pick *ctx)
     static _Thread_local uint64_t blocks[LX_PREFIX_MAX_BLOCKS];
     struct lx_cand c[LX_ROUTE_MAX_CANDIDATES];
     size_t held[LX_ROUTE_MAX_CANDIDATES];
-    size_t n = lx_router_candidates(pool, ctx, c), nb, first = 0, second = 0;
+    size_t n = lx_router_candidates(pool, ctx, c), nb, full, first = 0, second = 0;
+    bool in_session = false;
     double total = 0, total_w = 0, best_cost = INFINITY, best_score = 0;
     const char *hint = ctx->affinity;
     size_t hint_len = hint ? ctx->affinity_len : 0;
@@ -80,7 +85,7 @@ static int ca_pick(struct lx_pool *pool, void *state, const struct lx_pick *ctx)
     nb = lx_prefix_blocks(ctx->scan, NULL, 0, blocks, max_blocks);
     if (hint_len)
         session = lx_route_hash(hint, hint_len, SESSION_SEED);
-    anchor = hint_len ? session : nb ? blocks[0] : ctx->rand;
+    anchor = hint_len ? lx_route_hash(hint, hint_len, 0) : nb ? blocks[0] : ctx->rand;
     /* What each candidate holds, and the second longest hold: a prefix two
      * nodes hold is popular (a shared system prompt) and will be cached
      * wherever traffic goes, so a node that lacks it pays only a part of
@@ -92,9 +97,13 @@ static int ca_pick(struct lx_pool *pool, void *state, const struct lx_pick *ctx)
         total += atomic_load_explicit(&node->in_flight, memory_order_relaxed);
         total_w += c[i].weight;
         /* The node that served the session holds its history, whatever
-         * the index kept of it. */
-        held[i] = session && lx_prefix_match(node, &session, 1) ? nb
-                                                               : lx_prefix_match(node, blocks, nb);
+         * the index kept of it, and SESSION_BLOCKS more. */
+        if (session && lx_prefix_match(node, &session, 1)) {
+            held[i] = nb + SESSION_BLOCKS;
+            in_session = true;
+        } else {
+            held[i] = lx_prefix_match(node, blocks, nb);
+        }
         if (held[i] > first) {
             second = first;
             first = held[i];
@@ -102,10 +111,11 @@ static int ca_pick(struct lx_pool *pool, void *state, const struct lx_pick *ctx)
             second = held[i];
         }
     }
+    full = nb + (in_session ? SESSION_BLOCKS : 0);
     for (size_t i = 0; i < n; i++) {
         struct lx_node *node = pool->nodes[c[i].idx];
         double in_flight = atomic_load_explicit(&node->in_flight, memory_order_relaxed);
-        double missing = (double)(nb - LX_MAX(held[i], second)) +
+        double missing = (double)(full - LX_MAX(held[i], second)) +
                          POPULAR_SHARE * (double)(second > held[i] ? second - held[i] : 0);
         double cost = missing + load_weight * in_flight / c[i].weight;
         bool over = in_flight / c[i].weight > load_factor * (total / total_w) + 1.0 / c[i].weight;

@@ -351,10 +351,13 @@ def chat_bytes(system, question, **extra):
 
 
 def system_prompt(i):
-    return ("You are assistant number %d. " % i) * 80  # ~2 KB: past the 1024-byte key
+    return ("You are assistant number %d. " % i) * 80  # ~2 KB: 16 blocks of 128 bytes
 
 
 def test_cache_aware_same_prefix_same_node_across_replicas(procs):
+    """Two replicas, each knowing only what it sent: a prompt that no node
+    holds goes by the rendezvous of its first block, the same on both, and
+    its later requests follow the node that holds it."""
     sims = [procs.sim(fast=True) for _ in range(3)]
     urls = [s.url for s in sims]
     lx1 = procs.llmux(sims, args=["--strategy", "cache_aware"])
@@ -364,14 +367,36 @@ def test_cache_aware_same_prefix_same_node_across_replicas(procs):
         for i in range(30):
             got = set()
             for turn in range(4):
-                body, msgs = chat_bytes(system_prompt(i), "question %d" % turn)
+                body, _ = chat_bytes(system_prompt(i), "question %d" % turn)
                 got.add(route(c1 if turn % 2 else c2, body))
             assert len(got) == 1, (i, got)
             owners[i] = got.pop()
-            # The owner is the documented hash's: the same for any replica.
-            assert owners[i] == rendezvous_owner(msgs[:1024], urls), i
     # Different prefixes spread over every node.
     assert set(owners.values()) == set(urls), Counter(owners.values())
+
+
+def test_cache_aware_follows_a_conversation(procs):
+    """Each turn resends the history: it goes where the history is, and
+    conversations that share nothing spread over the nodes."""
+    sims = [procs.sim(fast=True) for _ in range(3)]
+    lx = procs.llmux(sims, args=["--strategy", "cache_aware"])
+    homes = []
+    with lx.new_client() as c:
+        for conv in range(9):
+            msgs = [{"role": "system", "content": system_prompt(100 + conv)}]
+            nodes = []
+            for turn in range(5):
+                msgs.append({"role": "user", "content": "conversation %d turn %d: %s" % (
+                    conv, turn, "why " * 40)})
+                body = json.dumps({"model": "m", "max_tokens": 2, "messages": msgs}).encode()
+                r = c.post(CHAT, content=body)
+                assert r.status_code == 200, r.text
+                nodes.append(r.headers["x-routed-node"])
+                msgs.append({"role": "assistant", "content": r.json()["choices"][0]["message"]
+                             ["content"]})
+            assert len(set(nodes[1:])) == 1, (conv, nodes)
+            homes.append(nodes[-1])
+    assert len(set(homes)) >= 2, Counter(homes)
 
 
 def test_cache_aware_session_id_and_user_override_the_prompt(procs):
@@ -380,16 +405,24 @@ def test_cache_aware_session_id_and_user_override_the_prompt(procs):
     lx = procs.llmux(sims, args=["--strategy", "cache_aware"])
     seen = set()
     with lx.new_client() as c:
-        for sid in ("session-%d" % k for k in range(20)):
-            nodes = {route(c, chat_bytes(system_prompt(p), "q")[0], {"X-Session-Id": sid})
+        for k in range(20):
+            # A session's prompts, however different, stay on its node.
+            sid = "session-%d" % k
+            nodes = {route(c, chat_bytes(system_prompt(3 * k + p), "q")[0], {"X-Session-Id": sid})
                      for p in range(3)}
-            assert nodes == {rendezvous_owner(sid.encode(), urls)}, (sid, nodes)
+            assert len(nodes) == 1, (sid, nodes)
             seen |= nodes
         assert len(seen) >= 2, seen
-        for user in ("alice", "bob", "carol"):
-            nodes = {route(c, chat_bytes(system_prompt(p), "q", user=user)[0]) for p in range(3)}
-            assert nodes == {rendezvous_owner(user.encode(), urls)}, (user, nodes)
-        # Completions: the key is the prompt's first 1024 bytes.
+        for u, user in enumerate(("alice", "bob", "carol")):
+            nodes = {route(c, chat_bytes(system_prompt(200 + 3 * u + p), "q", user=user)[0])
+                     for p in range(3)}
+            assert len(nodes) == 1, (user, nodes)
+        # A session's first request, on idle nodes holding nothing, goes by
+        # the documented rendezvous hash of the session id.
+        for sid in ("fresh-%d" % k for k in range(10)):
+            assert route(c, chat_bytes("fresh prompt " + sid, "q")[0], {"X-Session-Id": sid}) \
+                == rendezvous_owner(sid.encode(), urls), sid
+        # Completions: the prompt's blocks, like a chat's.
         owners = set()
         for p in range(12):
             nodes = {route(c, json.dumps({"model": "m", "max_tokens": 2,
@@ -401,9 +434,10 @@ def test_cache_aware_session_id_and_user_override_the_prompt(procs):
 
 
 def test_cache_aware_bounded_load_escape(procs, held):
-    """The owner of a key takes requests until it has more than 1.5 x the
-    average in flight + 1 (with 3 nodes: 3 held ones); the next request of the
-    key goes elsewhere, and the key returns to its owner when it has room."""
+    """The node of a session takes its requests until it has more than 1.5 x
+    the average in flight + 1 (with 3 nodes: 3 held ones); the next request
+    of the session goes elsewhere, and the session returns to its node when
+    it has room."""
     sims = [procs.sim(fast=True) for _ in range(3)]
     urls = [s.url for s in sims]
     lx = procs.llmux(sims, args=["--strategy", "cache_aware"])
