@@ -132,7 +132,7 @@ static struct phase_ns run(struct lx_node **nodes, const struct lx_body_scan *sc
         if (fresh)
             stamp_set(stamp, ++*serial);
         t0 = timed ? now_ns() : 0;
-        nb = lx_prefix_blocks(scan, NULL, 0, blocks, LX_PREFIX_MAX_BLOCKS);
+        nb = lx_prefix_blocks(scan, blocks, LX_PREFIX_MAX_BLOCKS);
         t1 = timed ? now_ns() : 0;
         for (int i = 0; i < NODES; i++)
             sink += lx_prefix_match(nodes[i], blocks, nb);
@@ -164,7 +164,7 @@ static void measure(size_t tokens, bool fresh, uint64_t *blocks)
 
     if (lx_body_scan(body, strlen(body), &scan) != LX_SCAN_OK)
         abort();
-    nb = lx_prefix_blocks(&scan, NULL, 0, blocks, LX_PREFIX_MAX_BLOCKS);
+    nb = lx_prefix_blocks(&scan, blocks, LX_PREFIX_MAX_BLOCKS);
     for (int i = 0; i < NODES; i++)
         nodes[i] = node_new(0);
     /* Warm up: every node full (new), or the prompt held (repeat). */

@@ -82,7 +82,7 @@ static int ca_pick(struct lx_pool *pool, void *state, const struct lx_pick *ctx)
         hint = ctx->scan->user.p;
         hint_len = ctx->scan->user.len;
     }
-    nb = lx_prefix_blocks(ctx->scan, NULL, 0, blocks, max_blocks);
+    nb = lx_prefix_blocks(ctx->scan, blocks, max_blocks);
     if (hint_len)
         session = lx_route_hash(hint, hint_len, SESSION_SEED);
     anchor = hint_len ? lx_route_hash(hint, hint_len, 0) : nb ? blocks[0] : ctx->rand;

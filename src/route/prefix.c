@@ -90,15 +90,10 @@ static void on_message(void *arg, struct lx_slice role, struct lx_slice content)
     feed(hs, "\x1f", 1);
 }
 
-size_t lx_prefix_blocks(const struct lx_body_scan *scan, const char *affinity, size_t affinity_len,
-                        uint64_t *out, size_t max)
+size_t lx_prefix_blocks(const struct lx_body_scan *scan, uint64_t *out, size_t max)
 {
     struct hasher hs = {.out = out, .max = max};
 
-    if (affinity && affinity_len) {
-        feed(&hs, affinity, affinity_len);
-        feed(&hs, "\x1d", 1);
-    }
     if (scan && scan->messages.p) {
         lx_body_scan_messages(scan->messages, on_message, &hs);
     } else if (scan && scan->prompt.p) {

@@ -3,8 +3,7 @@
  * prompt; used by cache_aware.
  *
  * Blocks: the canonical prompt (chat: each message's role and content, in
- * order; completions: the prompt; an affinity hint, X-Session-Id or "user",
- * goes first) is cut into LX_PREFIX_BLOCK_BYTES blocks with chained hashes:
+ * order; completions: the prompt) is cut into LX_PREFIX_BLOCK_BYTES blocks with chained hashes:
  * block i's hash covers blocks 0..i, so two prompts share exactly the hashes
  * of their common leading blocks. A partial last block is not hashed (vLLM
  * caches full blocks only). The text is the JSON as sent, escapes kept: the
@@ -44,10 +43,9 @@
  * not export vllm:cache_config_info, and the cap on indexed blocks. */
 void lx_prefix_set_policy(uint64_t node_tokens, uint64_t max_blocks);
 
-/* Writes the chained hashes of <scan>'s prompt, after <affinity> (may be
- * NULL), into <out> (at most <max>); returns how many. */
-size_t lx_prefix_blocks(const struct lx_body_scan *scan, const char *affinity, size_t affinity_len,
-                        uint64_t *out, size_t max);
+/* Writes the chained hashes of <scan>'s prompt (may be NULL) into <out>
+ * (at most <max>); returns how many. */
+size_t lx_prefix_blocks(const struct lx_body_scan *scan, uint64_t *out, size_t max);
 
 /* How many leading blocks of <h> (<n>) <node> likely holds. */
 size_t lx_prefix_match(struct lx_node *node, const uint64_t *h, size_t n);

@@ -2,7 +2,7 @@
  * test_prefix.c - the prompt block index of cache_aware (src/route/prefix.c):
  * chained block hashes (common leading blocks shared exactly, a partial
  * last block not hashed, role and content boundaries that moved bytes cannot
- * forge, chat and completions, the affinity hint, the block limits, JSON
+ * forge, chat and completions, the block limits, JSON
  * escapes kept), the longest cached prefix, LRU eviction at a node's
  * capacity keeping every prompt's held blocks a prefix, a capacity change,
  * a lost cache (cache_gen), the process-wide cap, and concurrent updates.
@@ -65,9 +65,8 @@ static int teardown(void **state)
     return 0;
 }
 
-/* The block hashes of the JSON <body> (at most <max> into <out>), after
- * <hint> (NULL = none). */
-static size_t blocks_hint(const char *body, const char *hint, uint64_t *out, size_t max)
+/* The block hashes of the JSON <body> (at most <max> into <out>). */
+static size_t blocks_of(const char *body, uint64_t *out, size_t max)
 {
     size_t len = strlen(body), n;
     char *copy = ut_track(malloc(len), free);
@@ -75,14 +74,9 @@ static size_t blocks_hint(const char *body, const char *hint, uint64_t *out, siz
 
     memcpy(copy, body, len);
     assert_int_equal(lx_body_scan(copy, len, &scan), LX_SCAN_OK);
-    n = lx_prefix_blocks(&scan, hint, hint ? strlen(hint) : 0, out, max);
+    n = lx_prefix_blocks(&scan, out, max);
     ut_release(copy);
     return n;
-}
-
-static size_t blocks_of(const char *body, uint64_t *out, size_t max)
-{
-    return blocks_hint(body, NULL, out, max);
 }
 
 /* A completions body whose "prompt" string holds <text> (no escapes needed). */
@@ -325,45 +319,7 @@ static void test_completions(void **state)
     assert_memory_equal(h, ref, sizeof(h[0]) * 3);
     /* No prompt at all. */
     assert_int_equal(blocks_of("{\"model\":\"m\"}", h, 4), 0);
-    assert_int_equal(lx_prefix_blocks(NULL, NULL, 0, h, 4), 0);
-}
-
-/* The affinity hint (and 0x1d) goes first: it changes every block, and two
- * hints never share one; with no body the hint alone is hashed. */
-static void test_affinity_changes_every_block(void **state)
-{
-    char text[1025], long_hint[201], moved[1027];
-    const char *hints[] = {NULL, "a", "b", "session-42", long_hint};
-    uint64_t h[5][8];
-    size_t n[5];
-    char *body;
-
-    ut_fill_text(text, 1024, "prompt");
-    ut_fill_text(long_hint, 200, "hint");
-    body = completion(text);
-    for (int i = 0; i < 5; i++) {
-        size_t extra = hints[i] ? strlen(hints[i]) + 1 : 0;
-
-        n[i] = blocks_hint(body, hints[i], h[i], 8);
-        assert_int_equal(n[i], (extra + 1024) / B < 8 ? (extra + 1024) / B : 8);
-    }
-    for (int i = 0; i < 5; i++)
-        for (int j = i + 1; j < 5; j++)
-            assert_false(any_shared(h[i], n[i], h[j], n[j]));
-    /* The same hint, the same blocks. */
-    assert_int_equal(blocks_hint(body, "session-42", h[0], 8), n[3]);
-    assert_memory_equal(h[0], h[3], n[3] * sizeof(h[0][0]));
-    /* Bytes moved between the hint and the prompt make another prompt. */
-    snprintf(moved, sizeof(moved), "ab%s", text);
-    blocks_hint(completion(moved + 2), "ab", h[0], 1);
-    blocks_hint(completion(moved + 1), "a", h[1], 1);
-    blocks_hint(completion(moved), NULL, h[2], 1);
-    assert_int_not_equal(h[0][0], h[1][0]);
-    assert_int_not_equal(h[0][0], h[2][0]);
-    assert_int_not_equal(h[1][0], h[2][0]);
-    /* A hint of 200 bytes and 0x1d make one block and a partial one. */
-    assert_int_equal(lx_prefix_blocks(NULL, long_hint, 200, h[0], 8), 1);
-    assert_int_equal(h[0][0], h[4][0]);
+    assert_int_equal(lx_prefix_blocks(NULL, h, 4), 0);
 }
 
 /* At most <max> hashes are written, the first ones of the prompt; a whole
@@ -802,7 +758,6 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_chat_canonical, setup, teardown),
         cmocka_unit_test_setup_teardown(test_boundaries_not_forgeable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_completions, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_affinity_changes_every_block, setup, teardown),
         cmocka_unit_test_setup_teardown(test_max_blocks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_escapes_kept, setup, teardown),
         cmocka_unit_test_setup_teardown(test_longest_prefix, setup, teardown),
