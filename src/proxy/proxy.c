@@ -22,7 +22,8 @@
  *   BACKOFF   a short pause before the next attempt (10 ms doubling, 200 ms
  *             at most) -> PICK.
  *   DONE      answered or abandoned: counted, logged, every resource
- *             released; freed once its timer handle has closed.
+ *             released, and freed (once its timer handle, if it ever had
+ *             one, has closed).
  *
  * px_enter() makes every move and does the work of leaving the old state
  * (the node exchange ends) and entering the new one. Other threads never
@@ -31,7 +32,9 @@
  *
  * Deadlines: QUEUED and PARKED share QUEUE_TIMEOUT_SECONDS (503); every state
  * has TOTAL_TIMEOUT_SECONDS (504, or a broken stream once relaying). One
- * timer per request, armed on entry to a state for that state's deadline.
+ * timer per request, armed on entry to a state for that state's deadline;
+ * a request that never has one (admitted at once, no total timeout, no
+ * retry) never initialises it.
  * A client that goes away cancels the node exchange (closing its connection,
  * so vLLM stops generating) and ends the request; if a wake is already on
  * its way to it, the request waits for it, without a client, then ends.
@@ -107,6 +110,8 @@ struct lx_proxy {
     struct lx_waiter waiter;        /* in the admission queue (QUEUED) or the pool's (PARKED) */
     struct lx_node *woken_for;      /* PARKED: the node whose capacity woke it (parked_wants) */
     uv_timer_t timer;               /* the current state's deadline */
+    bool timer_open;                /* initialised at first use (most requests never
+                                       wait): then closed before the request is freed */
     uint64_t queue_deadline_ms;     /* set when it first waits; 0 = has not waited */
     uint64_t total_deadline_ms;     /* 0 = none */
     uint64_t retry_at_ms;           /* end of BACKOFF */
@@ -182,10 +187,10 @@ static void exchange_end(struct lx_proxy *p, struct px_exchange *x)
     if (!x->node)
         return;
     lx_upstream_cancel(&x->up);
+    /* Sequentially consistent, as the queue length read next: against a
+     * request parking at once (proxy_pick, its fence), one of the two sees
+     * the other on any CPU. */
     atomic_fetch_sub(&x->node->in_flight, 1);
-    /* Against a request parking at once (proxy_pick): one of the two sees
-     * the other, on any CPU. */
-    atomic_thread_fence(memory_order_seq_cst);
     wake_parked(p->pool, x->node);
     /* After a reload, requests park in the newer snapshot's pool (see
      * adopt_newest) while this one still belongs to the older. */
@@ -601,8 +606,13 @@ static void timer_arm(struct lx_proxy *p, uint64_t deadline_ms)
     if (deadline_ms && (!d || deadline_ms < d))
         d = deadline_ms;
     if (!d) {
-        uv_timer_stop(&p->timer);
+        if (p->timer_open)
+            uv_timer_stop(&p->timer);
         return;
+    }
+    if (!p->timer_open) {
+        uv_timer_init(p->env->loop, &p->timer);
+        p->timer_open = true;
     }
     now = lx_now_ms();
     uv_timer_start(&p->timer, on_timer, d > now ? d - now : 0, 0);
@@ -635,7 +645,10 @@ static void proxy_done(struct lx_proxy *p)
     lx_buf_deinit(&p->body);
     lx_buf_deinit(&p->tail);
     lx_sse_deinit(&p->sse);
-    uv_close((uv_handle_t *)&p->timer, on_timer_closed);
+    if (p->timer_open)
+        uv_close((uv_handle_t *)&p->timer, on_timer_closed);
+    else
+        free(p);
 }
 
 static void px_trace(struct lx_proxy *p, enum px_state next)
@@ -1064,7 +1077,6 @@ void lx_proxy_start(struct lx_proxy_env *env, struct lx_http_req *req, struct lx
     p->method = req->method;
     p->bytes_in = req->body.len;
     p->usage.prompt_tokens = p->usage.completion_tokens = -1;
-    uv_timer_init(env->loop, &p->timer);
     p->mail.deliver = px_on_mail;
     p->waiter.wake = on_waiter_wake;
     lx_sse_init(&p->sse, false);
