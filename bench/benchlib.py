@@ -289,7 +289,7 @@ def httpx_nodelay():
     two send()s without it, so Nagle holds the body until the server's
     delayed ACK: ~40 ms added to every request on loopback, more or less
     depending on the server's ACKs. Real clients (curl, aiohttp) set it; so
-    do tests/e2e (conftest.py) and the generators here."""
+    do tests/e2e (conftest.py calls this) and the generators here."""
     try:
         from httpcore.backends import sync as hc_sync
     except ImportError:       # another httpcore: nothing to patch

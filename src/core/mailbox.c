@@ -65,11 +65,9 @@ void lx_mailbox_post(struct lx_mailbox *mb, struct lx_mail *m)
 
 void lx_mailbox_close(struct lx_mailbox *mb)
 {
-    deliver_all(mb);
     uv_mutex_lock(&mb->lock);
     mb->closed = true;
     uv_mutex_unlock(&mb->lock);
-    /* A mail that slipped in between is delivered, not lost. */
     deliver_all(mb);
     uv_close((uv_handle_t *)&mb->async, NULL);
 }

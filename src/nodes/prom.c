@@ -9,6 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Sums of counts over a node's series stop here: far above any real engine,
+ * and exact and convertible to uint64_t whatever a node sends. */
+#define PROM_SUM_MAX 1e15
+
 enum metric { M_NONE, M_WAITING, M_RUNNING, M_KV_NEW, M_KV_OLD, M_CACHE_CONFIG, M_PREFIX_QUERIES };
 
 static enum metric metric_of(const char *p, size_t n)
@@ -134,13 +138,13 @@ int lx_prom_scan_vllm(const char *text, size_t len, struct lx_vllm_load *out)
             double size = labels ? label_number(labels, q, "block_size") : -1;
 
             if (blocks > 0 && size > 0) {
-                out->cache_tokens += blocks * size;
+                out->cache_tokens = fmin(out->cache_tokens + blocks * size, PROM_SUM_MAX);
                 out->has_cache_tokens = true;
             }
             break;
         }
         case M_PREFIX_QUERIES:
-            out->prefix_queries += v;
+            out->prefix_queries = fmin(out->prefix_queries + v, PROM_SUM_MAX);
             out->has_prefix_queries = true;
             break;
         default:

@@ -12,8 +12,10 @@ struct lx_vllm_load {
     double waiting;       /* vllm:num_requests_waiting, summed over series (engines) */
     double running;       /* vllm:num_requests_running, summed */
     double kv_usage;      /* vllm:kv_cache_usage_perc (or the older gpu_cache_usage_perc), 0..1, averaged */
-    double cache_tokens;  /* vllm:cache_config_info: num_gpu_blocks x block_size, summed */
-    double prefix_queries; /* vllm:prefix_cache_queries_total, summed (falls when it restarts) */
+    double cache_tokens;  /* vllm:cache_config_info: num_gpu_blocks x block_size, summed,
+                             at most 1e15 */
+    double prefix_queries; /* vllm:prefix_cache_queries_total, summed (falls when it
+                              restarts), at most 1e15 */
     bool has_waiting, has_running, has_kv, has_cache_tokens, has_prefix_queries;
 };
 

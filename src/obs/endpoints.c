@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../route/prefix.h"
 #include "access_log.h"
 #include "metrics.h"
 
@@ -265,6 +266,8 @@ static json_t *node_stats(const struct lx_pool *p, const struct lx_node *n, uint
     json_object_set_new(o, "errors", errs);
     json_object_set_new(o, "latency_ms", ms_or_null(atomic_load(&n->ewma_ttfb_us)));
     json_object_set_new(o, "ttft_ms", ms_or_null(atomic_load(&n->ewma_ttft_us)));
+    json_object_set_new(o, "prefix_blocks",
+                        json_integer((json_int_t)lx_prefix_count(n)));
     if (at) {
         json_t *v = json_object();
 

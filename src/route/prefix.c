@@ -314,14 +314,13 @@ void lx_prefix_insert(struct lx_node *node, const uint64_t *h, size_t n)
     uv_mutex_unlock(&c->lock);
 }
 
-size_t lx_prefix_count(struct lx_node *node)
+size_t lx_prefix_count(const struct lx_node *node)
 {
-    struct prefix_cache *c;
+    struct prefix_cache *c = (struct prefix_cache *)atomic_load(&node->prefix_cache);
     size_t n;
 
-    if (!atomic_load(&node->prefix_cache))
+    if (!c)
         return 0;
-    c = cache_of(node);
     uv_mutex_lock(&c->lock);
     cache_check(c, node);
     n = c->n;

@@ -51,7 +51,7 @@ size_t lx_prefix_blocks(const struct lx_body_scan *scan, uint64_t *out, size_t m
 size_t lx_prefix_match(struct lx_node *node, const uint64_t *h, size_t n);
 /* <node> was sent the blocks <h> (<n>): they become its most recent. */
 void lx_prefix_insert(struct lx_node *node, const uint64_t *h, size_t n);
-/* Blocks indexed for <node> now (tests, /stats). */
-size_t lx_prefix_count(struct lx_node *node);
+/* Blocks indexed for <node> now (/stats). */
+size_t lx_prefix_count(const struct lx_node *node);
 
 #endif /* LX_PREFIX_H */

@@ -28,34 +28,14 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from e2e_nodes import PyNode  # noqa: E402
 
-
-def _nodelay_connect_tcp():
-    """
-    httpx 0.23 writes a request's head and body in two send()s without
-    TCP_NODELAY, so Nagle holds the body until the server's delayed ACK
-    (40 ms per request on Linux loopback). Real clients (aiohttp, curl) set
-    TCP_NODELAY; do the same so request rates measure llmux, not Nagle.
-    """
-    import socket
-    try:
-        from httpcore.backends import sync as hc_sync
-    except ImportError:
-        return
-    orig = hc_sync.SyncBackend.connect_tcp
-    if getattr(orig, "_llmux_nodelay", False):
-        return
-
-    def connect_tcp(self, *a, **kw):
-        stream = orig(self, *a, **kw)
-        sock = getattr(stream, "_sock", None)
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return stream
-    connect_tcp._llmux_nodelay = True
-    hc_sync.SyncBackend.connect_tcp = connect_tcp
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
+from benchlib import httpx_nodelay  # noqa: E402
 
 
-_nodelay_connect_tcp()
+# httpx 0.23 sends a request's head and body in two send()s without
+# TCP_NODELAY: Nagle would add ~40 ms to every request. One helper for the
+# tests and the benchmarks.
+httpx_nodelay()
 
 REPO = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(os.environ.get("LLMUX_BIN_DIR") or REPO / "bin")

@@ -397,6 +397,9 @@ def test_cache_aware_follows_a_conversation(procs):
             assert len(set(nodes[1:])) == 1, (conv, nodes)
             homes.append(nodes[-1])
     assert len(set(homes)) >= 2, Counter(homes)
+    # /stats shows what each node's index holds: the homes hold blocks.
+    held = {n["name"]: n["prefix_blocks"] for n in lx.client.get("/stats").json()["nodes"]}
+    assert all(held[h] > 0 for h in homes), held
 
 
 def test_cache_aware_session_id_and_user_override_the_prompt(procs):

@@ -462,10 +462,36 @@ static void test_prefix_cache_queries(void **state)
     assert_double(l.prefix_queries, 0);
 }
 
+/* A node that sends thousands of the largest series it may: the cache size
+ * (1e18 a line) stops at 1e15, exact and convertible to uint64_t (the scrape
+ * stores it so); the prefix queries, far below, are summed exactly. */
+static void test_sums_are_capped(void **state)
+{
+    static const char big_info[] =
+        "vllm:cache_config_info{block_size=\"1000000000\",num_gpu_blocks=\"1000000000\"} 1\n";
+    static const char big_queries[] = "vllm:prefix_cache_queries_total 1000000000\n";
+    size_t n = 20000, li = sizeof(big_info) - 1, lq = sizeof(big_queries) - 1;
+    char *text = malloc(n * (li + lq));
+    struct lx_vllm_load l;
+
+    assert_non_null(text);
+    for (size_t i = 0; i < n; i++) {
+        memcpy(text + i * (li + lq), big_info, li);
+        memcpy(text + i * (li + lq) + li, big_queries, lq);
+    }
+    assert_int_equal(scan_n(text, n * (li + lq), &l), -1); /* no load figure */
+    free(text);
+    assert_true(l.has_cache_tokens && l.has_prefix_queries);
+    assert_double(l.cache_tokens, 1e15);
+    assert_double(l.prefix_queries, 2e13); /* below the cap: summed exactly */
+    assert_true((uint64_t)l.cache_tokens == 1000000000000000ULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_realistic_two_engines, free_copy),
+        cmocka_unit_test_teardown(test_sums_are_capped, free_copy),
         cmocka_unit_test_teardown(test_old_kv_name_single_engine, free_copy),
         cmocka_unit_test_teardown(test_new_kv_name_preferred, free_copy),
         cmocka_unit_test_teardown(test_quoted_labels, free_copy),
