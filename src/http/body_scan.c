@@ -676,8 +676,9 @@ size_t lx_body_scan_messages(struct lx_slice messages, lx_message_cb fn, void *a
         if (rc)
             break;
         if (r.role.p || r.content.p) {
-            fn(arg, r.role, r.content);
             n++;
+            if (!fn(arg, r.role, r.content))
+                break;
         }
         p = skip_ws(p, end);
         if (p < end && *p == ',')

@@ -63,10 +63,11 @@ int lx_body_scan(const char *body, size_t len, struct lx_body_scan *out);
  * Walks a chat "messages" array (the raw slice lx_body_scan returned, so
  * already validated) and calls <fn> with each message's "role" and
  * "content": a string's contents (escapes kept), another value's raw text,
- * or {NULL, 0} when absent. Elements with neither are skipped. Returns how
- * many messages <fn> saw.
+ * or {NULL, 0} when absent. Elements with neither are skipped; <fn>
+ * returning false stops the walk (a caller that has seen enough does not
+ * pay for the rest of a huge body). Returns how many messages <fn> saw.
  */
-typedef void (*lx_message_cb)(void *arg, struct lx_slice role, struct lx_slice content);
+typedef bool (*lx_message_cb)(void *arg, struct lx_slice role, struct lx_slice content);
 size_t lx_body_scan_messages(struct lx_slice messages, lx_message_cb fn, void *arg);
 /* A short human-readable reason for an error code. */
 const char *lx_body_scan_strerror(int err);

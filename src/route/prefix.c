@@ -79,8 +79,9 @@ static void feed(struct hasher *hs, const char *p, size_t len)
     }
 }
 
-/* Separators that JSON text never holds raw: fields cannot run together. */
-static void on_message(void *arg, struct lx_slice role, struct lx_slice content)
+/* Separators that JSON text never holds raw: fields cannot run together.
+ * Stops the walk once the block limit is reached. */
+static bool on_message(void *arg, struct lx_slice role, struct lx_slice content)
 {
     struct hasher *hs = arg;
 
@@ -88,6 +89,7 @@ static void on_message(void *arg, struct lx_slice role, struct lx_slice content)
     feed(hs, "\x1e", 1);
     feed(hs, content.p ? content.p : "", content.len);
     feed(hs, "\x1f", 1);
+    return hs->n < hs->max;
 }
 
 size_t lx_prefix_blocks(const struct lx_body_scan *scan, uint64_t *out, size_t max)

@@ -879,6 +879,60 @@ static void test_strerror(void **state)
     assert_non_null(lx_body_scan_strerror(7));
 }
 
+/* What lx_body_scan_messages hands on, message by message. */
+struct msg_seen {
+    int n, stop_after;
+    char text[512];
+};
+
+static bool on_msg(void *arg, struct lx_slice role, struct lx_slice content)
+{
+    struct msg_seen *m = arg;
+    size_t used = strlen(m->text);
+
+    snprintf(m->text + used, sizeof(m->text) - used, "[%.*s|%.*s]", role.p ? (int)role.len : 1,
+             role.p ? role.p : "-", content.p ? (int)content.len : 1,
+             content.p ? content.p : "-");
+    return ++m->n != m->stop_after;
+}
+
+static const char *messages_of(const char *body, int stop_after)
+{
+    static struct msg_seen m;
+    struct lx_body_scan r;
+    size_t n;
+
+    assert_int_equal(scan(body, &r), LX_SCAN_OK);
+    memset(&m, 0, sizeof(m));
+    m.stop_after = stop_after;
+    n = lx_body_scan_messages(r.messages, on_msg, &m);
+    assert_int_equal(n, m.n);
+    return m.text;
+}
+
+/* Each message's role and content, raw (escapes kept, non-strings as their
+ * JSON text), in order; keys in any order, duplicates: the last; elements
+ * that are not objects, or have neither key, skipped; the walk stops when
+ * the callback says so; no messages, or not an array: nothing. */
+static void test_messages_walk(void **state)
+{
+    assert_string_equal(
+        messages_of("{\"messages\":[{\"role\":\"system\",\"content\":\"be \\\"brief\\\"\"},"
+                    " 7, {\"content\":[{\"type\":\"text\",\"text\":\"hi\"}] ,\"role\":\"user\"},"
+                    "{\"name\":\"x\"}, {\"role\":\"tool\",\"role\":\"assistant\","
+                    "\"content\":null}, [\"role\"], {\"content\":\"\"}]}",
+                    0),
+        "[system|be \\\"brief\\\"][user|[{\"type\":\"text\",\"text\":\"hi\"}]]"
+        "[assistant|null][-|]");
+    assert_string_equal(messages_of("{\"messages\":[{\"role\":\"a\"},{\"role\":\"b\"},"
+                                    "{\"role\":\"c\"}]}",
+                                    2),
+                        "[a|-][b|-]");
+    assert_string_equal(messages_of("{\"messages\":[]}", 0), "");
+    assert_string_equal(messages_of("{\"messages\":{\"role\":\"a\"}}", 0), "");
+    assert_string_equal(messages_of("{\"prompt\":\"p\"}", 0), "");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -912,6 +966,7 @@ int main(void)
         cmocka_unit_test_teardown(test_not_nul_terminated, free_copy),
         cmocka_unit_test_teardown(test_error_resets_output, free_copy),
         cmocka_unit_test_teardown(test_strerror, free_copy),
+        cmocka_unit_test_teardown(test_messages_walk, free_copy),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
