@@ -484,10 +484,13 @@ def test_cache_aware_uses_the_ramped_weight_during_slow_start(procs):
         assert lx.node_stats()[victim]["state"] == "ejected"
         wait_for(lambda: lx.node_stats()[victim]["state"] == "slow_start", T(5), interval=0.01,
                  what="the end of the cooldown")
-        keys = ["key-%d" % i for i in range(60)]
+        # 150 keys: at full weight the victim's share is binomial(150, 1/3),
+        # 50 +- 5.8, so the sanity bound below sits 3.4 deviations away
+        # whatever ports the nodes got (with 60 keys it failed ~1 run in 70).
+        keys = ["key-%d" % i for i in range(150)]
         full_share = sum(1 for k in keys if rendezvous_owner(k.encode(), urls) == victim)
         got = sum(1 for k in keys if route(c, headers={"X-Session-Id": k}) == victim)
-    assert full_share >= 12, full_share  # sanity: at full weight it owns ~a third
+    assert full_share >= 0.2 * len(keys), full_share  # sanity: at full weight ~a third
     assert got <= 0.15 * len(keys), \
         "in slow start it got %d of %d keys, as many as at full weight (%d)" % (
             got, len(keys), full_share)
