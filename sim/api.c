@@ -16,7 +16,9 @@
  *
  * Byte-determinism: for the same body on the same process a response is the
  * same bytes: the id is a hash of the body, "created" is the process start,
- * the text is a function of the prompt's tokens.
+ * the text is a function of the rendered context (prompt.h), so a request
+ * that resends the first k words of an answer as a continuation gets the
+ * rest of that answer.
  */
 #include "api.h"
 
@@ -65,7 +67,9 @@ struct sim_call {
     char id[48];              /* "chatcmpl-<32 hex>" or "cmpl-<32 hex>" */
     char *model;              /* the request's model, JSON-escaped, owned */
     struct sim_prompt prompt; /* the prompt's tokens, then the completion's */
-    uint64_t seed;            /* the prompt's hash: picks the output words */
+    struct sim_ctx ctx;       /* the model's context before the next word it says */
+    bool eos;                 /* the answer was already whole: its one token is the
+                                 end of sequence, without text */
 };
 
 struct sim_api {
@@ -299,13 +303,15 @@ static void call_error(struct sim_call *call, int status, const char *msg)
     send_error(api, req, status, msg);
 }
 
-/* Closes the connection on purpose (x-sim drop_after) and frees <call>. */
+/* Closes the connection on purpose (x-sim drop_after or --drop-after) and
+ * frees <call>. */
 static void call_drop(struct sim_call *call)
 {
     struct lx_http_req *req = call->req;
 
-    lx_info("llmux-sim %s: %s: dropping the connection after %u tokens (x-sim drop_after)",
-            call->api->conf->name, call->id, call->seq.generated);
+    lx_info("llmux-sim %s: %s: dropping the connection after %u tokens (drop_after %lld)",
+            call->api->conf->name, call->id, call->seq.generated,
+            (long long)call->fault.drop_after);
     call->api->dropped++;
     if (call->state == CALL_ENGINE)
         sim_engine_cancel(call->api->eng, &call->seq);
@@ -362,10 +368,12 @@ static void append_usage(struct lx_buf *b, const struct sim_call *call, bool det
         p + c, c, details ? ",\"prompt_tokens_details\":null" : "");
 }
 
-static void append_text(struct lx_buf *b, const struct sim_call *call, unsigned from, unsigned to)
+/* Appends the next word <call> says (nothing for the end-of-sequence token)
+ * and moves its context on: words come out in order, one per token. */
+static void append_next_word(struct lx_buf *b, struct sim_call *call)
 {
-    for (unsigned i = from; i < to; i++)
-        sim_output_token(b, call->seed, i);
+    if (!call->eos)
+        lx_buf_append(b, sim_ctx_generate(&call->ctx), SIM_WORD_BYTES);
 }
 
 /* data: {"id":...,"object":...,"created":...,"model":...,"choices": */
@@ -387,15 +395,15 @@ static void append_role_event(struct lx_buf *b, const struct sim_call *call)
                   "\"logprobs\":null,\"finish_reason\":null}]}\n\n");
 }
 
-/* One SSE event for output token <i>; <last> carries the finish reason. */
-static void append_token_event(struct lx_buf *b, const struct sim_call *call, unsigned i, bool last)
+/* One SSE event for the next output token; <last> carries the finish reason. */
+static void append_token_event(struct lx_buf *b, struct sim_call *call, bool last)
 {
     chunk_begin(b, call);
     if (call->kind == KIND_CHAT)
         APPEND_LIT(b, "[{\"index\":0,\"delta\":{\"content\":\"");
     else
         APPEND_LIT(b, "[{\"index\":0,\"text\":\"");
-    sim_output_token(b, call->seed, i);
+    append_next_word(b, call);
     if (call->kind == KIND_CHAT)
         APPEND_LIT(b, "\"}");
     else
@@ -409,7 +417,14 @@ static void append_token_event(struct lx_buf *b, const struct sim_call *call, un
         APPEND_LIT(b, ",\"logprobs\":null,\"finish_reason\":null,\"stop_reason\":null}]}\n\n");
 }
 
-static void append_full_body(struct lx_buf *b, const struct sim_call *call)
+/* The whole completion's text (nothing of it was said before). */
+static void append_text(struct lx_buf *b, struct sim_call *call)
+{
+    for (unsigned i = 0; i < call->seq.generated; i++)
+        append_next_word(b, call);
+}
+
+static void append_full_body(struct lx_buf *b, struct sim_call *call)
 {
     lx_buf_appendf(b,
                    "{\"id\":\"%s\",\"object\":\"%s\",\"created\":%lld,\"model\":\"%s\",\"choices\":"
@@ -418,11 +433,11 @@ static void append_full_body(struct lx_buf *b, const struct sim_call *call)
                    call->api->created, call->model);
     if (call->kind == KIND_CHAT) {
         APPEND_LIT(b, "\"message\":{\"role\":\"assistant\",\"content\":\"");
-        append_text(b, call, 0, call->seq.generated);
+        append_text(b, call);
         APPEND_LIT(b, "\",\"tool_calls\":[]},");
     } else {
         APPEND_LIT(b, "\"text\":\"");
-        append_text(b, call, 0, call->seq.generated);
+        append_text(b, call);
         APPEND_LIT(b, "\",");
     }
     lx_buf_appendf(b, "\"logprobs\":null,\"finish_reason\":\"%s\",\"stop_reason\":null%s}],",
@@ -449,7 +464,7 @@ static void on_token(struct sim_seq *seq, void *ctx)
     if (call->stream) {
         lx_buf_reset(b);
         append_role_event(b, call);
-        append_token_event(b, call, seq->generated - 1, false);
+        append_token_event(b, call, false);
         call->events++;
         call_write(call, b);
         if (drop_due(call, call->events))
@@ -480,7 +495,7 @@ static void on_done(struct sim_seq *seq, void *ctx)
         return;
     }
     append_role_event(b, call);
-    append_token_event(b, call, seq->generated - 1, true);
+    append_token_event(b, call, true);
     call->events++;
     if (drop_due(call, call->events)) {
         call_write(call, b);
@@ -502,19 +517,40 @@ static void on_done(struct sim_seq *seq, void *ctx)
 
 /* ---- inference requests -------------------------------------------------- */
 
-/* The request's completion length and finish reason; see docs/SIM.md. */
-static int plan_tokens(struct sim_call *call, const json_t *root, char *err, size_t errlen)
+/* The request's max_completion_tokens (chat) or max_tokens; NULL if none. */
+static const json_t *max_tokens_field(const struct sim_call *call, const json_t *root)
 {
-    const struct sim_conf *conf = call->api->conf;
     const json_t *mt = NULL;
-    uint64_t prompt = call->prompt.tokens, natural, limit;
-    bool explicit_limit = false;
 
     if (call->kind == KIND_CHAT)
         mt = json_object_get(root, "max_completion_tokens");
     if (!mt || json_is_null(mt))
         mt = json_object_get(root, "max_tokens");
-    if (mt && !json_is_null(mt)) {
+    return mt && !json_is_null(mt) ? mt : NULL;
+}
+
+/* Whether the answer has a natural length (x-sim tokens=, or --max-tokens
+ * for a request without max_tokens), which the part of it a continuation
+ * resends counts in. */
+static bool natural_is_bounded(const struct sim_call *call, const json_t *root)
+{
+    return call->fault.tokens >= 0 || !max_tokens_field(call, root);
+}
+
+/*
+ * The request's completion length and finish reason; see docs/SIM.md. The
+ * natural length is the whole answer's: a prompt that already holds the
+ * answer's first tokens (prompt.partial_tokens) has that many fewer to go,
+ * and once it holds them all only the end-of-sequence token is left.
+ */
+static int plan_tokens(struct sim_call *call, const json_t *root, char *err, size_t errlen)
+{
+    const struct sim_conf *conf = call->api->conf;
+    const json_t *mt = max_tokens_field(call, root);
+    uint64_t prompt = call->prompt.tokens, partial = call->prompt.partial_tokens, natural, limit;
+    bool explicit_limit = false;
+
+    if (mt) {
         if (!json_is_integer(mt)) {
             snprintf(err, errlen, "max_tokens must be an integer");
             return LX_EINVAL;
@@ -551,9 +587,58 @@ static int plan_tokens(struct sim_call *call, const json_t *root, char *err, siz
         natural = (uint64_t)LX_MAX(call->fault.tokens, 1);
     else
         natural = explicit_limit ? NO_LIMIT : conf->max_tokens;
+    if (natural != NO_LIMIT && partial >= natural) {
+        call->eos = true;
+        natural = 1;
+    } else if (natural != NO_LIMIT) {
+        natural -= partial;
+    }
     call->seq.prompt_tokens = (unsigned)prompt;
     call->seq.max_tokens = (unsigned)LX_MIN(natural, limit);
     call->seq.finish_stop = natural <= limit;
+    return 0;
+}
+
+/* A boolean request field: <def> when absent or null. */
+static int bool_field(const json_t *root, const char *name, bool def, bool *out, char *err,
+                      size_t errlen)
+{
+    const json_t *v = json_object_get(root, name);
+
+    *out = def;
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_boolean(v)) {
+        snprintf(err, errlen, "%s must be a boolean", name);
+        return LX_EINVAL;
+    }
+    *out = json_is_true(v);
+    return 0;
+}
+
+/*
+ * How a chat's rendering ends: vLLM's add_generation_prompt (default true)
+ * and continue_final_message (default false), which exclude each other. vLLM
+ * refuses both set explicitly in its request validation, and both in effect
+ * (add_generation_prompt left to its default) when it applies the chat
+ * template, in other words; the sim answers both with the first message.
+ */
+static int chat_end(const json_t *root, enum sim_chat_end *end, char *err, size_t errlen)
+{
+    bool add, cont;
+
+    if (bool_field(root, "add_generation_prompt", true, &add, err, errlen) ||
+        bool_field(root, "continue_final_message", false, &cont, err, errlen))
+        return LX_EINVAL;
+    if (add && cont) {
+        snprintf(err, errlen,
+                 "Cannot set both `continue_final_message` and `add_generation_prompt` to True.");
+        return LX_EINVAL;
+    }
+    if (cont)
+        *end = SIM_CHAT_CONTINUE_FINAL;
+    else
+        *end = add ? SIM_CHAT_GENERATION_PROMPT : SIM_CHAT_NO_GENERATION_PROMPT;
     return 0;
 }
 
@@ -563,6 +648,7 @@ static int call_parse(struct sim_call *call, char *err, size_t errlen)
     const struct lx_buf *body = &call->req->body;
     json_error_t jerr;
     json_t *root, *v, *opts;
+    enum sim_chat_end end;
     uint64_t h1, h2;
     int rc = LX_EINVAL;
 
@@ -590,11 +676,14 @@ static int call_parse(struct sim_call *call, char *err, size_t errlen)
     call->include_usage = json_is_true(json_object_get(opts, "include_usage"));
 
     if (call->kind == KIND_CHAT) {
+        rc = chat_end(root, &end, err, errlen);
+        if (rc)
+            goto out;
         v = json_object_get(root, "messages");
-        rc = sim_prompt_chat(&call->prompt, v, err, errlen);
+        rc = sim_prompt_chat(&call->prompt, v, end, err, errlen);
     } else {
         v = json_object_get(root, "prompt");
-        rc = sim_prompt_completion(&call->prompt, v, err, errlen);
+        rc = sim_prompt_completion(&call->prompt, v, natural_is_bounded(call, root), err, errlen);
     }
     if (rc)
         goto out;
@@ -603,8 +692,11 @@ static int call_parse(struct sim_call *call, char *err, size_t errlen)
         goto out;
     /* The blocks of the prompt followed by the whole completion: the engine
      * caches those the sequence has computed when it ends. */
-    call->seed = call->prompt.hash;
-    sim_prompt_push_output(&call->prompt, call->seed, call->seq.max_tokens);
+    call->ctx = call->prompt.ctx;
+    if (call->eos)
+        sim_prompt_push_eos(&call->prompt);
+    else
+        sim_prompt_push_output(&call->prompt, call->seq.max_tokens);
     call->seq.blocks = call->prompt.blocks;
     call->seq.n_blocks = call->prompt.n_blocks;
     h1 = sim_hash(body->data, body->len, 0x5eed);
@@ -712,6 +804,8 @@ static void handle_inference(struct sim_api *api, struct lx_http_req *req, enum 
     api->requests++;
     req->on_abort = on_abort;
     fault_parse(&call->fault, lx_http_req_header(req, "x-sim"));
+    if (call->fault.drop_after < 0)
+        call->fault.drop_after = api->conf->drop_after;
     if (api->dying || api->conf->hang || call->fault.hang) {
         call_hang(call);
         return;

@@ -62,6 +62,8 @@ struct sim_conf {
     uint64_t die_after;       /* exit(1) after this many answers; 0 = never */
     uint64_t slow_start_ms;   /* 503 for this long after start; 0 = off */
     uint64_t keep_alive_ms;   /* idle keep-alive connection timeout; 0 = none */
+    int64_t drop_after;       /* close every inference request's connection after this
+                                 many tokens, unless x-sim says; -1 = off */
     bool fast;                /* no prefill or decode time at all */
 };
 

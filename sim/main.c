@@ -50,6 +50,7 @@ enum {
     OPT_SEED,
     OPT_HANG,
     OPT_DIE_AFTER,
+    OPT_DROP_AFTER,
     OPT_SLOW_START_MS,
     OPT_KEEP_ALIVE_MS,
     OPT_FAST,
@@ -74,6 +75,7 @@ static const struct option options[] = {
     {"seed", required_argument, NULL, OPT_SEED},
     {"hang", no_argument, NULL, OPT_HANG},
     {"die-after", required_argument, NULL, OPT_DIE_AFTER},
+    {"drop-after", required_argument, NULL, OPT_DROP_AFTER},
     {"slow-start-ms", required_argument, NULL, OPT_SLOW_START_MS},
     {"keep-alive-ms", required_argument, NULL, OPT_KEEP_ALIVE_MS},
     {"fast", no_argument, NULL, OPT_FAST},
@@ -106,6 +108,8 @@ static void usage(FILE *f)
         "  --seed N                 seed of the --error-rate PRNG (default 1)\n"
         "  --hang                   accept requests, never answer\n"
         "  --die-after N            exit(1) right after answering the N-th inference request\n"
+        "  --drop-after N           close every inference request's connection after N tokens\n"
+        "                           (as x-sim drop_after=N, for requests that set none)\n"
         "  --slow-start-ms MS       /health and requests answer 503 this long after start\n"
         "  --keep-alive-ms MS       close idle keep-alive connections after MS (default 5000,\n"
         "                           uvicorn's; 0 = never)\n"
@@ -162,6 +166,7 @@ static void parse_args(int argc, char **argv, struct sim_conf *c)
         .max_tokens = 16,
         .seed = 1,
         .keep_alive_ms = 5000,
+        .drop_after = -1,
     };
     while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
         const char *name = opt >= OPT_HOST && opt <= OPT_HELP ? options[opt - OPT_HOST].name : "";
@@ -214,6 +219,9 @@ static void parse_args(int argc, char **argv, struct sim_conf *c)
             break;
         case OPT_DIE_AFTER:
             c->die_after = parse_uint(name, optarg, 0, UINT64_MAX);
+            break;
+        case OPT_DROP_AFTER:
+            c->drop_after = (int64_t)parse_uint(name, optarg, 0, INT64_MAX);
             break;
         case OPT_SLOW_START_MS:
             c->slow_start_ms = parse_uint(name, optarg, 0, UINT64_MAX);
@@ -322,10 +330,11 @@ int main(int argc, char **argv)
     printf("llmux-sim listening on %s:%d\n", conf.host, lx_http_server_port(m.srv));
     fflush(stdout);
     lx_info("llmux-sim %s: model %s, max_num_seqs %u, kv %llu tokens (block %u), "
-            "max_model_len %u, prefill %.0f tok/s, decode %.2f ms + %.2f ms/seq%s%s",
+            "max_model_len %u, prefill %.0f tok/s, decode %.2f ms + %.2f ms/seq%s%s%s",
             m.name, conf.model, conf.max_num_seqs, (unsigned long long)conf.kv_cache_tokens,
             conf.block_size, conf.max_model_len, conf.prefill_tps, conf.decode_ms,
-            conf.decode_ms_per_seq, conf.fast ? ", fast" : "", conf.hang ? ", hang" : "");
+            conf.decode_ms_per_seq, conf.fast ? ", fast" : "", conf.hang ? ", hang" : "",
+            conf.drop_after >= 0 ? ", drops streams (--drop-after)" : "");
 
     uv_run(&m.loop, UV_RUN_DEFAULT);
     rc = uv_loop_close(&m.loop);
