@@ -96,6 +96,12 @@ $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(LIB) $(MODE_OBJ)
 	@mkdir -p $(dir $@)
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lcmocka
 
+# Unit tests of llmux-sim's modules link the sim objects they test.
+$(BUILD)/tests/test_sim_prompt: $(BUILD)/tests/unit/test_sim_prompt.o $(BUILD)/sim/prompt.o \
+                                $(LIB) $(MODE_OBJ)
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lcmocka
+
 # Corpus replay: each fuzz target linked with a plain main, built like the tests.
 $(BUILD)/fuzz-replay/%: $(BUILD)/tests/fuzz/fuzz_%.o $(BUILD)/tests/fuzz/replay.o $(LIB)
 	@mkdir -p $(dir $@)
