@@ -283,6 +283,11 @@ const char *lx_conf_int_desc(const struct lx_conf_setting *s, char *buf, size_t 
     return buf;
 }
 
+const char *lx_conf_num_unit(const struct lx_conf_setting *s)
+{
+    return s->kind == LX_CONF_K_FLOAT || s->kind == LX_CONF_K_NUM ? "" : " of seconds";
+}
+
 int lx_conf_store_int(struct lx_conf_build *b, const struct lx_conf_setting *s, long long v,
                       const char *who, char *err, size_t errlen)
 {

@@ -554,8 +554,7 @@ int lx_conf_set_text(struct lx_conf_build *b, const struct lx_conf_setting *s, c
     case LX_CONF_K_NUM:
         if (parse_num(val, &d) < 0) {
             lx_conf_fmt(err, errlen, "%s: \"%.64s\" is not a number%s", who, val,
-                        s->kind == LX_CONF_K_FLOAT || s->kind == LX_CONF_K_NUM ? ""
-                                                                             : " of seconds");
+                        lx_conf_num_unit(s));
             return LX_EINVAL;
         }
         return lx_conf_store_secs(b, s, d, who, err, errlen);

@@ -96,6 +96,9 @@ const struct lx_conf_setting *lx_conf_setting_by_json(const char *key);
 void lx_conf_fmt(char *buf, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* "a positive integer", "an integer in 0..65535": what <s> accepts. */
 const char *lx_conf_int_desc(const struct lx_conf_setting *s, char *buf, size_t len);
+/* " of seconds" for a seconds setting, "" for a plain number: for "expected
+ * a number%s" and "is not a number%s". */
+const char *lx_conf_num_unit(const struct lx_conf_setting *s);
 /* Range-checks and stores an integer (K_INT, K_U64), or seconds (K_SECS*) and
  * plain numbers (K_FLOAT, K_NUM). */
 int lx_conf_store_int(struct lx_conf_build *b, const struct lx_conf_setting *s, long long v,

@@ -193,6 +193,25 @@ int lx_conf_servers_check_unique(const struct lx_conf_server *v, size_t n, const
     return 0;
 }
 
+/* A pool's seconds: a JSON number in 0..86400 into *out. <nullable> says
+ * null is accepted too (the caller handles it), <range> what the values mean. */
+static int pool_secs(json_t *v, const char *who, bool nullable, const char *range, double *out,
+                     char *err, size_t errlen)
+{
+    if (!json_is_number(v)) {
+        lx_conf_fmt(err, errlen, "%s: expected a number of seconds%s, got %s", who,
+                    nullable ? " or null" : "", lx_conf_json_type(v));
+        return LX_EINVAL;
+    }
+    if (json_number_value(v) < 0 || json_number_value(v) > 86400) {
+        lx_conf_fmt(err, errlen, "%s: %g is out of range (0..86400 seconds, %s)", who,
+                    json_number_value(v), range);
+        return LX_EINVAL;
+    }
+    *out = json_number_value(v);
+    return 0;
+}
+
 /* A pool's "hedge_after_seconds": seconds (0 = off for this pool), or null
  * for the global HEDGE_AFTER_SECONDS. */
 static int pool_hedge_after(struct lx_conf_pool *p, json_t *v, const char *who, char *err,
@@ -203,20 +222,10 @@ static int pool_hedge_after(struct lx_conf_pool *p, json_t *v, const char *who, 
         p->hedge_after_s = 0;
         return 0;
     }
-    if (!json_is_number(v)) {
-        lx_conf_fmt(err, errlen, "%s: expected a number of seconds or null, got %s", who,
-                    lx_conf_json_type(v));
+    if (pool_secs(v, who, true, "0 = off, null = the global HEDGE_AFTER_SECONDS", &p->hedge_after_s,
+                  err, errlen) < 0)
         return LX_EINVAL;
-    }
-    if (json_number_value(v) < 0 || json_number_value(v) > 86400) {
-        lx_conf_fmt(err, errlen,
-                    "%s: %g is out of range (0..86400 seconds, 0 = off, null = the global "
-                    "HEDGE_AFTER_SECONDS)",
-                    who, json_number_value(v));
-        return LX_EINVAL;
-    }
     p->has_hedge_after = true;
-    p->hedge_after_s = json_number_value(v);
     return 0;
 }
 
@@ -264,18 +273,9 @@ int lx_conf_pool_from_json(struct lx_conf_pool *out, const char *model, const js
             if (opt_string(v, kwho, &p.upstream_model, err, errlen) < 0)
                 goto out_error;
         } else if (strcmp(key, "metrics_update_interval") == 0) {
-            if (!json_is_number(v)) {
-                lx_conf_fmt(err, errlen, "%s: expected a number of seconds, got %s", kwho,
-                            lx_conf_json_type(v));
+            if (pool_secs(v, kwho, false, "0 = the global interval", &p.metrics_update_interval_s,
+                          err, errlen) < 0)
                 goto out_error;
-            }
-            if (json_number_value(v) < 0 || json_number_value(v) > 86400) {
-                lx_conf_fmt(err, errlen,
-                            "%s: %g is out of range (0..86400 seconds, 0 = the global interval)",
-                            kwho, json_number_value(v));
-                goto out_error;
-            }
-            p.metrics_update_interval_s = json_number_value(v);
         } else if (strcmp(key, "hedge_after_seconds") == 0) {
             if (pool_hedge_after(&p, v, kwho, err, errlen) < 0)
                 goto out_error;
@@ -451,9 +451,7 @@ int lx_conf_set_json(struct lx_conf_build *b, const struct lx_conf_setting *s, j
     case LX_CONF_K_FLOAT:
     case LX_CONF_K_NUM:
         if (!json_is_number(val)) {
-            lx_conf_fmt(err, errlen, "%s: expected a number%s, got %s", who,
-                        s->kind == LX_CONF_K_FLOAT || s->kind == LX_CONF_K_NUM ? ""
-                                                                             : " of seconds",
+            lx_conf_fmt(err, errlen, "%s: expected a number%s, got %s", who, lx_conf_num_unit(s),
                         lx_conf_json_type(val));
             return LX_EINVAL;
         }

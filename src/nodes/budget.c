@@ -94,8 +94,8 @@ void lx_budget_note_request(struct lx_budget *b, uint64_t now_ms)
 }
 
 /* The window's requests, and its extra attempts outside bucket <skip>. */
-static void window_sums(const struct lx_budget *b, uint32_t second, size_t skip,
-                        uint64_t *requests, uint64_t *extra)
+static void window_sums(const struct lx_budget *b, uint32_t second, size_t skip, uint64_t *requests,
+                        uint64_t *extra)
 {
     *requests = 0;
     *extra = 0;

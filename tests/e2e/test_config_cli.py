@@ -90,24 +90,19 @@ def test_retry_settings_through_the_layers(tmp_path):
         "stream_resume": False, "retry_budget_percent": 50,
         "models": {"own": {"servers": ["http://127.0.0.1:9"], "hedge_after_seconds": 0.5},
                    "global": {"servers": ["http://127.0.0.1:10"]}}}))
-    r = check_config(tmp_path, ["--config", str(cfg)])
-    assert r.returncode == 0, r.stderr
-    conf = json.loads(r.stdout)
-    assert conf["stream_resume"] is False, conf
-    assert conf["hedge_after_seconds"] == 0, conf
-    assert conf["retry_budget_percent"] == 50, conf
-    assert conf["retry_budget_min_per_second"] == 1, conf
-    assert conf["models"]["own"]["hedge_after_seconds"] == 0.5, conf
-    assert conf["models"]["global"]["hedge_after_seconds"] is None, conf
-    r = check_config(tmp_path, ["--config", str(cfg), "--hedge-after", "0.3",
-                                "--retry-budget-min-per-second=2"],
-                     env={"STREAM_RESUME": "on", "RETRY_BUDGET_PERCENT": "5"})
-    assert r.returncode == 0, r.stderr
-    conf = json.loads(r.stdout)
-    assert conf["stream_resume"] is True, conf
-    assert conf["hedge_after_seconds"] == 0.3, conf
-    assert conf["retry_budget_percent"] == 5, conf
-    assert conf["retry_budget_min_per_second"] == 2, conf
+    file_only = ([], {}, (False, 0, 50, 1))
+    # The environment over the file, flags over both.
+    layered = (["--hedge-after", "0.3", "--retry-budget-min-per-second=2"],
+               {"STREAM_RESUME": "on", "RETRY_BUDGET_PERCENT": "5"}, (True, 0.3, 5, 2))
+    for args, env, want in (file_only, layered):
+        r = check_config(tmp_path, ["--config", str(cfg)] + args, env=env)
+        assert r.returncode == 0, r.stderr
+        conf = json.loads(r.stdout)
+        got = tuple(conf[k] for k in ("stream_resume", "hedge_after_seconds",
+                                      "retry_budget_percent", "retry_budget_min_per_second"))
+        assert got == want, conf
+        assert conf["models"]["own"]["hedge_after_seconds"] == 0.5, conf
+        assert conf["models"]["global"]["hedge_after_seconds"] is None, conf
 
 
 @pytest.mark.parametrize("args,env,key", [
