@@ -82,6 +82,18 @@ const struct lx_conf_setting lx_conf_settings[] = {
      "longest a request may take end to end, queue included, 0 = off"},
     {"MAX_RETRIES", "max_retries", NULL, "max-retries", 0, "N", LX_CONF_K_INT, F(max_retries), 0,
      100, "2", NULL, "retries on another node, 0..100"},
+    {"STREAM_RESUME", "stream_resume", NULL, "stream-resume", 0, "on|off", LX_CONF_K_BOOL,
+     F(stream_resume), 0, 0, "on", NULL,
+     "a stream whose node fails mid-way goes on from another node (a retry)"},
+    {"HEDGE_AFTER_SECONDS", "hedge_after_seconds", NULL, "hedge-after", 0, "S",
+     LX_CONF_K_SECS_OFF, F(hedge_after_s), 0, SECS_MAX, "0", NULL,
+     "no first byte after S seconds: ask a second node too, 0 = off"},
+    {"RETRY_BUDGET_PERCENT", "retry_budget_percent", NULL, "retry-budget-percent", 0, "X",
+     LX_CONF_K_NUM, F(retry_budget_percent), 0, 1000, "20", NULL,
+     "retry budget: retries, hedges, resumes per 100 requests of a pool (10 s)"},
+    {"RETRY_BUDGET_MIN_PER_SECOND", "retry_budget_min_per_second", NULL,
+     "retry-budget-min-per-second", 0, "X", LX_CONF_K_NUM, F(retry_budget_min_per_s), 0,
+     1000000, "1", NULL, "retry budget floor: X per second more, whatever the traffic"},
     {"HEALTH_CHECK_INTERVAL_SECONDS", "health_check_interval_seconds", NULL,
      "health-check-interval", 0, "S", LX_CONF_K_SECS, F(health_check_interval_s), 0, SECS_MAX,
      "15", NULL, "seconds between active health checks of a node"},
@@ -271,6 +283,11 @@ const char *lx_conf_int_desc(const struct lx_conf_setting *s, char *buf, size_t 
     return buf;
 }
 
+const char *lx_conf_num_unit(const struct lx_conf_setting *s)
+{
+    return s->kind == LX_CONF_K_FLOAT || s->kind == LX_CONF_K_NUM ? "" : " of seconds";
+}
+
 int lx_conf_store_int(struct lx_conf_build *b, const struct lx_conf_setting *s, long long v,
                       const char *who, char *err, size_t errlen)
 {
@@ -300,6 +317,10 @@ int lx_conf_store_secs(struct lx_conf_build *b, const struct lx_conf_setting *s,
         lx_conf_fmt(err, errlen, "%s: expected a number > 0 and <= %lld, got %g", who, s->max, v);
         return LX_EINVAL;
     }
+    if (s->kind == LX_CONF_K_NUM && (v < 0 || v > (double)s->max)) {
+        lx_conf_fmt(err, errlen, "%s: expected a number in 0..%lld, got %g", who, s->max, v);
+        return LX_EINVAL;
+    }
     if (s->kind == LX_CONF_K_SECS && v <= 0) {
         lx_conf_fmt(err, errlen, "%s: expected seconds > 0, got %g", who, v);
         return LX_EINVAL;
@@ -314,6 +335,11 @@ int lx_conf_store_secs(struct lx_conf_build *b, const struct lx_conf_setting *s,
     }
     *(double *)(void *)((char *)&b->conf + s->off) = v;
     return 0;
+}
+
+void lx_conf_store_bool(struct lx_conf_build *b, const struct lx_conf_setting *s, bool v)
+{
+    *(bool *)(void *)((char *)&b->conf + s->off) = v;
 }
 
 void lx_conf_servers_free(struct lx_conf_server *v, size_t n)

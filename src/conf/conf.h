@@ -36,6 +36,8 @@ struct lx_conf_pool {
     char *strategy;         /* canonical strategy name, e.g. "round_robin" */
     char *upstream_model;   /* replaces "model" in the forwarded body; NULL = keep */
     double metrics_update_interval_s; /* per pool; 0 = use the global one */
+    bool has_hedge_after;   /* "hedge_after_seconds" set for this pool; else HEDGE_AFTER_SECONDS */
+    double hedge_after_s;   /* seconds, 0 = off; meaningful only when has_hedge_after */
     struct lx_conf_server *servers;
     size_t n_servers;
 };
@@ -65,6 +67,13 @@ struct lx_conf {
 
     /* retries, health */
     int max_retries;                    /* MAX_RETRIES, default 2 */
+    bool stream_resume;                 /* STREAM_RESUME, continue broken streams, default on */
+    double hedge_after_s;               /* HEDGE_AFTER_SECONDS, no first byte this long: a
+                                           second node too; default 0 = off; per pool too */
+    double retry_budget_percent;        /* RETRY_BUDGET_PERCENT, extra attempts per 100
+                                           requests of a pool over 10 s, 0..1000, default 20 */
+    double retry_budget_min_per_s;      /* RETRY_BUDGET_MIN_PER_SECOND, extra attempts a pool
+                                           may always make per second, default 1, 0 = none */
     double health_check_interval_s;     /* HEALTH_CHECK_INTERVAL_SECONDS, default 15 */
     int health_failure_threshold;       /* HEALTH_FAILURE_THRESHOLD, default 3 */
     int health_recovery_threshold;      /* HEALTH_RECOVERY_THRESHOLD, default 1 */
@@ -131,7 +140,8 @@ const char *lx_conf_usage(void);
 /*
  * Parses one pool for <model> from <obj>, a JSON object shaped like an entry
  * of the file's "models" map ({"servers": [...], "strategy", "upstream_model",
- * "metrics_update_interval"}), with the file's validation; for the admin API.
+ * "metrics_update_interval", "hedge_after_seconds"}), with the file's
+ * validation; for the admin API.
  * A missing "strategy" becomes <default_strategy> (NULL: stays NULL). <who> prefixes error
  * messages (e.g. "models.gpt-4"). Returns 0, or LX_EINVAL with one line in
  * <err> and <out> untouched. <obj> is borrowed; <out> is released with

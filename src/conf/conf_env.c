@@ -338,6 +338,21 @@ static int parse_num(const char *v, double *out)
     return *end || !isfinite(*out) ? -1 : 0;
 }
 
+/* 1 (on, true, yes, 1), 0 (off, false, no, 0), any case; -1 otherwise. */
+static int parse_bool(const char *v)
+{
+    static const char *const on[] = {"on", "true", "yes", "1"};
+    static const char *const off[] = {"off", "false", "no", "0"};
+
+    for (size_t i = 0; i < ARRAY_SIZE(on); i++) {
+        if (strcasecmp(v, on[i]) == 0)
+            return 1;
+        if (strcasecmp(v, off[i]) == 0)
+            return 0;
+    }
+    return -1;
+}
+
 /* Control characters or spaces in <n> bytes. */
 static bool has_ctl_or_space(const char *v, size_t n)
 {
@@ -536,12 +551,24 @@ int lx_conf_set_text(struct lx_conf_build *b, const struct lx_conf_setting *s, c
     case LX_CONF_K_SECS:
     case LX_CONF_K_SECS_OFF:
     case LX_CONF_K_FLOAT:
+    case LX_CONF_K_NUM:
         if (parse_num(val, &d) < 0) {
             lx_conf_fmt(err, errlen, "%s: \"%.64s\" is not a number%s", who, val,
-                        s->kind == LX_CONF_K_FLOAT ? "" : " of seconds");
+                        lx_conf_num_unit(s));
             return LX_EINVAL;
         }
         return lx_conf_store_secs(b, s, d, who, err, errlen);
+    case LX_CONF_K_BOOL:
+        rc = parse_bool(val);
+        if (rc < 0) {
+            lx_conf_fmt(err, errlen,
+                        "%s: \"%.64s\" is not a boolean (expected on or off, true or false, "
+                        "yes or no, 1 or 0)",
+                        who, val);
+            return LX_EINVAL;
+        }
+        lx_conf_store_bool(b, s, rc == 1);
+        return 0;
     case LX_CONF_K_HOST:
         if (lx_conf_host_parse(val, strlen(val), &host, &why) < 0) {
             lx_conf_fmt(err, errlen, "%s: \"%.64s\": %s", who, val, why);

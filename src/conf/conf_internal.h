@@ -22,6 +22,8 @@ enum lx_conf_kind {
     LX_CONF_K_SECS,     /* double field, seconds, 0 < s <= max */
     LX_CONF_K_SECS_OFF, /* double field, seconds, 0 <= s <= max, 0 = off */
     LX_CONF_K_FLOAT,    /* double field, a plain number, 0 < x <= max */
+    LX_CONF_K_NUM,      /* double field, a plain number, 0 <= x <= max */
+    LX_CONF_K_BOOL,     /* bool field: on/off, true/false, yes/no, 1/0; JSON true/false */
     LX_CONF_K_HOST,     /* char * field: IPv4, IPv6 (brackets optional) or host name */
     LX_CONF_K_STRATEGY, /* char * field: a strategy name, stored canonical */
     LX_CONF_K_LOGLEVEL, /* char * field: debug|info|warn|error */
@@ -94,11 +96,17 @@ const struct lx_conf_setting *lx_conf_setting_by_json(const char *key);
 void lx_conf_fmt(char *buf, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* "a positive integer", "an integer in 0..65535": what <s> accepts. */
 const char *lx_conf_int_desc(const struct lx_conf_setting *s, char *buf, size_t len);
-/* Range-checks and stores an integer (K_INT, K_U64) or seconds (K_SECS*). */
+/* " of seconds" for a seconds setting, "" for a plain number: for "expected
+ * a number%s" and "is not a number%s". */
+const char *lx_conf_num_unit(const struct lx_conf_setting *s);
+/* Range-checks and stores an integer (K_INT, K_U64), or seconds (K_SECS*) and
+ * plain numbers (K_FLOAT, K_NUM). */
 int lx_conf_store_int(struct lx_conf_build *b, const struct lx_conf_setting *s, long long v,
                       const char *who, char *err, size_t errlen);
 int lx_conf_store_secs(struct lx_conf_build *b, const struct lx_conf_setting *s, double v,
                        const char *who, char *err, size_t errlen);
+/* Stores a boolean (K_BOOL). */
+void lx_conf_store_bool(struct lx_conf_build *b, const struct lx_conf_setting *s, bool v);
 /* Takes <v> (may be NULL) as the value of a string setting. */
 void lx_conf_store_str(struct lx_conf_build *b, const struct lx_conf_setting *s, char *v);
 /* Takes <v> as the VLLM_NODES servers, replacing those of an earlier layer. */

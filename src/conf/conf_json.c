@@ -2,7 +2,8 @@
  * conf_json.c - the JSON config file layer, pools and servers from JSON, the dump.
  *
  * The file is one object. "models" maps a model name to a pool
- * ({"servers": [...], "strategy", "upstream_model", "metrics_update_interval"});
+ * ({"servers": [...], "strategy", "upstream_model", "metrics_update_interval",
+ * "hedge_after_seconds"});
  * every other top-level key is a setting from the table in conf.c, named in
  * lowercase snake case ("max_retries", "listen", "vllm_nodes"...). Unknown
  * keys, wrong types, bad values and duplicate object keys are errors naming
@@ -192,6 +193,42 @@ int lx_conf_servers_check_unique(const struct lx_conf_server *v, size_t n, const
     return 0;
 }
 
+/* A pool's seconds: a JSON number in 0..86400 into *out. <nullable> says
+ * null is accepted too (the caller handles it), <range> what the values mean. */
+static int pool_secs(json_t *v, const char *who, bool nullable, const char *range, double *out,
+                     char *err, size_t errlen)
+{
+    if (!json_is_number(v)) {
+        lx_conf_fmt(err, errlen, "%s: expected a number of seconds%s, got %s", who,
+                    nullable ? " or null" : "", lx_conf_json_type(v));
+        return LX_EINVAL;
+    }
+    if (json_number_value(v) < 0 || json_number_value(v) > 86400) {
+        lx_conf_fmt(err, errlen, "%s: %g is out of range (0..86400 seconds, %s)", who,
+                    json_number_value(v), range);
+        return LX_EINVAL;
+    }
+    *out = json_number_value(v);
+    return 0;
+}
+
+/* A pool's "hedge_after_seconds": seconds (0 = off for this pool), or null
+ * for the global HEDGE_AFTER_SECONDS. */
+static int pool_hedge_after(struct lx_conf_pool *p, json_t *v, const char *who, char *err,
+                            size_t errlen)
+{
+    if (json_is_null(v)) {
+        p->has_hedge_after = false;
+        p->hedge_after_s = 0;
+        return 0;
+    }
+    if (pool_secs(v, who, true, "0 = off, null = the global HEDGE_AFTER_SECONDS", &p->hedge_after_s,
+                  err, errlen) < 0)
+        return LX_EINVAL;
+    p->has_hedge_after = true;
+    return 0;
+}
+
 int lx_conf_pool_from_json(struct lx_conf_pool *out, const char *model, const json_t *obj,
                            const char *default_strategy, const char *who, char *err, size_t errlen)
 {
@@ -236,22 +273,16 @@ int lx_conf_pool_from_json(struct lx_conf_pool *out, const char *model, const js
             if (opt_string(v, kwho, &p.upstream_model, err, errlen) < 0)
                 goto out_error;
         } else if (strcmp(key, "metrics_update_interval") == 0) {
-            if (!json_is_number(v)) {
-                lx_conf_fmt(err, errlen, "%s: expected a number of seconds, got %s", kwho,
-                            lx_conf_json_type(v));
+            if (pool_secs(v, kwho, false, "0 = the global interval", &p.metrics_update_interval_s,
+                          err, errlen) < 0)
                 goto out_error;
-            }
-            if (json_number_value(v) < 0 || json_number_value(v) > 86400) {
-                lx_conf_fmt(err, errlen,
-                            "%s: %g is out of range (0..86400 seconds, 0 = the global interval)",
-                            kwho, json_number_value(v));
+        } else if (strcmp(key, "hedge_after_seconds") == 0) {
+            if (pool_hedge_after(&p, v, kwho, err, errlen) < 0)
                 goto out_error;
-            }
-            p.metrics_update_interval_s = json_number_value(v);
         } else {
             lx_conf_fmt(err, errlen,
                         "%s: unknown key (expected servers, strategy, upstream_model, "
-                        "metrics_update_interval)",
+                        "metrics_update_interval, hedge_after_seconds)",
                         kwho);
             goto out_error;
         }
@@ -418,12 +449,21 @@ int lx_conf_set_json(struct lx_conf_build *b, const struct lx_conf_setting *s, j
     case LX_CONF_K_SECS:
     case LX_CONF_K_SECS_OFF:
     case LX_CONF_K_FLOAT:
+    case LX_CONF_K_NUM:
         if (!json_is_number(val)) {
-            lx_conf_fmt(err, errlen, "%s: expected a number%s, got %s", who,
-                        s->kind == LX_CONF_K_FLOAT ? "" : " of seconds", lx_conf_json_type(val));
+            lx_conf_fmt(err, errlen, "%s: expected a number%s, got %s", who, lx_conf_num_unit(s),
+                        lx_conf_json_type(val));
             return LX_EINVAL;
         }
         return lx_conf_store_secs(b, s, json_number_value(val), who, err, errlen);
+    case LX_CONF_K_BOOL:
+        if (!json_is_boolean(val)) {
+            lx_conf_fmt(err, errlen, "%s: expected true or false, got %s", who,
+                        lx_conf_json_type(val));
+            return LX_EINVAL;
+        }
+        lx_conf_store_bool(b, s, json_is_true(val));
+        return 0;
     case LX_CONF_K_OPTSTR:
     case LX_CONF_K_SECRET:
     case LX_CONF_K_MODEL:
@@ -487,6 +527,8 @@ static json_t *pool_to_json(const struct lx_conf_pool *p)
     json_object_set_new(o, "strategy", str_or_null(p->strategy));
     json_object_set_new(o, "upstream_model", str_or_null(p->upstream_model));
     json_object_set_new(o, "metrics_update_interval", json_real(p->metrics_update_interval_s));
+    json_object_set_new(o, "hedge_after_seconds",
+                        p->has_hedge_after ? json_real(p->hedge_after_s) : json_null());
     for (size_t i = 0; i < p->n_servers; i++) {
         const struct lx_conf_server *s = &p->servers[i];
         json_t *so = json_object();
@@ -525,7 +567,11 @@ char *lx_conf_json_dump(const struct lx_conf *conf)
         case LX_CONF_K_SECS:
         case LX_CONF_K_SECS_OFF:
         case LX_CONF_K_FLOAT:
+        case LX_CONF_K_NUM:
             v = json_real(*(const double *)(const void *)field);
+            break;
+        case LX_CONF_K_BOOL:
+            v = json_boolean(*(const bool *)(const void *)field);
             break;
         case LX_CONF_K_SECRET:
             v = masked(*(char *const *)(const void *)field);

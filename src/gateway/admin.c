@@ -115,6 +115,8 @@ static void pool_copy(struct lx_conf_pool *d, const struct lx_conf_pool *s)
     d->strategy = s->strategy ? lx_strdup(s->strategy) : NULL;
     d->upstream_model = s->upstream_model ? lx_strdup(s->upstream_model) : NULL;
     d->metrics_update_interval_s = s->metrics_update_interval_s;
+    d->has_hedge_after = s->has_hedge_after;
+    d->hedge_after_s = s->hedge_after_s;
     d->servers = lx_calloc(s->n_servers ? s->n_servers : 1, sizeof(*d->servers));
     d->n_servers = s->n_servers;
     for (size_t i = 0; i < s->n_servers; i++) {
@@ -138,6 +140,8 @@ static bool pool_equal(const struct lx_conf_pool *a, const struct lx_conf_pool *
     if (!str_eq(a->model, b->model) || !str_eq(a->strategy, b->strategy) ||
         !str_eq(a->upstream_model, b->upstream_model) ||
         a->metrics_update_interval_s != b->metrics_update_interval_s ||
+        a->has_hedge_after != b->has_hedge_after ||
+        (a->has_hedge_after && a->hedge_after_s != b->hedge_after_s) ||
         a->n_servers != b->n_servers)
         return false;
     for (size_t i = 0; i < a->n_servers; i++) {
@@ -192,6 +196,8 @@ static json_t *pool_to_src(const struct lx_conf_pool *p)
         json_object_set_new(o, "upstream_model", json_string(p->upstream_model));
     if (p->metrics_update_interval_s > 0)
         json_object_set_new(o, "metrics_update_interval", json_num(p->metrics_update_interval_s));
+    if (p->has_hedge_after)
+        json_object_set_new(o, "hedge_after_seconds", json_num(p->hedge_after_s));
     return o;
 }
 
@@ -311,6 +317,8 @@ static json_t *pool_json(struct lx_gateway *gw, const struct lx_conf_pool *p)
     json_object_set_new(o, "upstream_model",
                         p->upstream_model ? json_string(p->upstream_model) : json_null());
     json_object_set_new(o, "metrics_update_interval", json_num(p->metrics_update_interval_s));
+    json_object_set_new(o, "hedge_after_seconds",
+                        p->has_hedge_after ? json_num(p->hedge_after_s) : json_null());
     for (size_t i = 0; i < p->n_servers; i++) {
         const struct lx_conf_server *s = &p->servers[i];
         const struct lx_node *n = NULL;

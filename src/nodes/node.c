@@ -236,15 +236,21 @@ static void pool_deinit(struct lx_pool *p)
     free(p->upstream_model);
 }
 
+/* <prev>'s pool named exactly <model>, or NULL. */
+static struct lx_pool *prev_pool(struct lx_registry *prev, const char *model)
+{
+    for (size_t i = 0; prev && i < prev->n_pools; i++)
+        if (strcmp(prev->pools[i].model, model) == 0)
+            return &prev->pools[i];
+    return NULL;
+}
+
 /* The node of <prev>'s pool <model> configured exactly as <s>, or NULL. */
 static struct lx_node *node_reuse(struct lx_registry *prev, const char *model,
                                   const struct lx_conf_server *s)
 {
-    struct lx_pool *p = NULL;
+    struct lx_pool *p = prev_pool(prev, model);
 
-    for (size_t i = 0; prev && i < prev->n_pools && !p; i++)
-        if (strcmp(prev->pools[i].model, model) == 0)
-            p = &prev->pools[i];
     if (!p)
         return NULL;
     for (size_t k = 0; k < p->n_nodes; k++) {
@@ -269,6 +275,7 @@ struct lx_registry *lx_registry_build(const struct lx_conf *conf, struct lx_regi
     for (size_t i = 0; i < conf->n_pools; i++) {
         const struct lx_conf_pool *cp = &conf->pools[i];
         struct lx_pool *p = &reg->pools[i];
+        struct lx_pool *old = prev_pool(prev, cp->model);
 
         reg->n_pools++;
         p->model = lx_strdup(cp->model);
@@ -278,6 +285,10 @@ struct lx_registry *lx_registry_build(const struct lx_conf *conf, struct lx_regi
         p->metrics_update_interval_s = cp->metrics_update_interval_s > 0
                                            ? cp->metrics_update_interval_s
                                            : conf->metrics_update_interval_s;
+        p->hedge_after_s = cp->has_hedge_after ? cp->hedge_after_s : conf->hedge_after_s;
+        lx_budget_init(&p->retry_budget, conf->retry_budget_percent, conf->retry_budget_min_per_s);
+        if (old)
+            lx_budget_carry(&p->retry_budget, &old->retry_budget);
         for (size_t k = 0; k < cp->n_servers; k++) {
             struct lx_node *n = node_reuse(prev, cp->model, &cp->servers[k]);
 

@@ -20,6 +20,7 @@
 #include "../admit/admit.h"
 #include "../conf/conf.h"
 #include "../http/upstream.h"
+#include "budget.h"
 #include "failure.h"
 
 struct lx_strategy;
@@ -91,6 +92,13 @@ struct lx_pool {
     size_t n_nodes;
     struct lx_waitq parked;      /* requests waiting for a node below max_concurrency */
     double metrics_update_interval_s; /* scrape period of this pool's nodes */
+    double hedge_after_s;        /* seconds without a first byte before a hedge, 0 = off:
+                                    the pool's "hedge_after_seconds", else HEDGE_AFTER_SECONDS */
+    /* Retries, hedges and resumes of this pool's requests (budget.h):
+     * RETRY_BUDGET_PERCENT and RETRY_BUDGET_MIN_PER_SECOND, shared by every
+     * worker; the window carries over to the next snapshot's pool of the
+     * same model. */
+    struct lx_budget retry_budget;
     atomic_uint_fast64_t requests_total;  /* answered, any status */
     atomic_uint_fast64_t errors_total;    /* answered with a status >= 500 */
     atomic_uint_fast64_t prompt_tokens, completion_tokens;
@@ -106,7 +114,8 @@ struct lx_registry {
  * only (src/route's lx_router_attach() does the rest); returns a new
  * reference. Nodes of <prev> (may be NULL) whose pool, URL, name, weight,
  * max_concurrency and api_key are unchanged are carried over with their
- * health and load state. */
+ * health and load state; a pool of the same model in <prev> hands on its
+ * retry budget's window. */
 struct lx_registry *lx_registry_build(const struct lx_conf *conf, struct lx_registry *prev);
 struct lx_registry *lx_registry_ref(struct lx_registry *reg);
 void lx_registry_unref(struct lx_registry *reg);

@@ -24,6 +24,9 @@ enum family {
     F_NODE_FAILURES,     /* counter {node} */
     F_UPSTREAM_ERRORS,   /* counter {node,kind} */
     F_RETRIES,           /* counter */
+    F_RETRIES_REFUSED,   /* counter */
+    F_HEDGES,            /* counter {outcome} */
+    F_RESUMES,           /* counter {outcome} */
     F_TOKENS,            /* counter {model,kind} */
     F_LATENCY,           /* histogram {model} */
     F_QUEUE_WAIT,        /* histogram */
@@ -52,6 +55,19 @@ static const struct {
                            "kind", B_NONE},
     [F_RETRIES] = {"llmux_retries_total", "Attempts retried on another node.", NULL, NULL,
                    B_NONE},
+    [F_RETRIES_REFUSED] = {"llmux_retries_refused_total",
+                           "Retries, hedges and stream resumes refused by the pool's retry "
+                           "budget.",
+                           NULL, NULL, B_NONE},
+    [F_HEDGES] = {"llmux_hedges_total",
+                  "Hedged requests: started (a second node asked after HEDGE_AFTER_SECONDS "
+                  "without a first byte), won (the hedge's node answered first), lost (the "
+                  "original node answered first).",
+                  "outcome", NULL, B_NONE},
+    [F_RESUMES] = {"llmux_stream_resumes_total",
+                   "Broken streams continued on another node: resumed (the stream completed), "
+                   "failed (it ended with an error event after all).",
+                   "outcome", NULL, B_NONE},
     [F_TOKENS] = {"llmux_tokens_total", "Tokens from the nodes' usage, by model and kind.",
                   "model", "kind", B_NONE},
     [F_LATENCY] = {"llmux_request_latency_seconds",
@@ -77,6 +93,8 @@ static const double tokens_le[] = {1, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300,
 
 static const char *const reject_names[LX_REJECT__N] = {
     "auth", "queue_full", "queue_timeout", "no_healthy_node", "bad_request", "too_large"};
+static const char *const hedge_names[LX_HEDGE__N] = {"started", "won", "lost"};
+static const char *const resume_names[2] = {"failed", "resumed"}; /* by ok */
 
 struct series {
     uint8_t family;
@@ -192,6 +210,11 @@ struct lx_metrics *lx_metrics_new(void)
     for (int r = 0; r < LX_REJECT__N; r++)
         series_get(m, F_REJECTED, reject_names[r], NULL);
     series_get(m, F_RETRIES, NULL, NULL);
+    series_get(m, F_RETRIES_REFUSED, NULL, NULL);
+    for (int o = 0; o < LX_HEDGE__N; o++)
+        series_get(m, F_HEDGES, hedge_names[o], NULL);
+    for (int o = 0; o < 2; o++)
+        series_get(m, F_RESUMES, resume_names[o], NULL);
     uv_mutex_lock(&shards_lock);
     m->next = shards;
     shards = m;
@@ -317,6 +340,21 @@ void lx_metrics_reject(struct lx_metrics *m, enum lx_reject reason)
 void lx_metrics_retry(struct lx_metrics *m)
 {
     count(m, F_RETRIES, NULL, NULL, 1);
+}
+
+void lx_metrics_retry_refused(struct lx_metrics *m)
+{
+    count(m, F_RETRIES_REFUSED, NULL, NULL, 1);
+}
+
+void lx_metrics_hedge(struct lx_metrics *m, enum lx_hedge_outcome outcome)
+{
+    count(m, F_HEDGES, hedge_names[outcome], NULL, 1);
+}
+
+void lx_metrics_resume(struct lx_metrics *m, bool ok)
+{
+    count(m, F_RESUMES, resume_names[ok], NULL, 1);
 }
 
 void lx_metrics_queue_wait(struct lx_metrics *m, double seconds)

@@ -28,6 +28,14 @@ enum lx_reject {
     LX_REJECT__N
 };
 
+/* How a hedge went (llmux_hedges_total{outcome}). */
+enum lx_hedge_outcome {
+    LX_HEDGE_STARTED, /* a second node was sent the request */
+    LX_HEDGE_WON,     /* the hedge's node sent a byte first; the original was cancelled */
+    LX_HEDGE_LOST,    /* the original node sent a byte first; the hedge was cancelled */
+    LX_HEDGE__N
+};
+
 struct lx_metrics;  /* one per worker */
 
 /* What one finished request adds. Durations in seconds, < 0 = not measured. */
@@ -58,6 +66,14 @@ void lx_metrics_free(struct lx_metrics *m);
 void lx_metrics_request(struct lx_metrics *m, const struct lx_request_record *r);
 void lx_metrics_reject(struct lx_metrics *m, enum lx_reject reason);
 void lx_metrics_retry(struct lx_metrics *m);
+/* A retry, hedge or stream resume the pool's retry budget refused. */
+void lx_metrics_retry_refused(struct lx_metrics *m);
+/* A hedge started, or the race it started ended (won or lost); a hedge whose
+ * race ends without a first byte from either node counts as started only. */
+void lx_metrics_hedge(struct lx_metrics *m, enum lx_hedge_outcome outcome);
+/* A stream resume ended: <ok> when the continuation completed the stream,
+ * false when the stream ended with the SSE error event after all. */
+void lx_metrics_resume(struct lx_metrics *m, bool ok);
 void lx_metrics_queue_wait(struct lx_metrics *m, double seconds);
 void lx_metrics_node_request(struct lx_metrics *m, const char *node);
 void lx_metrics_node_latency(struct lx_metrics *m, const char *node, double seconds);

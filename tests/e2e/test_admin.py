@@ -274,6 +274,32 @@ def test_put_changes_servers_and_traffic_moves(procs, tmp_path):
     assert [s["name"] for s in pools(lx)["m"]["servers"]] == ["b"]
 
 
+def test_a_pools_hedge_delay_is_shown_changed_and_written(procs, tmp_path):
+    sim = procs.sim(fast=True)
+    lx, cfg = start_with_config(procs, tmp_path, {
+        "own": {"servers": [sim.url], "hedge_after_seconds": 0.5},
+        "global": {"servers": [sim.url]},
+    }, hedge_after_seconds=2)
+    got = pools(lx)
+    assert got["own"]["hedge_after_seconds"] == 0.5
+    assert got["global"]["hedge_after_seconds"] is None  # HEDGE_AFTER_SECONDS applies
+    r = admin(lx, "PUT", "/admin/models/global", json={"hedge_after_seconds": 0})
+    assert r.status_code == 200, r.text
+    assert r.json()["hedge_after_seconds"] == 0
+    assert json.loads(cfg.read_text())["models"]["global"] == {
+        "servers": [sim.url], "hedge_after_seconds": 0}
+    # Changing another key keeps it; null gives the pool the global one back.
+    r = admin(lx, "PUT", "/admin/models/global", json={"strategy": "random"})
+    assert r.status_code == 200 and r.json()["hedge_after_seconds"] == 0, r.text
+    r = admin(lx, "PUT", "/admin/models/own", json={"hedge_after_seconds": None})
+    assert r.status_code == 200 and r.json()["hedge_after_seconds"] is None, r.text
+    err = check_error(admin(lx, "PUT", "/admin/models/own", json={"hedge_after_seconds": -1}),
+                      400, "invalid_pool")
+    assert "hedge_after_seconds" in err["message"], err
+    assert pools(lx)["own"]["hedge_after_seconds"] is None
+    assert chat(lx.client, "own").status_code == 200
+
+
 def test_put_and_delete_unknown_model_are_404(procs, tmp_path):
     sim = procs.sim(fast=True)
     lx, cfg = start_with_config(procs, tmp_path, {"base": {"servers": [sim.url]}})

@@ -84,6 +84,27 @@ def test_flags_win_over_env_and_env_over_dotenv(tmp_path):
     assert conf["node_timeout_seconds"] == 2.5, conf  # flag beats env
 
 
+def test_retry_settings_through_the_layers(tmp_path):
+    cfg = tmp_path / "llmux.json"
+    cfg.write_text(json.dumps({
+        "stream_resume": False, "retry_budget_percent": 50,
+        "models": {"own": {"servers": ["http://127.0.0.1:9"], "hedge_after_seconds": 0.5},
+                   "global": {"servers": ["http://127.0.0.1:10"]}}}))
+    file_only = ([], {}, (False, 0, 50, 1))
+    # The environment over the file, flags over both.
+    layered = (["--hedge-after", "0.3", "--retry-budget-min-per-second=2"],
+               {"STREAM_RESUME": "on", "RETRY_BUDGET_PERCENT": "5"}, (True, 0.3, 5, 2))
+    for args, env, want in (file_only, layered):
+        r = check_config(tmp_path, ["--config", str(cfg)] + args, env=env)
+        assert r.returncode == 0, r.stderr
+        conf = json.loads(r.stdout)
+        got = tuple(conf[k] for k in ("stream_resume", "hedge_after_seconds",
+                                      "retry_budget_percent", "retry_budget_min_per_second"))
+        assert got == want, conf
+        assert conf["models"]["own"]["hedge_after_seconds"] == 0.5, conf
+        assert conf["models"]["global"]["hedge_after_seconds"] is None, conf
+
+
 @pytest.mark.parametrize("args,env,key", [
     (["--bogus-flag"], {}, "--bogus-flag"),
     (["--workers", "zero"], {}, "workers"),
@@ -95,6 +116,10 @@ def test_flags_win_over_env_and_env_over_dotenv(tmp_path):
     ([], {"VLLM_NODES": "ftp://127.0.0.1:9"}, "VLLM_NODES"),
     ([], {"ROUTING_STRATEGY": "telepathy"}, "ROUTING_STRATEGY"),
     ([], {"MAX_BODY_BYTES": "lots"}, "MAX_BODY_BYTES"),
+    ([], {"STREAM_RESUME": "sometimes"}, "STREAM_RESUME"),
+    (["--hedge-after", "-1"], {}, "hedge-after"),
+    ([], {"RETRY_BUDGET_PERCENT": "1001"}, "RETRY_BUDGET_PERCENT"),
+    ([], {"RETRY_BUDGET_MIN_PER_SECOND": "-1"}, "RETRY_BUDGET_MIN_PER_SECOND"),
 ])
 def test_bad_setting_exits_nonzero_naming_the_key_before_listening(tmp_path, args, env, key):
     env = dict(env)

@@ -282,6 +282,12 @@ def test_promtool_check_metrics(gateway):
     for family in ("llmux_upstream_errors_total", "llmux_time_to_first_token_seconds_bucket",
                    "llmux_queue_wait_seconds_count", "llmux_tokens_per_second_bucket"):
         assert metric_sum(text, family) > 0, family
+    # The retry budget's, hedges' and resumes' series exist before any event.
+    for series in ("llmux_retries_refused_total ", 'llmux_hedges_total{outcome="started"} ',
+                   'llmux_hedges_total{outcome="won"} ', 'llmux_hedges_total{outcome="lost"} ',
+                   'llmux_stream_resumes_total{outcome="resumed"} ',
+                   'llmux_stream_resumes_total{outcome="failed"} '):
+        assert "\n" + series in text.decode(), series
     r = run([promtool, "check", "metrics"], stdin=text)
     assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
     assert not (r.stdout + r.stderr).strip(), r.stdout.decode() + r.stderr.decode()

@@ -137,6 +137,10 @@ static void test_defaults(void **state)
     assert_true(c.keepalive_timeout_s == 75);
     assert_true(c.shutdown_timeout_s == 30);
     assert_int_equal(c.max_retries, 2);
+    assert_true(c.stream_resume);
+    assert_true(c.hedge_after_s == 0);
+    assert_true(c.retry_budget_percent == 20);
+    assert_true(c.retry_budget_min_per_s == 1);
     assert_true(c.health_check_interval_s == 15);
     assert_int_equal(c.health_failure_threshold, 3);
     assert_int_equal(c.health_recovery_threshold, 1);
@@ -157,6 +161,7 @@ static void test_defaults(void **state)
     assert_string_equal(c.pools[0].strategy, "round_robin");
     assert_null(c.pools[0].upstream_model);
     assert_true(c.pools[0].metrics_update_interval_s == 0);
+    assert_false(c.pools[0].has_hedge_after);
     assert_int_equal(c.pools[0].n_servers, 1);
     s = &c.pools[0].servers[0];
     assert_string_equal(s->url, "http://a:8000");
@@ -214,8 +219,13 @@ static void test_defaults_roundtrip(void **state)
         case LX_CONF_K_SECS:
         case LX_CONF_K_SECS_OFF:
         case LX_CONF_K_FLOAT:
+        case LX_CONF_K_NUM:
             assert_true(*(const double *)(const void *)got == *(const double *)(const void *)want);
             snprintf(text, sizeof(text), "%g", *(const double *)(const void *)got);
+            break;
+        case LX_CONF_K_BOOL:
+            assert_true(*(const bool *)(const void *)got == *(const bool *)(const void *)want);
+            snprintf(text, sizeof(text), "%s", *(const bool *)(const void *)got ? "on" : "off");
             break;
         default:
             assert_non_null(*(char *const *)(const void *)got);
@@ -1014,6 +1024,14 @@ static void test_usage(void **state)
         "KEEPALIVE_TIMEOUT_SECONDS",
         "SHUTDOWN_TIMEOUT_SECONDS",
         "MAX_HEADER_BYTES",
+        "--stream-resume on|off",
+        "--hedge-after S",
+        "--retry-budget-percent X",
+        "--retry-budget-min-per-second X",
+        "env STREAM_RESUME, default: on",
+        "env HEDGE_AFTER_SECONDS, default: 0",
+        "env RETRY_BUDGET_PERCENT, default: 20",
+        "env RETRY_BUDGET_MIN_PER_SECOND, default: 1",
         "default: 8000",
         "default: round_robin",
     };
@@ -1161,9 +1179,142 @@ static void test_pool_from_json(void **state)
         lx_conf_pool_from_json(&p, "gpt", obj, "random", "body", errbuf, sizeof(errbuf)),
         LX_EINVAL);
     assert_string_equal(errbuf, "body.model_name: unknown key (expected servers, strategy, "
-                                "upstream_model, metrics_update_interval)");
+                                "upstream_model, metrics_update_interval, hedge_after_seconds)");
     assert_memory_equal(&p, &before, sizeof(p));
     json_decref(obj);
+}
+
+/* STREAM_RESUME, HEDGE_AFTER_SECONDS and the retry budget through every
+ * layer, their validation, and a pool's own hedge_after_seconds. */
+static void test_retry_settings(void **state)
+{
+    static const struct {
+        const char *var, *want;
+    } bad[] = {
+        {"STREAM_RESUME=maybe", "STREAM_RESUME: \"maybe\" is not a boolean (expected on or off"},
+        {"STREAM_RESUME=2", "STREAM_RESUME: \"2\" is not a boolean"},
+        {"HEDGE_AFTER_SECONDS=-0.5", "HEDGE_AFTER_SECONDS: expected seconds >= 0 (0 = off)"},
+        {"HEDGE_AFTER_SECONDS=soon", "HEDGE_AFTER_SECONDS: \"soon\" is not a number of seconds"},
+        {"HEDGE_AFTER_SECONDS=86401", "HEDGE_AFTER_SECONDS: 86401 is out of range"},
+        {"RETRY_BUDGET_PERCENT=-1", "RETRY_BUDGET_PERCENT: expected a number in 0..1000, got -1"},
+        {"RETRY_BUDGET_PERCENT=1000.5", "RETRY_BUDGET_PERCENT: expected a number in 0..1000"},
+        {"RETRY_BUDGET_PERCENT=20%", "RETRY_BUDGET_PERCENT: \"20%\" is not a number"},
+        {"RETRY_BUDGET_MIN_PER_SECOND=-2",
+         "RETRY_BUDGET_MIN_PER_SECOND: expected a number in 0..1000000, got -2"},
+        {"RETRY_BUDGET_MIN_PER_SECOND=x", "RETRY_BUDGET_MIN_PER_SECOND: \"x\" is not a number"},
+    };
+    const char *file = tmp_file(".json", "{\"stream_resume\": false, \"hedge_after_seconds\": 2,"
+                                         " \"retry_budget_percent\": 0,"
+                                         " \"retry_budget_min_per_second\": 0.5,"
+                                         " \"models\": {"
+                                         "\"own\": {\"servers\": [\"http://a:1\"],"
+                                         " \"hedge_after_seconds\": 0.25},"
+                                         "\"off\": {\"servers\": [\"http://b:1\"],"
+                                         " \"hedge_after_seconds\": 0},"
+                                         "\"global\": {\"servers\": [\"http://c:1\"],"
+                                         " \"hedge_after_seconds\": null}}}");
+    const char *env[] = {"STREAM_RESUME=On", "RETRY_BUDGET_PERCENT=12.5", NULL};
+    struct lx_conf c;
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        const char *e[] = {"VLLM_NODES=http://a:1", bad[i].var, NULL};
+
+        expect_error(NULL, e, NULL, bad[i].want);
+    }
+
+    expect_ok(&c, (const char *[]){"--config", file, NULL}, NULL, NULL);
+    assert_false(c.stream_resume);
+    assert_true(c.hedge_after_s == 2);
+    assert_true(c.retry_budget_percent == 0);
+    assert_true(c.retry_budget_min_per_s == 0.5);
+    assert_int_equal(c.n_pools, 3);
+    assert_true(c.pools[0].has_hedge_after && c.pools[0].hedge_after_s == 0.25);
+    assert_true(c.pools[1].has_hedge_after && c.pools[1].hedge_after_s == 0);
+    assert_false(c.pools[2].has_hedge_after);
+    lx_conf_free(&c);
+
+    /* The environment over the file, flags over both. */
+    expect_ok(&c, (const char *[]){"--config", file, NULL}, env, NULL);
+    assert_true(c.stream_resume);
+    assert_true(c.retry_budget_percent == 12.5);
+    lx_conf_free(&c);
+    expect_ok(&c,
+              (const char *[]){"--config", file, "--stream-resume", "off", "--hedge-after=0.3",
+                               "--retry-budget-percent", "1000",
+                               "--retry-budget-min-per-second=0", NULL},
+              env, NULL);
+    assert_false(c.stream_resume);
+    assert_true(c.hedge_after_s == 0.3);
+    assert_true(c.retry_budget_percent == 1000);
+    assert_true(c.retry_budget_min_per_s == 0);
+    lx_conf_free(&c);
+    for (size_t i = 0; i < 8; i++) {
+        static const char *const forms[] = {"1", "0", "YES", "no", "true", "False", "on", "OFF"};
+        const char *e[] = {"VLLM_NODES=http://a:1", NULL, NULL};
+        char var[32];
+
+        snprintf(var, sizeof(var), "STREAM_RESUME=%s", forms[i]);
+        e[1] = var;
+        expect_ok(&c, NULL, e, NULL);
+        assert_int_equal(c.stream_resume, i % 2 == 0);
+        lx_conf_free(&c);
+    }
+
+    /* JSON types and the pool key's range. */
+    expect_file_error("{\"stream_resume\": \"on\"}",
+                      ": stream_resume: expected true or false, got a string");
+    expect_file_error("{\"stream_resume\": 1}", ": stream_resume: expected true or false");
+    expect_file_error("{\"retry_budget_percent\": \"20\"}",
+                      ": retry_budget_percent: expected a number, got a string");
+    expect_file_error("{\"hedge_after_seconds\": null}",
+                      ": hedge_after_seconds: expected a number of seconds, got null");
+    expect_file_error("{\"models\": {\"m\": {\"servers\": [\"http://a\"], "
+                      "\"hedge_after_seconds\": -1}}}",
+                      ": models.m.hedge_after_seconds: -1 is out of range (0..86400 seconds");
+    expect_file_error("{\"models\": {\"m\": {\"servers\": [\"http://a\"], "
+                      "\"hedge_after_seconds\": \"1\"}}}",
+                      ": models.m.hedge_after_seconds: expected a number of seconds or null, "
+                      "got a string");
+    expect_error((const char *[]){"--nodes", "http://a", "--stream-resume", NULL}, NULL, NULL,
+                 "--stream-resume: missing value (--stream-resume on|off)");
+}
+
+/* The dump shows the new settings and a pool's own hedge delay, and loads back. */
+static void test_dump_retry_settings(void **state)
+{
+    const char *file = tmp_file(".json", "{\"stream_resume\": false, \"retry_budget_percent\": 5,"
+                                         " \"models\": {"
+                                         "\"a\": {\"servers\": [\"http://a:1\"],"
+                                         " \"hedge_after_seconds\": 1.5},"
+                                         "\"b\": {\"servers\": [\"http://b:1\"]}}}");
+    struct lx_conf c, d;
+    char *text, *text2;
+    json_t *root, *models;
+    json_error_t je;
+    const char *again;
+
+    expect_ok(&c, (const char *[]){"--config", file, NULL}, NULL, NULL);
+    text = lx_conf_dump(&c);
+    root = json_loads(text, 0, &je);
+    assert_non_null(root);
+    assert_true(json_is_false(json_object_get(root, "stream_resume")));
+    assert_true(json_real_value(json_object_get(root, "retry_budget_percent")) == 5);
+    assert_true(json_real_value(json_object_get(root, "retry_budget_min_per_second")) == 1);
+    assert_true(json_real_value(json_object_get(root, "hedge_after_seconds")) == 0);
+    models = json_object_get(root, "models");
+    assert_true(
+        json_real_value(json_object_get(json_object_get(models, "a"), "hedge_after_seconds")) ==
+        1.5);
+    assert_true(json_is_null(json_object_get(json_object_get(models, "b"), "hedge_after_seconds")));
+    json_decref(root);
+    again = tmp_file(".json", text);
+    expect_ok(&d, (const char *[]){"--config", again, NULL}, NULL, NULL);
+    text2 = lx_conf_dump(&d);
+    assert_string_equal(text, text2);
+    free(text);
+    free(text2);
+    lx_conf_free(&c);
+    lx_conf_free(&d);
 }
 
 int main(void)
@@ -1201,6 +1352,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_conf_free, setup, teardown),
         cmocka_unit_test_setup_teardown(test_strategy_canonical, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pool_from_json, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_retry_settings, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dump_retry_settings, setup, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

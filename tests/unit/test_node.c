@@ -3,7 +3,8 @@
  * config, carrying nodes over to a new snapshot only when unchanged,
  * refcounts, the EWMA of time to first byte, passive ejection with a
  * cooldown that doubles and resets, active health transitions, eligibility,
- * and the slow-start ramp of the effective weight.
+ * the slow-start ramp of the effective weight, and each pool's hedge delay
+ * and retry budget.
  *
  * Times: functions that read the clock themselves are checked against
  * lx_now_ms() taken just before and just after the call (a bracket, never
@@ -191,6 +192,53 @@ static void test_registry_build(void **state)
     assert_null(lx_registry_find(reg, "other", 5));
     assert_non_null(lx_registry_find(reg, "m", 1));
     drop(reg);
+}
+
+/* A pool's hedge delay is its own or the global one; its retry budget takes
+ * the global limits, and its window carries over to the next snapshot's pool
+ * of the same model only. */
+static void test_registry_hedge_and_budget(void **state)
+{
+    struct test_conf c;
+    struct lx_registry *reg, *next;
+    uint64_t now = 1000000, requests, extra, allowed;
+
+    conf_init(&c, true);
+    c.conf.hedge_after_s = 0.5;
+    c.conf.retry_budget_percent = 20;
+    c.conf.retry_budget_min_per_s = 1;
+    c.pools[1].has_hedge_after = true;
+    c.pools[1].hedge_after_s = 0; /* this pool: no hedging, whatever the global */
+    reg = build(&c, NULL);
+    assert_true(reg->pools[0].hedge_after_s == 0.5);
+    assert_true(reg->pools[1].hedge_after_s == 0);
+    assert_true(reg->pools[0].retry_budget.percent == 20);
+    assert_true(reg->pools[0].retry_budget.min_per_s == 1);
+    for (int i = 0; i < 50; i++)
+        lx_budget_note_request(&reg->pools[0].retry_budget, now);
+    assert_true(lx_budget_try_spend(&reg->pools[0].retry_budget, now));
+    lx_budget_usage(&reg->pools[0].retry_budget, now, &requests, &extra, &allowed);
+    assert_int_equal(requests, 50);
+    assert_int_equal(extra, 1);
+    assert_int_equal(allowed, 20);
+
+    /* Next snapshot: new limits, the same window; pool "*" was empty. */
+    c.conf.retry_budget_percent = 100;
+    c.pools[1].hedge_after_s = 3;
+    next = build(&c, reg);
+    lx_budget_usage(&next->pools[0].retry_budget, now, &requests, &extra, &allowed);
+    assert_int_equal(requests, 50);
+    assert_int_equal(extra, 1);
+    assert_int_equal(allowed, 60);
+    lx_budget_usage(&next->pools[1].retry_budget, now, &requests, &extra, &allowed);
+    assert_int_equal(requests, 0);
+    assert_true(next->pools[1].hedge_after_s == 3);
+    /* Carried, not shared: the old snapshot's window no longer moves it. */
+    lx_budget_note_request(&reg->pools[0].retry_budget, now);
+    lx_budget_usage(&next->pools[0].retry_budget, now, &requests, &extra, &allowed);
+    assert_int_equal(requests, 50);
+    drop(reg);
+    drop(next);
 }
 
 static void test_registry_ipv6_host_header(void **state)
@@ -711,6 +759,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_registry_build, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_registry_hedge_and_budget, setup, teardown),
         cmocka_unit_test_setup_teardown(test_registry_ipv6_host_header, setup, teardown),
         cmocka_unit_test_setup_teardown(test_registry_unknown_strategy, setup, teardown),
         cmocka_unit_test_setup_teardown(test_registry_build_then_attach, setup, teardown),
