@@ -123,6 +123,27 @@ int lx_router_weighted(const struct lx_cand *c, size_t n, uint64_t rand)
     return n ? c[n - 1].idx : -1;
 }
 
+void lx_router_two(struct lx_cand *c, size_t n, uint64_t rand, size_t *a, size_t *b)
+{
+    uint64_t r2 = rand * 0x9E3779B97F4A7C15ULL + 0x632BE59BD9B4E019ULL;
+    int first = lx_router_weighted(c, n, rand), second;
+    struct lx_cand t;
+
+    for (size_t i = 0; i < n; i++) {
+        if (c[i].idx == first) {
+            t = c[i];
+            c[i] = c[n - 1];
+            c[n - 1] = t;
+            break;
+        }
+    }
+    /* The second is drawn among the others. */
+    second = lx_router_weighted(c, n - 1, r2);
+    *a = n - 1;
+    for (*b = 0; *b < n - 2 && c[*b].idx != second; (*b)++)
+        ;
+}
+
 double lx_router_load(const struct lx_pool *pool, const struct lx_cand *c)
 {
     int inflight = atomic_load_explicit(&pool->nodes[c->idx]->in_flight, memory_order_relaxed);

@@ -855,24 +855,38 @@ static void test_rtm_fresh_scrape_shifts_share(void **state)
     drop_reg(reg);
 }
 
+/* The better of two drawn nodes wins: over three equal nodes, the best wins
+ * 2/3 of the picks, the middle one 1/3, the worst none. */
 static void test_rtm_fresh_scrape_kv_and_inflight(void **state)
 {
-    struct lx_registry *reg = make_reg("real_time_metrics", 2, NULL);
+    struct lx_registry *reg = make_reg("real_time_metrics", 3, NULL);
     struct lx_pool *pool = &reg->pools[0];
     struct lx_pick ctx = pick_ctx();
-    int counts[2];
+    int counts[3];
 
-    /* kv 0.5 against 0: 1 to 2. */
     set_scrape(pool->nodes[0], 500, 0, ctx.now_ms);
-    set_scrape(pool->nodes[1], 0, 0, ctx.now_ms);
+    set_scrape(pool->nodes[1], 200, 0, ctx.now_ms);
+    set_scrape(pool->nodes[2], 0, 0, ctx.now_ms);
     pick_many(pool, &ctx, 6000, counts);
-    assert_near(counts[0], 2000, 200);
-    /* Same scrape, the gateway's own in-flight moves the share between
-     * scrapes: 4 in flight halves the weight. */
+    assert_int_equal(counts[0], 0);
+    assert_near(counts[1], 2000, 200);
+    assert_near(counts[2], 4000, 200);
+    /* Waiting requests weigh as much. */
     set_scrape(pool->nodes[0], 0, 0, ctx.now_ms);
+    set_scrape(pool->nodes[2], 0, 2, ctx.now_ms);
+    pick_many(pool, &ctx, 6000, counts);
+    assert_near(counts[0], 4000, 200);
+    assert_near(counts[1], 2000, 200);
+    assert_int_equal(counts[2], 0);
+    /* Same scrape, equal: the gateway's own in-flight count moves the
+     * choice between scrapes. */
+    set_scrape(pool->nodes[2], 0, 0, ctx.now_ms);
+    set_scrape(pool->nodes[1], 0, 0, ctx.now_ms);
     atomic_store(&pool->nodes[0]->in_flight, 4);
     pick_many(pool, &ctx, 6000, counts);
-    assert_near(counts[0], 2000, 200);
+    assert_int_equal(counts[0], 0);
+    assert_near(counts[1], 3000, 250);
+    assert_near(counts[2], 3000, 250);
     drop_reg(reg);
 }
 
@@ -899,19 +913,24 @@ static void test_rtm_stale_scrape_falls_back(void **state)
 
 static void test_rtm_no_scrape_uses_in_flight(void **state)
 {
-    struct lx_registry *reg = make_reg("real_time_metrics", 2, NULL);
+    struct lx_registry *reg = make_reg("real_time_metrics", 3, NULL);
     struct lx_pool *pool = &reg->pools[0];
     struct lx_pick ctx = pick_ctx();
-    int counts[2];
+    int counts[3];
 
-    /* Never scraped (scraped_at 0): 1 / (1 + 3) against 1. */
+    /* Never scraped (scraped_at 0): the in-flight counts alone. */
     atomic_store(&pool->nodes[0]->in_flight, 3);
-    pick_many(pool, &ctx, 5000, counts);
-    assert_near(counts[0], 1000, 150);
+    atomic_store(&pool->nodes[1]->in_flight, 1);
+    pick_many(pool, &ctx, 6000, counts);
+    assert_int_equal(counts[0], 0);
+    assert_near(counts[1], 2000, 200);
+    assert_near(counts[2], 4000, 200);
     /* Idle: even. */
     atomic_store(&pool->nodes[0]->in_flight, 0);
-    pick_many(pool, &ctx, 4000, counts);
-    assert_near(counts[0], 2000, 200);
+    atomic_store(&pool->nodes[1]->in_flight, 0);
+    pick_many(pool, &ctx, 6000, counts);
+    for (int i = 0; i < 3; i++)
+        assert_near(counts[i], 2000, 200);
     drop_reg(reg);
 }
 
