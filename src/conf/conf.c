@@ -113,7 +113,7 @@ const struct lx_conf_setting lx_conf_settings[] = {
      LX_CONF_K_SECS_OFF, F(eject_cooldown_s), 0, SECS_MAX, "5", NULL,
      "first ejection after HEALTH_FAILURE_THRESHOLD failed requests; doubles, max 60 s; 0 = off"},
     {"CACHE_AWARE_LOAD_FACTOR", "cache_aware_load_factor", NULL, "cache-aware-load-factor", 0, "X",
-     LX_CONF_K_FLOAT, F(cache_aware_load_factor), 0, 1000, "1.5", NULL,
+     LX_CONF_K_FLOAT, F(cache_aware_load_factor), 0, 1000, "2", NULL,
      "cache_aware: leave the prefix's node above X times the pool's average load"},
     {"CACHE_AWARE_LOAD_WEIGHT", "cache_aware_load_weight", NULL, "cache-aware-load-weight", 0,
      "X", LX_CONF_K_FLOAT, F(cache_aware_load_weight), 0, 1000000, "4", NULL,

@@ -83,7 +83,7 @@ struct lx_conf {
     double eject_cooldown_s;            /* EJECT_COOLDOWN_SECONDS, passive ejection base, default 5, 0 = off */
 
     /* cache_aware strategy */
-    double cache_aware_load_factor;     /* CACHE_AWARE_LOAD_FACTOR, default 1.5 */
+    double cache_aware_load_factor;     /* CACHE_AWARE_LOAD_FACTOR, default 2 */
     double cache_aware_load_weight;     /* CACHE_AWARE_LOAD_WEIGHT, default 4 */
     int cache_aware_prefix_bytes;       /* CACHE_AWARE_PREFIX_BYTES, default 2 MiB */
     int cache_aware_node_tokens;        /* CACHE_AWARE_NODE_TOKENS, default 262144 */

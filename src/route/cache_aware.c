@@ -20,7 +20,9 @@
  * session counts as holding the whole prompt and SESSION_BLOCKS more: a
  * session stays on its node, even with short prompts, until the node is
  * loaded by SESSION_BLOCKS / LOAD_WEIGHT more requests than another, or
- * crosses the load bound.
+ * crosses the load bound. Without a hint, a node that alone holds more of
+ * the prompt than any other counts as the session's node: it has the
+ * conversation's earlier turns.
  *
  * Bounded load: a node whose in-flight requests per unit of weight exceed
  * CACHE_AWARE_LOAD_FACTOR x the pool's average (+1) is chosen only when
@@ -41,7 +43,7 @@
 #define SESSION_BLOCKS 64         /* what a session's node is worth beyond its prompt */
 #define POPULAR_SHARE 0.25 /* what a node pays for a prefix two others hold */
 
-static double load_factor = 1.5;
+static double load_factor = 2;
 static double load_weight = 4;
 static size_t max_blocks = LX_PREFIX_MAX_BLOCKS;
 
@@ -110,6 +112,15 @@ static int ca_pick(struct lx_pool *pool, void *state, const struct lx_pick *ctx)
         } else if (held[i] > second) {
             second = held[i];
         }
+    }
+    /* No hint, but one node alone holds more of the prompt than any
+     * other: the conversation's earlier turns went there, and it is the
+     * conversation's node as if a session had said so. */
+    if (!in_session && first > second) {
+        for (size_t i = 0; i < n; i++)
+            if (held[i] == first)
+                held[i] = nb + SESSION_BLOCKS;
+        in_session = true;
     }
     full = nb + (in_session ? SESSION_BLOCKS : 0);
     for (size_t i = 0; i < n; i++) {

@@ -1108,15 +1108,17 @@ static void test_ca_load_gives_up_hit(void **state)
     struct lx_node *h = pool->nodes[home];
 
     assert_int_equal(pick_text(pool, tag, 2554, NULL, NULL), home);
-    /* One request in flight weighing 12 blocks: 12 < 20. The load bound is
-     * not reached (1 <= 1.5 x 1/3 + 1). */
+    /* The node alone holds the prompt's 20 blocks: it counts as the
+     * conversation's node, worth the prompt and 64 blocks more. One request
+     * in flight weighing 80 blocks: 80 < 84. The load bound is not reached
+     * (1 <= 1.5 x 1/3 + 1). */
     atomic_store(&h->in_flight, 1);
-    lx_route_set_cache_policy(1.5, 12, 1 << 21);
+    lx_route_set_cache_policy(1.5, 80, 1 << 21);
     assert_int_equal(pick_text(pool, tag, 2554, NULL, NULL), home);
-    /* Weighing 25 blocks: 25 > 20, unless load weighs nothing. */
+    /* Weighing 90 blocks: 90 > 84, unless load weighs nothing. */
     lx_route_set_cache_policy(1.5, 0, 1 << 21);
     assert_int_equal(pick_text(pool, tag, 2554, NULL, NULL), home);
-    lx_route_set_cache_policy(1.5, 25, 1 << 21);
+    lx_route_set_cache_policy(1.5, 90, 1 << 21);
     other = pick_text(pool, tag, 2554, NULL, NULL);
     assert_int_not_equal(other, home);
     /* Both hold it now: the busier one loses, then the tie-break decides. */
