@@ -90,8 +90,11 @@ static bool on_event(struct lx_sse *s, const char *p, size_t len)
         while (q < end && (*q == ' ' || *q == ':'))
             q++;
         usage_only = q + 1 < end && q[0] == '[' && q[1] == ']';
-        if (!usage_only)
+        if (!usage_only) {
             s->data_events++;
+            if (s->on_choices)
+                s->on_choices(s->choices_ctx, p, len);
+        }
     }
     if ((usage_only || !ch) && find(p, len, "\"usage\"") && !find(p, len, "\"usage\":null"))
         lx_usage_scan(p, len, &s->usage);
@@ -143,6 +146,9 @@ void lx_sse_feed(struct lx_sse *s, const char *p, size_t len, lx_sse_out_cb out,
             /* Dropped: hand over the kept events before it. */
             if (start > run)
                 out(ctx, p + run, start - run);
+            run = i + 1;
+        } else if (s->per_event) {
+            out(ctx, p + start, i + 1 - start);
             run = i + 1;
         }
         start = i + 1;

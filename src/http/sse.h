@@ -32,6 +32,11 @@ struct lx_usage {
 
 struct lx_sse {
     bool drop_usage;            /* leave usage-only events out of the output */
+    bool per_event;             /* hand each kept event to the output on its own */
+    /* Called with each complete event that carries choices, before it is
+     * relayed; NULL = none. */
+    void (*on_choices)(void *ctx, const char *ev, size_t len);
+    void *choices_ctx;
     int nl;                     /* newlines in a row at the end of input so far (\r ignored) */
     struct lx_buf partial;      /* the current event's bytes when split (or in filter mode) */
     bool partial_overflow;      /* current event longer than LX_SSE_EVENT_MAX */

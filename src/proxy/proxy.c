@@ -58,6 +58,7 @@
 #include "../obs/access_log.h"
 #include "../obs/metrics.h"
 #include "../route/router.h"
+#include "resume.h"
 
 #define RELAY_HIGH_WATER (256 * 1024)
 #define USAGE_TAIL 4096 /* bytes of a non-streamed body kept to find "usage" at its end */
@@ -122,6 +123,10 @@ struct lx_proxy {
     struct lx_pick pick;
     struct lx_body_scan scan;
     struct lx_buf body;             /* rewritten body (upstream_model), else empty */
+    struct lx_resume *resume;       /* a stream that may be resumed, else NULL */
+    struct lx_buf cont;             /* the continuation's body, once resuming */
+    struct lx_buf evbuf;            /* a continuation's event, rewritten */
+    bool budget_refused;            /* a retry was refused by the retry budget */
     const char *path;               /* upstream path, borrowed from client req */
     int attempts;                   /* attempts started */
     int last_fail;                  /* enum lx_fail of the last failed attempt, -1 = none */
@@ -147,6 +152,8 @@ struct lx_proxy {
 };
 
 static void px_enter(struct lx_proxy *p, enum px_state next);
+static bool is_continuing(const struct lx_proxy *p);
+static void relay_out(void *ctx, const char *data, size_t len);
 static void relay_break(struct lx_proxy *p, bool node_broke, const char *code, const char *msg);
 static const struct lx_upstream_cbs up_cbs;
 
@@ -280,8 +287,9 @@ static void build_request(struct lx_proxy *p, struct px_exchange *x)
     const struct lx_http_header *conn = lx_http_req_header(req, "connection");
     const struct lx_http_header *xff = lx_http_req_header(req, "x-forwarded-for");
     struct lx_buf *b = &x->head;
-    const char *body = p->body.len ? p->body.data : req->body.data;
-    size_t body_len = p->body.len ? p->body.len : req->body.len;
+    const struct lx_buf *sent = p->cont.len ? &p->cont : p->body.len ? &p->body : &req->body;
+    const char *body = sent->data;
+    size_t body_len = sent->len;
 
     lx_buf_reset(b);
     /* Appends, no printf: this runs for every request. */
@@ -448,6 +456,11 @@ static void proxy_reply(struct lx_proxy *p, int status, const char *type, const 
     }
     if (reject >= 0)
         lx_metrics_reject(p->env->metrics, (enum lx_reject)reject);
+    if (p->client && is_continuing(p)) {
+        /* The client has the stream's first part: it ends as a broken one. */
+        relay_break(p, false, code, msg);
+        return;
+    }
     p->error = code;
     if (p->client) {
         p->status = status;
@@ -499,13 +512,22 @@ static bool pool_is_full(struct lx_proxy *p)
     return false;
 }
 
-/* A retry is allowed and some other node could take it (or will have
- * capacity for it soon). */
+/* A retry is allowed, some other node could take it (or will have
+ * capacity for it soon), and the pool's retry budget has room for it (a
+ * refusal is counted). */
 static bool can_retry(struct lx_proxy *p)
 {
     if (p->attempts > p->env->conf->max_retries)
         return false;
-    return lx_router_is_any_candidate(p->pool, &p->pick) || pool_is_full(p);
+    if (!lx_router_is_any_candidate(p->pool, &p->pick) && !pool_is_full(p))
+        return false;
+    if (!lx_budget_try_spend(&p->pool->retry_budget, lx_now_ms())) {
+        lx_info("[%s] retry refused by the retry budget", p->request_id);
+        lx_metrics_retry_refused(p->env->metrics);
+        p->budget_refused = true;
+        return false;
+    }
+    return true;
 }
 
 /*
@@ -643,6 +665,12 @@ static void proxy_done(struct lx_proxy *p)
     lx_registry_unref(p->reg);
     lx_buf_deinit(&p->ex.head);
     lx_buf_deinit(&p->body);
+    lx_buf_deinit(&p->cont);
+    lx_buf_deinit(&p->evbuf);
+    if (p->resume) {
+        lx_resume_deinit(p->resume);
+        free(p->resume);
+    }
     lx_buf_deinit(&p->tail);
     lx_sse_deinit(&p->sse);
     if (p->timer_open)
@@ -805,6 +833,114 @@ static void attempt_failed(struct lx_proxy *p, enum lx_fail kind)
         proxy_give_up(p);
 }
 
+/* ---- stream resume (resume.h) ------------------------------------------- */
+
+static bool is_continuing(const struct lx_proxy *p)
+{
+    return p->resume && p->resume->continuations > 0;
+}
+
+static void resume_note(void *ctx, const char *ev, size_t len)
+{
+    lx_resume_note(ctx, ev, len);
+}
+
+static bool is_event_stream(const struct lx_http_header *hdrs, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (header_is(&hdrs[i], "content-type", 12) && hdrs[i].value_len >= 17 &&
+            strncasecmp(hdrs[i].value, "text/event-stream", 17) == 0)
+            return true;
+    return false;
+}
+
+/* The head of a continuation: the client has one already, so a stream
+ * goes on in the one it has; anything else ends it as broken. */
+static void continuation_head(struct lx_proxy *p, struct px_exchange *x, int status,
+                              const struct lx_http_header *hdrs, size_t n_hdrs)
+{
+    if (status != 200 || !is_event_stream(hdrs, n_hdrs)) {
+        lx_warn("[%s] node %s answered the continuation %d%s", p->request_id, x->node->name,
+                status, status == 200 ? " without an event stream" : "");
+        lx_metrics_resume(p->env->metrics, false);
+        relay_break(p, false, lx_fail_kinds[LX_FAIL_STREAM_BROKEN].code,
+                    lx_fail_kinds[LX_FAIL_STREAM_BROKEN].message);
+        return;
+    }
+    /* A fresh stream from the node: whatever the broken one left half
+     * way is gone, and usage is the continuation's. */
+    lx_buf_reset(&p->sse.partial);
+    p->sse.partial_overflow = false;
+    p->sse.nl = 0;
+    p->sse.per_event = true;
+    p->sse.usage.prompt_tokens = p->sse.usage.completion_tokens = -1;
+    px_enter(p, PX_RELAY);
+}
+
+/* A continuation's events, rewritten to follow the first part. */
+static void relay_cont(void *ctx, const char *data, size_t len)
+{
+    struct lx_proxy *p = ctx;
+
+    lx_buf_reset(&p->evbuf);
+    if (lx_resume_event(p->resume, data, len, &p->evbuf))
+        relay_out(p, p->evbuf.data, p->evbuf.len);
+}
+
+/* The stream's text is whole (its finish_reason was relayed, or its token
+ * limit reached): it ends without a node. */
+static void resume_whole(struct lx_proxy *p)
+{
+    struct lx_http_req *req = p->client;
+
+    px_enter(p, PX_DONE);
+    if (!p->sse.done)
+        lx_http_resp_write(req, "data: [DONE]\n\n", 14);
+    lx_http_resp_end(req);
+}
+
+/*
+ * The node of a stream failed after the response started: another node
+ * continues it (STREAM_RESUME) if the stream can be continued exactly, a
+ * retry is left and the retry budget allows. True if the request went on
+ * (to BACKOFF, for another node, or DONE, whole).
+ */
+static bool try_resume(struct lx_proxy *p, struct px_exchange *x)
+{
+    const struct lx_buf *sent = p->body.len ? &p->body : &p->client->body;
+    const char *why = NULL;
+    enum lx_resume_plan plan;
+
+    if (!p->resume || !p->is_sse || p->status != 200)
+        return false;
+    if (p->sse.done) {
+        exchange_count_error(p, x, LX_FAIL_STREAM_BROKEN);
+        resume_whole(p); /* [DONE] was relayed: the end was all that was left */
+        return true;
+    }
+    plan = lx_resume_plan(p->resume, sent->data, sent->len, &p->cont, &why);
+    if (plan == LX_RESUME_NO) {
+        lx_info("[%s] the stream cannot be resumed: %s", p->request_id, why);
+        return false;
+    }
+    if (plan == LX_RESUME_GO && !can_retry(p)) {
+        lx_buf_reset(&p->cont);
+        return false;
+    }
+    exchange_count_error(p, x, LX_FAIL_STREAM_BROKEN);
+    if (plan == LX_RESUME_WHOLE) {
+        lx_metrics_resume(p->env->metrics, true);
+        resume_whole(p);
+        return true;
+    }
+    lx_info("[%s] node %s broke the stream after %lld tokens; resuming it on another node",
+            p->request_id, x->node->name, (long long)p->resume->tokens);
+    lx_resume_start(p->resume);
+    p->last_fail = LX_FAIL_STREAM_BROKEN;
+    px_enter(p, PX_BACKOFF);
+    return true;
+}
+
 static void up_on_head(void *ctx, int status, const struct lx_http_header *hdrs, size_t n_hdrs,
                        int64_t content_length)
 {
@@ -830,6 +966,10 @@ static void up_on_head(void *ctx, int status, const struct lx_http_header *hdrs,
         px_enter(p, PX_BACKOFF);
         return;
     }
+    if (is_continuing(p)) {
+        continuation_head(p, x, status, hdrs, n_hdrs);
+        return;
+    }
     p->status = status;
     p->is_sse = false;
     for (size_t i = 0; i < n_hdrs && n < ARRAY_SIZE(out) - 2; i++) {
@@ -843,6 +983,10 @@ static void up_on_head(void *ctx, int status, const struct lx_http_header *hdrs,
     out[n++] = (struct lx_http_header){"X-Routed-Node", 13, x->node->name, strlen(x->node->name)};
     out[n++] = (struct lx_http_header){"X-Request-Id", 12, p->request_id, strlen(p->request_id)};
     p->sse.drop_usage = p->is_sse && p->usage_injected;
+    if (p->is_sse && p->resume && status == 200) {
+        p->sse.on_choices = resume_note;
+        p->sse.choices_ctx = p->resume;
+    }
     /* The relay may change an event stream's length (usage filtered, an
      * error event on a break): never promise the node's length for it. */
     if (p->is_sse)
@@ -896,7 +1040,7 @@ static void up_on_body(void *ctx, const char *data, size_t len)
     lx_http_resp_cork(p->client);
     if (p->is_sse) {
         /* Whole events only, counted as they pass (see sse.h). */
-        lx_sse_feed(&p->sse, data, len, relay_out, p);
+        lx_sse_feed(&p->sse, data, len, is_continuing(p) ? relay_cont : relay_out, p);
     } else {
         tail_keep(&p->tail, data, len);
         relay_out(p, data, len);
@@ -912,8 +1056,12 @@ static void up_on_done(void *ctx)
     struct lx_http_req *req = p->client;
 
     if (p->is_sse) {
-        lx_sse_flush(&p->sse, relay_out, p);
+        lx_sse_flush(&p->sse, is_continuing(p) ? relay_cont : relay_out, p);
         p->usage = p->sse.usage;
+        if (is_continuing(p)) {
+            lx_resume_usage(p->resume, &p->usage);
+            lx_metrics_resume(p->env->metrics, true);
+        }
     } else if (p->tail.len) {
         lx_usage_scan(p->tail.data, p->tail.len, &p->usage);
     }
@@ -1000,6 +1148,10 @@ static void up_on_error(void *ctx, enum lx_upstream_err kind, bool got_head)
     if (p->state == PX_RELAY && lx_http_resp_retract(p->client))
         relay_retract(p);
     if (p->state == PX_RELAY) {
+        if (try_resume(p, x))
+            return;
+        if (is_continuing(p))
+            lx_metrics_resume(p->env->metrics, false);
         relay_break(p, true, lx_fail_kinds[LX_FAIL_STREAM_BROKEN].code,
                     lx_fail_kinds[LX_FAIL_STREAM_BROKEN].message);
         return;
@@ -1083,6 +1235,8 @@ void lx_proxy_start(struct lx_proxy_env *env, struct lx_http_req *req, struct lx
     lx_buf_init(&p->tail, 0);
     lx_buf_init(&p->ex.head, 0);
     lx_buf_init(&p->body, 0);
+    lx_buf_init(&p->cont, 0);
+    lx_buf_init(&p->evbuf, 0);
     /* Formatted once: X-Forwarded-For of every attempt, and the access log. */
     lx_http_req_peer_str(req, p->client_addr, sizeof(p->client_addr));
     if (lx_access_log_enabled())
@@ -1106,6 +1260,13 @@ void lx_proxy_start(struct lx_proxy_env *env, struct lx_http_req *req, struct lx
         p->pick.affinity_len = session->value_len;
     }
     snprintf(p->request_id, sizeof(p->request_id), "%s", request_id);
+    /* A stream that another node could continue keeps what it relays. */
+    if (p->stream && env->conf->stream_resume && env->conf->max_retries > 0 &&
+        (scan->messages.p || scan->prompt.p)) {
+        p->resume = lx_malloc(sizeof(*p->resume));
+        lx_resume_init(p->resume, scan->messages.p != NULL);
+    }
+    lx_budget_note_request(&pool->retry_budget, lx_now_ms());
     if ((pool->upstream_model && scan && scan->model_value.p) ||
         (p->stream && !scan->stream_options.p))
         rewrite_body(p);

@@ -270,6 +270,8 @@ static struct harness *harness_start(const struct opts *o)
                                .strategy = "round_robin",
                                .metrics_update_interval_s = 10,
                                .max_retries = 2,
+                               .retry_budget_percent = 20,
+                               .retry_budget_min_per_s = 1,
                                .connect_timeout_s = 10,
                                .node_timeout_s = 30,
                                .stream_idle_timeout_s = 30,

@@ -1,0 +1,383 @@
+/*
+ * resume.c - stream resume; see resume.h.
+ */
+#include "resume.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../core/lx.h"
+#include "../http/body_scan.h"
+
+#define FIRST_MAX 16384 /* a first event longer than this is not kept: no resume */
+
+void lx_resume_init(struct lx_resume *r, bool chat)
+{
+    memset(r, 0, sizeof(*r));
+    r->chat = chat;
+    lx_buf_init(&r->text, LX_RESUME_TEXT_MAX);
+    lx_buf_init(&r->first, FIRST_MAX);
+}
+
+void lx_resume_deinit(struct lx_resume *r)
+{
+    lx_buf_deinit(&r->text);
+    lx_buf_deinit(&r->first);
+}
+
+static const char *find(const char *p, const char *end, const char *needle)
+{
+    return p < end ? memmem(p, (size_t)(end - p), needle, strlen(needle)) : NULL;
+}
+
+/* The value after "key" (found at or after <p>): its first byte, or NULL. */
+static const char *value_after(const char *p, const char *end, const char *key)
+{
+    const char *q = find(p, end, key);
+
+    if (!q)
+        return NULL;
+    q += strlen(key);
+    while (q < end && (*q == ' ' || *q == ':' || *q == '\t'))
+        q++;
+    return q < end ? q : NULL;
+}
+
+/* The raw contents of the JSON string value of "key", escapes kept; false
+ * when the key is absent or its value is not a string. */
+static bool string_after(const char *p, const char *end, const char *key, struct lx_slice *out)
+{
+    const char *q = value_after(p, end, key), *s;
+
+    if (!q || *q != '"')
+        return false;
+    for (s = ++q; q < end; q++) {
+        if (*q == '\\') {
+            q++;
+        } else if (*q == '"') {
+            *out = (struct lx_slice){s, (size_t)(q - s)};
+            return true;
+        }
+    }
+    return false;
+}
+
+void lx_resume_note(struct lx_resume *r, const char *ev, size_t len)
+{
+    const char *end = ev + len, *ch = find(ev, end, "\"choices\""), *d, *v;
+    struct lx_slice s;
+
+    if (!ch || r->inexact)
+        return;
+    if (!r->first.len && lx_buf_append(&r->first, ev, len) < 0)
+        r->inexact = true;
+    if (r->chat) {
+        d = find(ch, end, "\"delta\"");
+        if (!d)
+            return;
+        /* Tool calls and reasoning stream as deltas of their own that a
+         * continuation request cannot carry. */
+        v = value_after(d, end, "\"tool_calls\"");
+        if (v && *v == '[' && (v + 1 < end && v[1] != ']'))
+            r->inexact = true;
+        if (string_after(d, end, "\"reasoning_content\"", &s) ||
+            string_after(d, end, "\"reasoning\"", &s))
+            r->inexact = true;
+        if (!string_after(d, end, "\"content\"", &s))
+            s.len = 0;
+    } else if (!string_after(ch, end, "\"text\"", &s)) {
+        s.len = 0;
+    }
+    if (s.len) {
+        if (lx_buf_append(&r->text, s.p, s.len) < 0)
+            r->inexact = true;
+        r->tokens++;
+    }
+    if (string_after(ch, end, "\"finish_reason\"", &s))
+        r->finished = true;
+}
+
+/* The JSON text of an event's data line: [*p, *end) without "data:" and
+ * the blank line; false when the event is not one data line. */
+static bool event_data(const char *ev, size_t len, const char **p, const char **end)
+{
+    const char *e = ev + len;
+
+    while (e > ev && (e[-1] == '\n' || e[-1] == '\r'))
+        e--;
+    if (len < 5 || memcmp(ev, "data:", 5) != 0)
+        return false;
+    ev += 5;
+    if (ev < e && *ev == ' ')
+        ev++;
+    if (memchr(ev, '\n', (size_t)(e - ev)) || memchr(ev, '\r', (size_t)(e - ev)))
+        return false;
+    *p = ev;
+    *end = e;
+    return true;
+}
+
+static json_t *event_json(const char *ev, size_t len)
+{
+    const char *p, *end;
+    json_t *o;
+
+    if (!event_data(ev, len, &p, &end) || p == end || *p != '{')
+        return NULL;
+    o = json_loadb(p, (size_t)(end - p), JSON_ALLOW_NUL, NULL);
+    if (o && !json_is_object(o)) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+/* A field that a continuation cannot reproduce exactly when set. */
+static bool is_set(json_t *body, const char *key)
+{
+    json_t *v = json_object_get(body, key);
+
+    return v && !json_is_null(v) && !json_is_false(v) &&
+           !(json_is_integer(v) && json_integer_value(v) == 0);
+}
+
+static bool is_more_than_one(json_t *body, const char *key)
+{
+    json_t *v = json_object_get(body, key);
+
+    return v && !json_is_null(v) && !(json_is_integer(v) && json_integer_value(v) == 1);
+}
+
+/* The request's reasons not to be resumed; NULL when it can be. */
+static const char *refusal(json_t *body, bool chat)
+{
+    if (is_more_than_one(body, "n") || is_more_than_one(body, "best_of"))
+        return "more than one choice";
+    if (is_set(body, "logprobs") || is_set(body, "top_logprobs") ||
+        is_set(body, "prompt_logprobs"))
+        return "logprobs";
+    if (is_set(body, "echo"))
+        return "echo";
+    if (is_set(body, "use_beam_search"))
+        return "beam search";
+    if (chat && is_set(body, "continue_final_message"))
+        return "the request continues its own final message";
+    return NULL;
+}
+
+/* Lowers the integer limit <key> by <used>; false when nothing is left. */
+static bool reduce(json_t *body, const char *key, int64_t used, bool floor_zero)
+{
+    json_t *v = json_object_get(body, key);
+    json_int_t left;
+
+    if (!json_is_integer(v))
+        return true;
+    left = json_integer_value(v) - used;
+    if (floor_zero && left < 0)
+        left = 0;
+    if (!floor_zero && left < 1)
+        return false;
+    json_object_set_new(body, key, json_integer(left));
+    return true;
+}
+
+/* The relayed text, decoded. */
+static json_t *relayed_text(const struct lx_resume *r)
+{
+    struct lx_buf q;
+    json_t *s;
+
+    lx_buf_init(&q, 0);
+    lx_buf_append(&q, "\"", 1);
+    lx_buf_append(&q, r->text.data, r->text.len);
+    lx_buf_append(&q, "\"", 1);
+    s = json_loadb(q.data, q.len, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+    lx_buf_deinit(&q);
+    if (s && !json_is_string(s)) {
+        json_decref(s);
+        return NULL;
+    }
+    return s;
+}
+
+/* Appends the partial answer to the request: chat as a final assistant
+ * message to continue, completions to the prompt. */
+static const char *append_partial(json_t *body, const struct lx_resume *r)
+{
+    json_t *text = relayed_text(r), *v;
+    const char *why = NULL;
+
+    if (!text)
+        return "the relayed text is not valid JSON";
+    if (r->chat) {
+        v = json_object_get(body, "messages");
+        if (!json_is_array(v)) {
+            why = "messages is not an array";
+        } else {
+            json_array_append_new(v, json_pack("{s:s,s:O}", "role", "assistant", "content", text));
+            json_object_set_new(body, "add_generation_prompt", json_false());
+            json_object_set_new(body, "continue_final_message", json_true());
+        }
+    } else {
+        v = json_object_get(body, "prompt");
+        if (!json_is_string(v)) {
+            why = "the prompt is not a string";
+        } else {
+            struct lx_buf s;
+
+            lx_buf_init(&s, 0);
+            lx_buf_append(&s, json_string_value(v), json_string_length(v));
+            lx_buf_append(&s, json_string_value(text), json_string_length(text));
+            json_object_set_new(body, "prompt", json_stringn(s.data, s.len));
+            lx_buf_deinit(&s);
+        }
+    }
+    json_decref(text);
+    return why;
+}
+
+enum lx_resume_plan lx_resume_plan(const struct lx_resume *r, const char *body, size_t len,
+                                   struct lx_buf *out, const char **why)
+{
+    json_t *b;
+    char *s;
+
+    *why = NULL;
+    if (r->inexact) {
+        *why = "tool-call or reasoning deltas, or an event or text too long";
+        return LX_RESUME_NO;
+    }
+    if (r->finished)
+        return LX_RESUME_WHOLE;
+    b = json_loadb(body, len, JSON_ALLOW_NUL, NULL);
+    if (!json_is_object(b)) {
+        json_decref(b);
+        *why = "the body is not a JSON object";
+        return LX_RESUME_NO;
+    }
+    *why = refusal(b, r->chat);
+    if (!*why && (!reduce(b, "max_tokens", r->tokens, false) ||
+                  !reduce(b, "max_completion_tokens", r->tokens, false))) {
+        json_decref(b);
+        return LX_RESUME_WHOLE;
+    }
+    if (!*why) {
+        reduce(b, "min_tokens", r->tokens, true);
+        if (r->text.len)
+            *why = append_partial(b, r);
+    }
+    if (*why) {
+        json_decref(b);
+        return LX_RESUME_NO;
+    }
+    s = json_dumps(b, JSON_COMPACT);
+    json_decref(b);
+    if (!s) {
+        *why = "out of memory";
+        return LX_RESUME_NO;
+    }
+    lx_buf_reset(out);
+    lx_buf_append_str(out, s);
+    free(s);
+    return LX_RESUME_GO;
+}
+
+void lx_resume_start(struct lx_resume *r)
+{
+    r->base = r->tokens;
+    r->continuations++;
+}
+
+/* Whether a chat delta says nothing once its role is removed. */
+static bool delta_is_empty(json_t *delta)
+{
+    const char *key;
+    json_t *v;
+
+    json_object_del(delta, "role");
+    json_object_foreach(delta, key, v)
+    {
+        if (json_is_null(v) || (json_is_string(v) && json_string_length(v) == 0) ||
+            (json_is_array(v) && json_array_size(v) == 0))
+            continue;
+        return false;
+    }
+    return true;
+}
+
+/* Takes the role out of every choice's delta; true if no choice says
+ * anything then (the continuation's role chunk). */
+static bool strip_role(json_t *ev)
+{
+    json_t *choices = json_object_get(ev, "choices"), *c;
+    size_t i;
+    bool empty = json_array_size(choices) > 0;
+
+    json_array_foreach(choices, i, c)
+    {
+        json_t *delta = json_object_get(c, "delta"), *fr = json_object_get(c, "finish_reason");
+
+        if (!json_is_object(delta) || !delta_is_empty(delta) || (fr && !json_is_null(fr)))
+            empty = false;
+    }
+    return empty;
+}
+
+static void shift_usage(json_t *usage, int64_t base)
+{
+    json_t *pt = json_object_get(usage, "prompt_tokens");
+    json_t *ct = json_object_get(usage, "completion_tokens");
+
+    if (json_is_integer(pt) && json_integer_value(pt) >= base)
+        json_object_set_new(usage, "prompt_tokens", json_integer(json_integer_value(pt) - base));
+    if (json_is_integer(ct))
+        json_object_set_new(usage, "completion_tokens", json_integer(json_integer_value(ct) + base));
+}
+
+bool lx_resume_event(const struct lx_resume *r, const char *ev, size_t len, struct lx_buf *out)
+{
+    json_t *o = event_json(ev, len), *first = event_json(r->first.data, r->first.len), *v;
+    char *s;
+
+    if (!o || !first) {
+        json_decref(o);
+        json_decref(first);
+        lx_buf_append(out, ev, len);
+        return true;
+    }
+    if ((v = json_object_get(first, "id")) != NULL)
+        json_object_set(o, "id", v);
+    if ((v = json_object_get(first, "created")) != NULL)
+        json_object_set(o, "created", v);
+    json_decref(first);
+    v = json_object_get(o, "usage");
+    if (r->chat && strip_role(o) && (!v || json_is_null(v))) {
+        json_decref(o);
+        return false;
+    }
+    if (json_is_object(v))
+        shift_usage(v, r->base);
+    s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    if (!s) {
+        lx_buf_append(out, ev, len);
+        return true;
+    }
+    lx_buf_append(out, "data: ", 6);
+    lx_buf_append_str(out, s);
+    lx_buf_append(out, "\n\n", 2);
+    free(s);
+    return true;
+}
+
+void lx_resume_usage(const struct lx_resume *r, struct lx_usage *u)
+{
+    if (!r->continuations)
+        return;
+    if (u->prompt_tokens >= r->base)
+        u->prompt_tokens -= r->base;
+    if (u->completion_tokens >= 0)
+        u->completion_tokens += r->base;
+}
