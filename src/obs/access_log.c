@@ -90,6 +90,10 @@ void lx_access_log_write(const struct lx_access_entry *e)
     lx_buf_appendf(&b, ",\"status\":%d,\"stream\":%s,\"retries\":%d", e->status,
                    e->stream ? "true" : "false", e->retries);
     str_field(&b, "error", e->error);
+    lx_buf_appendf(&b, ",\"attempts\":%d", e->attempts);
+    str_field(&b, "hedge", e->hedge);
+    lx_buf_appendf(&b, ",\"resumed\":%d,\"budget_refused\":%s", e->resumed,
+                   e->budget_refused ? "true" : "false");
     secs_field(&b, "queue_wait_s", e->queue_wait_s);
     secs_field(&b, "ttft_s", e->ttft_s);
     secs_field(&b, "total_s", e->total_s);

@@ -21,7 +21,11 @@ struct lx_access_entry {
     int status;                /* sent to the client; 499 = client went away first */
     const char *error;         /* the error code llmux answered or ended a stream with
                                   (failure.h, the proxy's own answers), NULL = none */
-    int retries;
+    int retries;               /* attempts after the first (retries, resumes, a hedge) */
+    int attempts;              /* node requests started */
+    const char *hedge;         /* "started" (neither answered), "won", "lost", NULL = none */
+    int resumed;               /* stream continuations started (STREAM_RESUME) */
+    bool budget_refused;       /* a retry, hedge or resume was refused by the retry budget */
     double queue_wait_s;       /* < 0 = did not wait */
     double ttft_s;             /* < 0 = not a stream or no token */
     double total_s;

@@ -64,6 +64,7 @@
 #define USAGE_TAIL 4096 /* bytes of a non-streamed body kept to find "usage" at its end */
 #define RETRY_BACKOFF_MS 10      /* before the 2nd attempt; doubles per retry */
 #define RETRY_BACKOFF_MAX_MS 200
+#define RELAY_MAX_HEADERS 130 /* response header fields relayed, at most */
 
 enum px_state {
     PX_NEW, PX_QUEUED, PX_PICK, PX_PARKED, PX_EXCHANGE, PX_RELAY, PX_BACKOFF, PX_DONE
@@ -73,7 +74,10 @@ static const char *const state_names[] = {"NEW",   "QUEUED",  "PICK", "PARKED", 
                                           "RELAY", "BACKOFF", "DONE"};
 
 /* The answers the gateway makes itself, when no node's answer is relayed. */
-enum px_answer { ANS_QUEUE_FULL, ANS_QUEUE_TIMEOUT, ANS_NO_NODE, ANS_TOTAL_TIMEOUT, ANS_OVERLOADED };
+enum px_answer {
+    ANS_QUEUE_FULL, ANS_QUEUE_TIMEOUT, ANS_CLIENT_DEADLINE, ANS_NO_NODE, ANS_TOTAL_TIMEOUT,
+    ANS_OVERLOADED
+};
 
 static const struct {
     int status;
@@ -85,6 +89,10 @@ static const struct {
     [ANS_QUEUE_TIMEOUT] = {503, "server_error", "queue_timeout",
                            "the request waited longer than the queue timeout",
                            LX_REJECT_QUEUE_TIMEOUT},
+    [ANS_CLIENT_DEADLINE] = {503, "server_error", "client_deadline",
+                             "the client's deadline (X-Stainless-Timeout or X-Request-Timeout) "
+                             "passed while the request waited",
+                             LX_REJECT_QUEUE_TIMEOUT},
     [ANS_NO_NODE] = {503, "server_error", "no_healthy_node",
                      "no healthy node is available for this model", LX_REJECT_NO_HEALTHY_NODE},
     [ANS_TOTAL_TIMEOUT] = {504, "server_error", "total_timeout",
@@ -95,11 +103,21 @@ static const struct {
 
 struct lx_proxy;
 
+/* A response head kept until its exchange wins a hedge race. */
+struct px_held_head {
+    int status;
+    int64_t content_length;
+    size_t n;
+    struct lx_http_header h[RELAY_MAX_HEADERS];
+    struct lx_buf text;             /* the names and values h[] points into */
+};
+
 struct px_exchange {
     struct lx_proxy *p;
     struct lx_node *node;           /* reference, counted in node->in_flight; NULL = none */
     struct lx_upstream_req up;
     struct lx_buf head;             /* the request head for this node */
+    struct px_held_head *held;      /* a hedge's head while it races, else NULL */
     uint64_t t_send_ns;
     uint64_t t_send_ms;             /* the same, lx_now_ms() based */
 };
@@ -119,7 +137,13 @@ struct lx_proxy {
     struct lx_http_req *client;     /* NULL once the client is gone or answered */
     struct lx_registry *reg;        /* reference: keeps pool alive */
     struct lx_pool *pool;
-    struct px_exchange ex;
+    struct px_exchange slots[2];    /* the attempt and, while a hedge races, the hedge */
+    struct px_exchange *ex;         /* the attempt in charge: the one relayed */
+    struct px_exchange *hedge;      /* the other, racing it for the first byte; NULL = none */
+    uint64_t hedge_at_ms;           /* EXCHANGE: when a hedge may start, 0 = not armed */
+    bool hedged;                    /* a hedge was tried (at most one a request) */
+    const char *hedge_result;       /* access log: "started", "won", "lost"; NULL = none */
+    uint64_t client_deadline_ms;    /* X-Stainless-Timeout / X-Request-Timeout, 0 = none */
     struct lx_pick pick;
     struct lx_body_scan scan;
     struct lx_buf body;             /* rewritten body (upstream_model), else empty */
@@ -153,6 +177,10 @@ struct lx_proxy {
 
 static void px_enter(struct lx_proxy *p, enum px_state next);
 static bool is_continuing(const struct lx_proxy *p);
+static void hedge_drop(struct lx_proxy *p, bool lost);
+static void hedge_arm(struct lx_proxy *p);
+static void hedge_start(struct lx_proxy *p);
+static void held_free(struct px_exchange *x);
 static void relay_out(void *ctx, const char *data, size_t len);
 static void relay_break(struct lx_proxy *p, bool node_broke, const char *code, const char *msg);
 static const struct lx_upstream_cbs up_cbs;
@@ -390,7 +418,7 @@ static void proxy_account(struct lx_proxy *p)
     struct lx_request_record r;
 
     if (p->usage.completion_tokens > 0 && p->t_first_ns && end > p->t_first_ns) {
-        double gen = (double)(end - (p->stream ? p->t_first_ns : p->ex.t_send_ns)) / 1e9;
+        double gen = (double)(end - (p->stream ? p->t_first_ns : p->ex->t_send_ns)) / 1e9;
 
         if (gen > 0.001)
             tps = (double)p->usage.completion_tokens / gen;
@@ -419,6 +447,10 @@ static void proxy_account(struct lx_proxy *p)
         .status = status,
         .error = p->error,
         .retries = p->attempts > 1 ? p->attempts - 1 : 0,
+        .attempts = p->attempts,
+        .hedge = p->hedge_result,
+        .resumed = p->resume ? p->resume->continuations : 0,
+        .budget_refused = p->budget_refused,
         .queue_wait_s = p->t_admit_ns > p->t_start_ns + 1000000
                             ? (double)(p->t_admit_ns - p->t_start_ns) / 1e9
                             : (p->t_admit_ns ? 0 : -1),
@@ -512,6 +544,23 @@ static bool pool_is_full(struct lx_proxy *p)
     return false;
 }
 
+/* The client's deadline leaves time for a new attempt's first token: the
+ * best first-token time any node of the pool has shown. */
+static bool deadline_allows(struct lx_proxy *p)
+{
+    uint64_t best_us = 0, now = lx_now_ms();
+
+    if (!p->client_deadline_ms)
+        return true;
+    for (size_t i = 0; i < p->pool->n_nodes; i++) {
+        uint64_t t = atomic_load_explicit(&p->pool->nodes[i]->ewma_ttft_us, memory_order_relaxed);
+
+        if (t && (!best_us || t < best_us))
+            best_us = t;
+    }
+    return now + best_us / 1000 < p->client_deadline_ms;
+}
+
 /* A retry is allowed, some other node could take it (or will have
  * capacity for it soon), and the pool's retry budget has room for it (a
  * refusal is counted). */
@@ -521,6 +570,10 @@ static bool can_retry(struct lx_proxy *p)
         return false;
     if (!lx_router_is_any_candidate(p->pool, &p->pick) && !pool_is_full(p))
         return false;
+    if (!deadline_allows(p)) {
+        lx_info("[%s] no retry: the client's deadline is too near", p->request_id);
+        return false;
+    }
     if (!lx_budget_try_spend(&p->pool->retry_budget, lx_now_ms())) {
         lx_info("[%s] retry refused by the retry budget", p->request_id);
         lx_metrics_retry_refused(p->env->metrics);
@@ -585,7 +638,7 @@ static void proxy_pick(struct lx_proxy *p)
             px_enter(p, PX_PICK);
         return;
     }
-    p->ex.node = node;
+    p->ex->node = node;
     atomic_fetch_add_explicit(&node->in_flight, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&node->requests_total, 1, memory_order_relaxed);
     px_enter(p, PX_EXCHANGE);
@@ -597,10 +650,11 @@ static void exchange_start(struct lx_proxy *p, struct px_exchange *x)
     const struct lx_conf *conf = p->env->conf;
     struct lx_upstream_target target = lx_node_target(x->node);
 
-    if (p->attempts > 0)
+    if (p->attempts > 0 && x != p->hedge)
         lx_metrics_retry(p->env->metrics);
     p->attempts++;
-    snprintf(p->last_node, sizeof(p->last_node), "%s", x->node->name);
+    if (x != p->hedge)
+        snprintf(p->last_node, sizeof(p->last_node), "%s", x->node->name);
     lx_metrics_node_request(p->env->metrics, x->node->name);
     if (p->pick.n_tried < LX_PICK_MAX_TRIED)
         p->pick.tried[p->pick.n_tried++] = lx_node_ref(x->node);
@@ -651,7 +705,9 @@ static void proxy_done(struct lx_proxy *p)
     struct lx_http_req *req = p->client;
 
     proxy_account(p);
-    exchange_end(p, &p->ex);
+    exchange_end(p, p->ex);
+    if (p->hedge)
+        exchange_end(p, p->hedge);
     if (p->t_admit_ns)
         lx_admit_release(p->env->admit);
     if (req) {
@@ -663,7 +719,10 @@ static void proxy_done(struct lx_proxy *p)
     for (size_t i = 0; i < p->pick.n_tried; i++)
         lx_node_unref(p->pick.tried[i]);
     lx_registry_unref(p->reg);
-    lx_buf_deinit(&p->ex.head);
+    for (int i = 0; i < 2; i++) {
+        lx_buf_deinit(&p->slots[i].head);
+        held_free(&p->slots[i]);
+    }
     lx_buf_deinit(&p->body);
     lx_buf_deinit(&p->cont);
     lx_buf_deinit(&p->evbuf);
@@ -693,8 +752,12 @@ static void px_enter(struct lx_proxy *p, enum px_state next)
     LX_ASSERT(prev != PX_DONE);
     px_trace(p, next);
     /* Leaving an exchange for anything but its relay ends it. */
-    if ((prev == PX_EXCHANGE || prev == PX_RELAY) && next != PX_RELAY)
-        exchange_end(p, &p->ex);
+    if ((prev == PX_EXCHANGE || prev == PX_RELAY) && next != PX_RELAY) {
+        p->hedge_at_ms = 0;
+        exchange_end(p, p->ex);
+        if (p->hedge) /* neither sent a byte: the race is off */
+            hedge_drop(p, false);
+    }
     p->state = next;
     switch (next) {
     case PX_QUEUED:
@@ -702,6 +765,8 @@ static void px_enter(struct lx_proxy *p, enum px_state next)
         if (!p->queue_deadline_ms)
             p->queue_deadline_ms =
                 lx_now_ms() + (uint64_t)(p->env->conf->queue_timeout_s * 1000);
+        if (p->client_deadline_ms && p->client_deadline_ms < p->queue_deadline_ms)
+            p->queue_deadline_ms = p->client_deadline_ms;
         if (next == PX_PARKED)
             lx_waitq_push(&p->pool->parked, &p->waiter, p->attempts > 0 || p->pick.n_tried > 0);
         timer_arm(p, p->queue_deadline_ms);
@@ -711,7 +776,8 @@ static void px_enter(struct lx_proxy *p, enum px_state next)
         proxy_pick(p);
         break;
     case PX_EXCHANGE:
-        exchange_start(p, &p->ex);
+        exchange_start(p, p->ex);
+        hedge_arm(p);
         break;
     case PX_NEW: /* never entered */
     case PX_RELAY:
@@ -745,7 +811,8 @@ static void on_timer(uv_timer_t *t)
             return; /* woken meanwhile: the mailbox has it */
         if (!total || p->queue_deadline_ms <= total) {
             atomic_fetch_add(&p->env->admit->timeouts_total, 1);
-            proxy_answer(p, ANS_QUEUE_TIMEOUT);
+            proxy_answer(p, p->queue_deadline_ms == p->client_deadline_ms ? ANS_CLIENT_DEADLINE
+                                                                          : ANS_QUEUE_TIMEOUT);
         } else {
             lx_warn("[%s] total timeout reached", p->request_id);
             proxy_answer(p, ANS_TOTAL_TIMEOUT);
@@ -759,6 +826,12 @@ static void on_timer(uv_timer_t *t)
         break;
     case PX_EXCHANGE:
     case PX_RELAY:
+        if (p->hedge_at_ms && (!total || p->hedge_at_ms < total)) {
+            p->hedge_at_ms = 0;
+            hedge_start(p);
+            timer_arm(p, 0);
+            return;
+        }
         break;
     case PX_NEW:
     case PX_PICK:
@@ -812,7 +885,7 @@ static void on_client_drain(struct lx_http_req *req)
 {
     struct lx_proxy *p = req->data;
 
-    lx_upstream_resume(&p->ex.up);
+    lx_upstream_resume(&p->ex->up);
 }
 
 /* ---- the node's answer ---------------------------------------------------- */
@@ -941,38 +1014,17 @@ static bool try_resume(struct lx_proxy *p, struct px_exchange *x)
     return true;
 }
 
-static void up_on_head(void *ctx, int status, const struct lx_http_header *hdrs, size_t n_hdrs,
-                       int64_t content_length)
+/* The response head of <x>, the exchange in charge, goes to the client
+ * (lazily: with the first body bytes). */
+static void relay_head(struct lx_proxy *p, struct px_exchange *x, int status,
+                       const struct lx_http_header *hdrs, size_t n_hdrs, int64_t content_length)
 {
-    struct px_exchange *x = ctx;
-    struct lx_proxy *p = x->p;
-    struct lx_http_header out[132];
+    struct lx_http_header out[RELAY_MAX_HEADERS + 2];
     size_t n = 0;
-    uint64_t ttfb_us = (now_ns() - x->t_send_ns) / 1000;
 
-    /* 429 is the node protecting itself, not a fault; 5xx is a fault. */
-    lx_metrics_node_latency(p->env->metrics, x->node->name, (double)ttfb_us / 1e6);
-    if (status >= 500) {
-        lx_node_report_failure(x->node, "answered 5xx");
-        lx_metrics_node_failure(p->env->metrics, x->node->name);
-        exchange_count_error(p, x, LX_FAIL_STATUS_5XX);
-    } else if (status != 429) {
-        lx_node_report_success(x->node, ttfb_us);
-    }
-    if (is_retryable_status(status) && can_retry(p)) {
-        lx_info("[%s] node %s answered %d; retrying on another node", p->request_id,
-                x->node->name, status);
-        p->last_fail = LX_FAIL_STATUS_5XX;
-        px_enter(p, PX_BACKOFF);
-        return;
-    }
-    if (is_continuing(p)) {
-        continuation_head(p, x, status, hdrs, n_hdrs);
-        return;
-    }
     p->status = status;
     p->is_sse = false;
-    for (size_t i = 0; i < n_hdrs && n < ARRAY_SIZE(out) - 2; i++) {
+    for (size_t i = 0; i < n_hdrs && n < RELAY_MAX_HEADERS; i++) {
         if (is_response_header_dropped(&hdrs[i]))
             continue;
         if (header_is(&hdrs[i], "content-type", 12) && hdrs[i].value_len >= 17 &&
@@ -997,12 +1049,203 @@ static void up_on_head(void *ctx, int status, const struct lx_http_header *hdrs,
     lx_http_resp_start_lazy(p->client, status, out, n, content_length);
 }
 
+/* ---- hedging (HEDGE_AFTER_SECONDS) --------------------------------------- */
+
+static void relay_retract(struct lx_proxy *p);
+
+static void held_free(struct px_exchange *x)
+{
+    if (!x->held)
+        return;
+    lx_buf_deinit(&x->held->text);
+    free(x->held);
+    x->held = NULL;
+}
+
+/* Keeps a copy of a racing hedge's head (the node's fields are gone after
+ * the callback). */
+static void held_keep(struct px_exchange *x, int status, const struct lx_http_header *hdrs,
+                      size_t n_hdrs, int64_t content_length)
+{
+    struct px_held_head *hh = lx_calloc(1, sizeof(*hh));
+    size_t off = 0;
+
+    hh->status = status;
+    hh->content_length = content_length;
+    lx_buf_init(&hh->text, 0);
+    for (size_t i = 0; i < n_hdrs && hh->n < RELAY_MAX_HEADERS; i++) {
+        lx_buf_append(&hh->text, hdrs[i].name, hdrs[i].name_len);
+        lx_buf_append(&hh->text, hdrs[i].value, hdrs[i].value_len);
+        hh->h[hh->n++] = (struct lx_http_header){NULL, hdrs[i].name_len, NULL,
+                                                 hdrs[i].value_len};
+    }
+    /* Pointed into once the text stopped moving. */
+    for (size_t i = 0; i < hh->n; i++) {
+        hh->h[i].name = hh->text.data + off;
+        off += hh->h[i].name_len;
+        hh->h[i].value = hh->text.data + off;
+        off += hh->h[i].value_len;
+    }
+    held_free(x);
+    x->held = hh;
+}
+
+/* Ends the racing hedge; <lost>: it lost the race (counted), rather than
+ * the race being called off. */
+static void hedge_drop(struct lx_proxy *p, bool lost)
+{
+    struct px_exchange *h = p->hedge;
+
+    p->hedge = NULL;
+    exchange_end(p, h);
+    held_free(h);
+    if (lost) {
+        lx_metrics_hedge(p->env->metrics, LX_HEDGE_LOST);
+        p->hedge_result = "lost";
+    }
+}
+
+/*
+ * The hedge takes over: its first byte came first, or the attempt in charge
+ * failed before any of its bytes reached the client. The loser's head, held
+ * back while the race was on (up_on_read_end), is taken back; the winner's,
+ * if it came, goes to the client instead. False (the hedge dropped) if the
+ * loser's head could not be taken back.
+ */
+static bool hedge_win(struct lx_proxy *p)
+{
+    struct px_exchange *h = p->hedge;
+
+    if (p->state == PX_RELAY) {
+        if (!lx_http_resp_retract(p->client)) {
+            hedge_drop(p, true);
+            return false;
+        }
+        relay_retract(p);
+    }
+    exchange_end(p, p->ex);
+    p->ex = h;
+    p->hedge = NULL;
+    lx_metrics_hedge(p->env->metrics, LX_HEDGE_WON);
+    p->hedge_result = "won";
+    snprintf(p->last_node, sizeof(p->last_node), "%s", h->node->name);
+    if (h->held) {
+        struct px_held_head *hh = h->held;
+
+        relay_head(p, h, hh->status, hh->h, hh->n, hh->content_length);
+        held_free(h);
+    }
+    return true;
+}
+
+/* The racing hedge's head: a stream or an answer is kept until its first
+ * byte (up_on_body); a failure loses the race. */
+static void hedge_head(struct lx_proxy *p, struct px_exchange *x, int status,
+                       const struct lx_http_header *hdrs, size_t n_hdrs, int64_t content_length)
+{
+    if (status != 200) {
+        lx_info("[%s] hedge on %s answered %d; dropped", p->request_id, x->node->name, status);
+        hedge_drop(p, true);
+        return;
+    }
+    held_keep(x, status, hdrs, n_hdrs, content_length);
+}
+
+/* EXCHANGE entered: a hedge may follow if no first byte comes in time. */
+static void hedge_arm(struct lx_proxy *p)
+{
+    double after = p->pool->hedge_after_s;
+
+    if (after <= 0 || p->hedged || is_continuing(p))
+        return;
+    p->hedge_at_ms = lx_now_ms() + (uint64_t)(after * 1000);
+    timer_arm(p, p->hedge_at_ms);
+}
+
+/* No first byte in time: the same request to a second node with room,
+ * once; the original is never delayed for it. */
+static void hedge_start(struct lx_proxy *p)
+{
+    struct px_exchange *h = p->ex == &p->slots[0] ? &p->slots[1] : &p->slots[0];
+    struct lx_node *node;
+
+    p->hedged = true;
+    if (!p->client || p->t_first_ns || is_continuing(p) || !deadline_allows(p))
+        return;
+    p->pick.rand = lx_rand_next(&p->env->rng);
+    p->pick.now_ms = lx_now_ms();
+    node = lx_router_pick(p->pool, &p->pick);
+    if (!node)
+        return;
+    if (!lx_budget_try_spend(&p->pool->retry_budget, p->pick.now_ms)) {
+        lx_info("[%s] hedge refused by the retry budget", p->request_id);
+        lx_metrics_retry_refused(p->env->metrics);
+        p->budget_refused = true;
+        lx_node_unref(node);
+        return;
+    }
+    lx_info("[%s] no first byte from %s after %.3g s; hedging on %s", p->request_id,
+            p->ex->node->name, p->pool->hedge_after_s, node->name);
+    h->node = node;
+    atomic_fetch_add_explicit(&node->in_flight, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&node->requests_total, 1, memory_order_relaxed);
+    p->hedge = h;
+    lx_metrics_hedge(p->env->metrics, LX_HEDGE_STARTED);
+    p->hedge_result = "started";
+    exchange_start(p, h);
+}
+
+static void up_on_head(void *ctx, int status, const struct lx_http_header *hdrs, size_t n_hdrs,
+                       int64_t content_length)
+{
+    struct px_exchange *x = ctx;
+    struct lx_proxy *p = x->p;
+    uint64_t ttfb_us = (now_ns() - x->t_send_ns) / 1000;
+
+    /* 429 is the node protecting itself, not a fault; 5xx is a fault. */
+    lx_metrics_node_latency(p->env->metrics, x->node->name, (double)ttfb_us / 1e6);
+    if (status >= 500) {
+        lx_node_report_failure(x->node, "answered 5xx");
+        lx_metrics_node_failure(p->env->metrics, x->node->name);
+        exchange_count_error(p, x, LX_FAIL_STATUS_5XX);
+    } else if (status != 429) {
+        lx_node_report_success(x->node, ttfb_us);
+    }
+    if (x == p->hedge) {
+        hedge_head(p, x, status, hdrs, n_hdrs, content_length);
+        return;
+    }
+    if (is_retryable_status(status) && p->hedge) {
+        lx_info("[%s] node %s answered %d; its hedge goes on", p->request_id, x->node->name,
+                status);
+        hedge_win(p);
+        return;
+    }
+    if (is_retryable_status(status) && can_retry(p)) {
+        lx_info("[%s] node %s answered %d; retrying on another node", p->request_id,
+                x->node->name, status);
+        p->last_fail = LX_FAIL_STATUS_5XX;
+        px_enter(p, PX_BACKOFF);
+        return;
+    }
+    if (is_continuing(p)) {
+        continuation_head(p, x, status, hdrs, n_hdrs);
+        return;
+    }
+    relay_head(p, x, status, hdrs, n_hdrs, content_length);
+}
+
 static void up_on_read_end(void *ctx)
 {
     struct px_exchange *x = ctx;
+    struct lx_proxy *p = x->p;
 
-    if (x->p->client)
-        lx_http_resp_flush(x->p->client);
+    /* While a hedge may still race (or races), the head waits for the
+     * first body byte: the loser's can then be taken back. */
+    if (x != p->ex || ((p->hedge_at_ms || p->hedge) && !p->t_first_ns))
+        return;
+    if (p->client)
+        lx_http_resp_flush(p->client);
 }
 
 static void relay_out(void *ctx, const char *data, size_t len)
@@ -1031,6 +1274,16 @@ static void up_on_body(void *ctx, const char *data, size_t len)
     struct px_exchange *x = ctx;
     struct lx_proxy *p = x->p;
 
+    /* The first body byte decides a hedge race. */
+    if (x == p->hedge && !hedge_win(p))
+        return;
+    if (p->hedge)
+        hedge_drop(p, true);
+    if (p->hedge_at_ms) {
+        p->hedge_at_ms = 0;
+        timer_arm(p, 0);
+    }
+
     if (!p->t_first_ns) {
         p->t_first_ns = now_ns();
         if (p->stream)
@@ -1054,6 +1307,11 @@ static void up_on_done(void *ctx)
     struct px_exchange *x = ctx;
     struct lx_proxy *p = x->p;
     struct lx_http_req *req = p->client;
+
+    if (x == p->hedge && !hedge_win(p))
+        return;
+    if (p->hedge)
+        hedge_drop(p, true);
 
     if (p->is_sse) {
         lx_sse_flush(&p->sse, is_continuing(p) ? relay_cont : relay_out, p);
@@ -1084,7 +1342,7 @@ static void relay_break(struct lx_proxy *p, bool node_broke, const char *code, c
     bool sse = p->is_sse, cut_event = p->sse.partial_overflow;
 
     if (node_broke)
-        exchange_count_error(p, &p->ex, LX_FAIL_STREAM_BROKEN);
+        exchange_count_error(p, p->ex, LX_FAIL_STREAM_BROKEN);
     p->error = code;
     px_enter(p, PX_DONE); /* the node first, as in up_on_done */
     if (sse) {
@@ -1121,6 +1379,15 @@ static void relay_retract(struct lx_proxy *p)
     lx_sse_init(&p->sse, false);
 }
 
+/* Counted as the node's fault it was; a node that closed before its head
+ * (it crashed or restarted) is answered as unreachable. */
+static enum lx_fail up_fail_kind(enum lx_upstream_err kind)
+{
+    return kind == LX_UP_CONNECT ? LX_FAIL_CONNECT
+           : kind == LX_UP_TIMEOUT ? LX_FAIL_TIMEOUT
+                                   : LX_FAIL_PROTOCOL;
+}
+
 static void up_on_error(void *ctx, enum lx_upstream_err kind, bool got_head)
 {
     struct px_exchange *x = ctx;
@@ -1134,7 +1401,10 @@ static void up_on_error(void *ctx, enum lx_upstream_err kind, bool got_head)
         lx_warn("[%s] cannot connect to node %s: llmux is out of file descriptors or local "
                 "ports (raise the descriptor limit or lower MAX_CONNECTIONS)",
                 p->request_id, x->node->name);
-        proxy_answer(p, ANS_OVERLOADED); /* only at connect: nothing was relayed */
+        if (x == p->hedge)
+            hedge_drop(p, true);
+        else if (!p->hedge || !hedge_win(p))
+            proxy_answer(p, ANS_OVERLOADED); /* only at connect: nothing was relayed */
         return;
     }
     lx_warn("[%s] node %s: %s%s", p->request_id, x->node->name, lx_upstream_strerror(kind),
@@ -1142,6 +1412,11 @@ static void up_on_error(void *ctx, enum lx_upstream_err kind, bool got_head)
     if (!node_alive) {
         lx_node_report_failure(x->node, lx_upstream_strerror(kind));
         lx_metrics_node_failure(p->env->metrics, x->node->name);
+    }
+    if (x == p->hedge) {
+        exchange_count_error(p, x, up_fail_kind(kind));
+        hedge_drop(p, true);
+        return;
     }
     /* A response whose head was still held back has not reached the
      * client: it can be answered (502/504) or retried instead of cut. */
@@ -1156,12 +1431,10 @@ static void up_on_error(void *ctx, enum lx_upstream_err kind, bool got_head)
                     lx_fail_kinds[LX_FAIL_STREAM_BROKEN].message);
         return;
     }
-    /* Counted as the node's fault it was; a node that closed before its
-     * head (it crashed or restarted) is answered as unreachable. */
-    exchange_count_error(p, x,
-                         kind == LX_UP_CONNECT   ? LX_FAIL_CONNECT
-                         : kind == LX_UP_TIMEOUT ? LX_FAIL_TIMEOUT
-                                                 : LX_FAIL_PROTOCOL);
+    exchange_count_error(p, x, up_fail_kind(kind));
+    /* A racing hedge goes on in its place. */
+    if (p->hedge && hedge_win(p))
+        return;
     attempt_failed(p, kind == LX_UP_TIMEOUT    ? LX_FAIL_TIMEOUT
                       : kind == LX_UP_PROTOCOL ? LX_FAIL_PROTOCOL
                                                : LX_FAIL_CONNECT);
@@ -1210,6 +1483,32 @@ void lx_request_id(struct lx_proxy_env *env, const struct lx_http_req *req, char
 }
 
 
+/*
+ * The client's own deadline: the OpenAI SDKs send X-Stainless-Timeout, the
+ * seconds they will wait (their read timeout); X-Request-Timeout is the same
+ * for other clients. Capped by TOTAL_TIMEOUT_SECONDS; 0 = none (absent, not
+ * a positive number of seconds).
+ */
+static uint64_t client_deadline(const struct lx_http_req *req, const struct lx_conf *conf)
+{
+    const struct lx_http_header *h = lx_http_req_header(req, "x-stainless-timeout");
+    char num[32], *end;
+    double secs;
+
+    if (!h)
+        h = lx_http_req_header(req, "x-request-timeout");
+    if (!h || h->value_len == 0 || h->value_len >= sizeof(num))
+        return 0;
+    memcpy(num, h->value, h->value_len);
+    num[h->value_len] = '\0';
+    secs = strtod(num, &end);
+    if (end == num || *end != '\0' || !(secs > 0) || secs > 1e7)
+        return 0;
+    if (conf->total_timeout_s > 0 && secs > conf->total_timeout_s)
+        secs = conf->total_timeout_s;
+    return lx_now_ms() + (uint64_t)(secs * 1000);
+}
+
 void lx_proxy_start(struct lx_proxy_env *env, struct lx_http_req *req, struct lx_pool *pool,
                     const struct lx_body_scan *scan, const char *upstream_path,
                     const char *request_id)
@@ -1224,7 +1523,8 @@ void lx_proxy_start(struct lx_proxy_env *env, struct lx_http_req *req, struct lx
     p->pool = pool;
     p->path = upstream_path;
     p->last_fail = -1;
-    p->ex.p = p;
+    p->slots[0].p = p->slots[1].p = p;
+    p->ex = &p->slots[0];
     p->t_start_ns = now_ns();
     p->method = req->method;
     p->bytes_in = req->body.len;
@@ -1233,7 +1533,8 @@ void lx_proxy_start(struct lx_proxy_env *env, struct lx_http_req *req, struct lx
     p->waiter.wake = on_waiter_wake;
     lx_sse_init(&p->sse, false);
     lx_buf_init(&p->tail, 0);
-    lx_buf_init(&p->ex.head, 0);
+    lx_buf_init(&p->slots[0].head, 0);
+    lx_buf_init(&p->slots[1].head, 0);
     lx_buf_init(&p->body, 0);
     lx_buf_init(&p->cont, 0);
     lx_buf_init(&p->evbuf, 0);
@@ -1275,6 +1576,7 @@ void lx_proxy_start(struct lx_proxy_env *env, struct lx_http_req *req, struct lx
     req->on_drain = on_client_drain;
     if (env->conf->total_timeout_s > 0)
         p->total_deadline_ms = lx_now_ms() + (uint64_t)(env->conf->total_timeout_s * 1000);
+    p->client_deadline_ms = client_deadline(req, env->conf);
     switch (lx_admit_enter(env->admit, &p->waiter)) {
     case LX_ADMIT_GRANTED:
         p->t_admit_ns = now_ns();
