@@ -935,7 +935,6 @@ static void continuation_head(struct lx_proxy *p, struct px_exchange *x, int sta
     if (status != 200 || !is_event_stream(hdrs, n_hdrs)) {
         lx_warn("[%s] node %s answered the continuation %d%s", p->request_id, x->node->name,
                 status, status == 200 ? " without an event stream" : "");
-        lx_metrics_resume(p->env->metrics, false);
         relay_break(p, false, lx_fail_kinds[LX_FAIL_STREAM_BROKEN].code,
                     lx_fail_kinds[LX_FAIL_STREAM_BROKEN].message);
         return;
@@ -984,7 +983,9 @@ static bool try_resume(struct lx_proxy *p, struct px_exchange *x)
     const char *why = NULL;
     enum lx_resume_plan plan;
 
-    if (!p->resume || !p->is_sse || p->status != 200)
+    /* Half an overlong event already went to the client unexamined: no
+     * continuation can follow it. */
+    if (!p->resume || !p->is_sse || p->status != 200 || p->sse.partial_overflow)
         return false;
     if (p->sse.done) {
         exchange_count_error(p, x, LX_FAIL_STREAM_BROKEN);
@@ -1218,8 +1219,8 @@ static void up_on_head(void *ctx, int status, const struct lx_http_header *hdrs,
     if (is_retryable_status(status) && p->hedge) {
         lx_info("[%s] node %s answered %d; its hedge goes on", p->request_id, x->node->name,
                 status);
-        hedge_win(p);
-        return;
+        if (hedge_win(p))
+            return;
     }
     if (is_retryable_status(status) && can_retry(p)) {
         lx_info("[%s] node %s answered %d; retrying on another node", p->request_id,
@@ -1343,6 +1344,8 @@ static void relay_break(struct lx_proxy *p, bool node_broke, const char *code, c
 
     if (node_broke)
         exchange_count_error(p, p->ex, LX_FAIL_STREAM_BROKEN);
+    if (is_continuing(p))
+        lx_metrics_resume(p->env->metrics, false);
     p->error = code;
     px_enter(p, PX_DONE); /* the node first, as in up_on_done */
     if (sse) {
@@ -1425,8 +1428,6 @@ static void up_on_error(void *ctx, enum lx_upstream_err kind, bool got_head)
     if (p->state == PX_RELAY) {
         if (try_resume(p, x))
             return;
-        if (is_continuing(p))
-            lx_metrics_resume(p->env->metrics, false);
         relay_break(p, true, lx_fail_kinds[LX_FAIL_STREAM_BROKEN].code,
                     lx_fail_kinds[LX_FAIL_STREAM_BROKEN].message);
         return;
@@ -1482,6 +1483,13 @@ void lx_request_id(struct lx_proxy_env *env, const struct lx_http_req *req, char
     out[32] = '\0';
 }
 
+
+static bool path_is(const char *path, const char *want)
+{
+    size_t n = strlen(want);
+
+    return strncmp(path, want, n) == 0 && (path[n] == '\0' || path[n] == '?');
+}
 
 /*
  * The client's own deadline: the OpenAI SDKs send X-Stainless-Timeout, the
@@ -1563,9 +1571,10 @@ void lx_proxy_start(struct lx_proxy_env *env, struct lx_http_req *req, struct lx
     snprintf(p->request_id, sizeof(p->request_id), "%s", request_id);
     /* A stream that another node could continue keeps what it relays. */
     if (p->stream && env->conf->stream_resume && env->conf->max_retries > 0 &&
-        (scan->messages.p || scan->prompt.p)) {
+        (path_is(upstream_path, "/v1/chat/completions") ||
+         path_is(upstream_path, "/v1/completions"))) {
         p->resume = lx_malloc(sizeof(*p->resume));
-        lx_resume_init(p->resume, scan->messages.p != NULL);
+        lx_resume_init(p->resume, path_is(upstream_path, "/v1/chat/completions"));
     }
     lx_budget_note_request(&pool->retry_budget, lx_now_ms());
     if ((pool->upstream_model && scan && scan->model_value.p) ||

@@ -109,17 +109,21 @@ def test_retry_budget_bounds_node_requests(procs):
     lx = procs.llmux(sims, args=["--strategy", "round_robin", "--max-retries", "2"],
                      env={"EJECT_COOLDOWN_SECONDS": "0"})
 
-    def one(_):
+    def client(k):
         with lx.new_client(timeout=T(10)) as c:
-            r = c.post(CHAT, json=chat_body(max_tokens=2))
-            return r.status_code, r.json()
+            return [(r.status_code, r.json()) for r in
+                    (c.post(CHAT, json=chat_body(max_tokens=2)) for _ in range(k, 300, 6))]
 
-    with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(one, range(300)))
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(6) as pool:
+        answers = [a for part in pool.map(client, range(6)) for a in part]
+    elapsed = time.monotonic() - t0
+    assert len(answers) == 300
     # A retry refused or the retries used up: the node's own 500, relayed.
     assert {status for status, _ in answers} == {500}, {s for s, _ in answers}
     node_requests = sum(s.stats()["requests_total"] for s in sims)
-    assert 300 <= node_requests <= 1.2 * 300 + 10 + 1, node_requests
+    # The floor: 1 a second, over the run and the 10 s window it started in.
+    assert 300 <= node_requests <= 1.2 * 300 + 1 * (elapsed + 10) + 1, (node_requests, elapsed)
     refused = metric(lx, "llmux_retries_refused_total")
     assert refused >= 300 - (node_requests - 300), (refused, node_requests)
     # The node's own error (vLLM's shape: "object":"error"), not llmux's 502.
@@ -148,3 +152,31 @@ def test_expired_client_deadline_in_the_queue_is_503(procs):
         r = c.post(CHAT, json=chat_body(max_tokens=2), headers={"X-Request-Timeout": "soon"})
     assert r.status_code == 200
     holder.join(T(30))
+
+
+def test_decisions_in_the_access_log(procs, tmp_path):
+    """attempts, hedge, resumed, budget_refused: what became of each request."""
+    broken = procs.sim(fast=True, drop_after=3)
+    slow = procs.sim(prefill_tps=6, decode_ms=5)
+    good = procs.sim(decode_ms=5)
+    log = tmp_path / "access.log"
+    lx = procs.llmux([broken, slow, good],
+                     args=["--strategy", "round_robin", "--hedge-after", "0.3",
+                           "--access-log", log])
+    for i in range(3):  # one starts on each node
+        r = lx.client.post(CHAT, json=chat_body(content="logged %d" % i, stream=True,
+                                                max_tokens=6), headers={"X-Request-Id": "r%d" % i})
+        assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n"), r.text[-200:]
+    lines = {}
+    wait_for(lambda: lines.update({e["request_id"]: e for e in map(
+        json.loads, log.read_text().splitlines())}) or len(lines) == 3, T(10),
+        what="three access log lines")
+    by_node = {e["node"]: e for e in lines.values()}
+    # Started on the broken node: resumed once on another, 2 attempts.
+    resumed = [e for e in lines.values() if e["resumed"] == 1]
+    assert len(resumed) == 1 and resumed[0]["attempts"] == 2 and resumed[0]["error"] is None
+    # Started on the slow node: hedged, the hedge won (the node logged is the winner).
+    hedged = [e for e in lines.values() if e["hedge"] == "won"]
+    assert len(hedged) == 1 and hedged[0]["attempts"] == 2 and hedged[0]["node"] != slow.url
+    assert all(e["budget_refused"] is False for e in lines.values())
+    assert good.url in by_node
