@@ -86,7 +86,7 @@ const char *lx_upstream_strerror(enum lx_upstream_err kind)
     case LX_UP_PROTOCOL:
         return "malformed response";
     case LX_UP_CLOSED:
-        return "connection closed mid-response";
+        return "connection closed";
     case LX_UP_LOCAL:
         return "out of local resources";
     }

@@ -58,6 +58,7 @@
 #include "../obs/access_log.h"
 #include "../obs/metrics.h"
 #include "../route/router.h"
+#include "error_shape.h"
 #include "resume.h"
 
 #define RELAY_HIGH_WATER (256 * 1024)
@@ -108,7 +109,7 @@ struct px_held_head {
     int status;
     int64_t content_length;
     size_t n;
-    struct lx_http_header h[RELAY_MAX_HEADERS];
+    struct lx_http_header h[RELAY_MAX_HEADERS + 2]; /* + X-Routed-Node, X-Request-Id */
     struct lx_buf text;             /* the names and values h[] points into */
 };
 
@@ -150,6 +151,8 @@ struct lx_proxy {
     struct lx_resume *resume;       /* a stream that may be resumed, else NULL */
     struct lx_buf cont;             /* the continuation's body, once resuming */
     struct lx_buf evbuf;            /* a continuation's event, rewritten */
+    struct px_held_head *err_head;  /* a node's error answer, held until its body is whole */
+    struct lx_buf err_body;         /* ... and its body (LX_ERROR_BODY_MAX) */
     bool budget_refused;            /* a retry was refused by the retry budget */
     const char *path;               /* upstream path, borrowed from client req */
     int attempts;                   /* attempts started */
@@ -181,6 +184,7 @@ static void hedge_drop(struct lx_proxy *p, bool lost);
 static void hedge_arm(struct lx_proxy *p);
 static void hedge_start(struct lx_proxy *p);
 static void held_free(struct px_exchange *x);
+static void head_free(struct px_held_head *hh);
 static void relay_out(void *ctx, const char *data, size_t len);
 static void relay_break(struct lx_proxy *p, bool node_broke, const char *code, const char *msg);
 static const struct lx_upstream_cbs up_cbs;
@@ -726,6 +730,8 @@ static void proxy_done(struct lx_proxy *p)
     lx_buf_deinit(&p->body);
     lx_buf_deinit(&p->cont);
     lx_buf_deinit(&p->evbuf);
+    head_free(p->err_head);
+    lx_buf_deinit(&p->err_body);
     if (p->resume) {
         lx_resume_deinit(p->resume);
         free(p->resume);
@@ -1015,6 +1021,48 @@ static bool try_resume(struct lx_proxy *p, struct px_exchange *x)
     return true;
 }
 
+/* ---- response heads ------------------------------------------------------ */
+
+static void head_free(struct px_held_head *hh)
+{
+    if (hh) {
+        lx_buf_deinit(&hh->text);
+        free(hh);
+    }
+}
+
+/* A copy of a response head, kept past the callback that brought it. */
+static struct px_held_head *head_copy(int status, const struct lx_http_header *hdrs,
+                                      size_t n_hdrs, int64_t content_length)
+{
+    struct px_held_head *hh = lx_calloc(1, sizeof(*hh));
+    size_t off = 0;
+
+    hh->status = status;
+    hh->content_length = content_length;
+    lx_buf_init(&hh->text, 0);
+    for (size_t i = 0; i < n_hdrs && hh->n < ARRAY_SIZE(hh->h); i++) {
+        lx_buf_append(&hh->text, hdrs[i].name, hdrs[i].name_len);
+        lx_buf_append(&hh->text, hdrs[i].value, hdrs[i].value_len);
+        hh->h[hh->n++] = (struct lx_http_header){NULL, hdrs[i].name_len, NULL,
+                                                 hdrs[i].value_len};
+    }
+    /* Pointed into once the text stopped moving. */
+    for (size_t i = 0; i < hh->n; i++) {
+        hh->h[i].name = hh->text.data + off;
+        off += hh->h[i].name_len;
+        hh->h[i].value = hh->text.data + off;
+        off += hh->h[i].value_len;
+    }
+    return hh;
+}
+
+static void held_free(struct px_exchange *x)
+{
+    head_free(x->held);
+    x->held = NULL;
+}
+
 /* The response head of <x>, the exchange in charge, goes to the client
  * (lazily: with the first body bytes). */
 static void relay_head(struct lx_proxy *p, struct px_exchange *x, int status,
@@ -1035,6 +1083,12 @@ static void relay_head(struct lx_proxy *p, struct px_exchange *x, int status,
     }
     out[n++] = (struct lx_http_header){"X-Routed-Node", 13, x->node->name, strlen(x->node->name)};
     out[n++] = (struct lx_http_header){"X-Request-Id", 12, p->request_id, strlen(p->request_id)};
+    if (status >= 400 && !p->is_sse) {
+        /* Held whole, to reach the client in OpenAI's shape (error_shape.h). */
+        p->err_head = head_copy(status, out, n, content_length);
+        px_enter(p, PX_RELAY);
+        return;
+    }
     p->sse.drop_usage = p->is_sse && p->usage_injected;
     if (p->is_sse && p->resume && status == 200) {
         p->sse.on_choices = resume_note;
@@ -1053,43 +1107,6 @@ static void relay_head(struct lx_proxy *p, struct px_exchange *x, int status,
 /* ---- hedging (HEDGE_AFTER_SECONDS) --------------------------------------- */
 
 static void relay_retract(struct lx_proxy *p);
-
-static void held_free(struct px_exchange *x)
-{
-    if (!x->held)
-        return;
-    lx_buf_deinit(&x->held->text);
-    free(x->held);
-    x->held = NULL;
-}
-
-/* Keeps a copy of a racing hedge's head (the node's fields are gone after
- * the callback). */
-static void held_keep(struct px_exchange *x, int status, const struct lx_http_header *hdrs,
-                      size_t n_hdrs, int64_t content_length)
-{
-    struct px_held_head *hh = lx_calloc(1, sizeof(*hh));
-    size_t off = 0;
-
-    hh->status = status;
-    hh->content_length = content_length;
-    lx_buf_init(&hh->text, 0);
-    for (size_t i = 0; i < n_hdrs && hh->n < RELAY_MAX_HEADERS; i++) {
-        lx_buf_append(&hh->text, hdrs[i].name, hdrs[i].name_len);
-        lx_buf_append(&hh->text, hdrs[i].value, hdrs[i].value_len);
-        hh->h[hh->n++] = (struct lx_http_header){NULL, hdrs[i].name_len, NULL,
-                                                 hdrs[i].value_len};
-    }
-    /* Pointed into once the text stopped moving. */
-    for (size_t i = 0; i < hh->n; i++) {
-        hh->h[i].name = hh->text.data + off;
-        off += hh->h[i].name_len;
-        hh->h[i].value = hh->text.data + off;
-        off += hh->h[i].value_len;
-    }
-    held_free(x);
-    x->held = hh;
-}
 
 /* Ends the racing hedge; <lost>: it lost the race (counted), rather than
  * the race being called off. */
@@ -1149,7 +1166,8 @@ static void hedge_head(struct lx_proxy *p, struct px_exchange *x, int status,
         hedge_drop(p, true);
         return;
     }
-    held_keep(x, status, hdrs, n_hdrs, content_length);
+    held_free(x);
+    x->held = head_copy(status, hdrs, n_hdrs, content_length);
 }
 
 /* EXCHANGE entered: a hedge may follow if no first byte comes in time. */
@@ -1270,6 +1288,54 @@ static void tail_keep(struct lx_buf *t, const char *data, size_t len)
     lx_buf_append(t, data, len);
 }
 
+/* The held error answer, as the node sent it. */
+static void err_pass(struct lx_proxy *p, int64_t content_length)
+{
+    struct px_held_head *hh = p->err_head;
+
+    p->err_head = NULL;
+    lx_http_resp_start(p->client, hh->status, hh->h, hh->n, content_length);
+    relay_out(p, p->err_body.data, p->err_body.len);
+    lx_buf_reset(&p->err_body);
+    head_free(hh);
+}
+
+/* Holds a piece of an error answer; false when it is too long to hold:
+ * what was held is sent as it came, and <data> is for the caller to relay. */
+static bool err_keep(struct lx_proxy *p, const char *data, size_t len)
+{
+    if (lx_buf_append(&p->err_body, data, len) == 0)
+        return true;
+    err_pass(p, p->err_head->content_length);
+    return false;
+}
+
+/* The whole error answer: in OpenAI's shape if it is not. */
+static void err_send(struct lx_proxy *p)
+{
+    struct px_held_head *hh = p->err_head;
+    struct lx_http_header h[ARRAY_SIZE(hh->h)];
+    struct lx_buf shaped;
+    size_t n = 0;
+
+    lx_buf_init(&shaped, 0);
+    if (!lx_error_shape(hh->status, p->err_body.data, p->err_body.len, &shaped)) {
+        err_pass(p, (int64_t)p->err_body.len);
+        lx_buf_deinit(&shaped);
+        return;
+    }
+    for (size_t i = 0; i < hh->n; i++)
+        if (!header_is(&hh->h[i], "content-type", 12))
+            h[n++] = hh->h[i];
+    h[n++] = (struct lx_http_header){"Content-Type", 12, "application/json", 16};
+    lx_http_resp_start(p->client, hh->status, h, n, (int64_t)shaped.len);
+    relay_out(p, shaped.data, shaped.len);
+    lx_buf_deinit(&shaped);
+    lx_buf_reset(&p->err_body);
+    p->err_head = NULL;
+    head_free(hh);
+}
+
 static void up_on_body(void *ctx, const char *data, size_t len)
 {
     struct px_exchange *x = ctx;
@@ -1284,6 +1350,8 @@ static void up_on_body(void *ctx, const char *data, size_t len)
         p->hedge_at_ms = 0;
         timer_arm(p, 0);
     }
+    if (p->err_head && err_keep(p, data, len))
+        return;
 
     if (!p->t_first_ns) {
         p->t_first_ns = now_ns();
@@ -1313,7 +1381,8 @@ static void up_on_done(void *ctx)
         return;
     if (p->hedge)
         hedge_drop(p, true);
-
+    if (p->err_head)
+        err_send(p);
     if (p->is_sse) {
         lx_sse_flush(&p->sse, is_continuing(p) ? relay_cont : relay_out, p);
         p->usage = p->sse.usage;
@@ -1377,6 +1446,9 @@ static void relay_retract(struct lx_proxy *p)
     p->status = 0;
     p->t_first_ns = 0;
     p->bytes_out = 0;
+    head_free(p->err_head);
+    p->err_head = NULL;
+    lx_buf_reset(&p->err_body);
     lx_buf_reset(&p->tail);
     lx_sse_deinit(&p->sse);
     lx_sse_init(&p->sse, false);
@@ -1423,7 +1495,7 @@ static void up_on_error(void *ctx, enum lx_upstream_err kind, bool got_head)
     }
     /* A response whose head was still held back has not reached the
      * client: it can be answered (502/504) or retried instead of cut. */
-    if (p->state == PX_RELAY && lx_http_resp_retract(p->client))
+    if (p->state == PX_RELAY && (p->err_head || lx_http_resp_retract(p->client)))
         relay_retract(p);
     if (p->state == PX_RELAY) {
         if (try_resume(p, x))
@@ -1545,6 +1617,7 @@ void lx_proxy_start(struct lx_proxy_env *env, struct lx_http_req *req, struct lx
     lx_buf_init(&p->slots[1].head, 0);
     lx_buf_init(&p->body, 0);
     lx_buf_init(&p->cont, 0);
+    lx_buf_init(&p->err_body, LX_ERROR_BODY_MAX);
     lx_buf_init(&p->evbuf, 0);
     /* Formatted once: X-Forwarded-For of every attempt, and the access log. */
     lx_http_req_peer_str(req, p->client_addr, sizeof(p->client_addr));

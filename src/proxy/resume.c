@@ -286,6 +286,7 @@ enum lx_resume_plan lx_resume_plan(const struct lx_resume *r, const char *body, 
 
 void lx_resume_start(struct lx_resume *r)
 {
+    r->shown = r->first.len > 0;
     r->base = r->tokens;
     r->continuations++;
 }
@@ -338,9 +339,18 @@ static void shift_usage(json_t *usage, int64_t base)
 
 bool lx_resume_event(const struct lx_resume *r, const char *ev, size_t len, struct lx_buf *out)
 {
-    json_t *o = event_json(ev, len), *first = event_json(r->first.data, r->first.len), *v;
+    json_t *o, *first, *v;
     char *s;
 
+    /* Nothing reached the client before the break (the node died after its
+     * head): the continuation's own events, role delta included, are the
+     * stream. */
+    if (!r->shown) {
+        lx_buf_append(out, ev, len);
+        return true;
+    }
+    o = event_json(ev, len);
+    first = event_json(r->first.data, r->first.len);
     if (!o || !first) {
         json_decref(o);
         json_decref(first);

@@ -46,6 +46,8 @@ struct lx_resume {
     int64_t tokens;            /* content deltas relayed */
     int64_t base;              /* tokens relayed before the current continuation */
     int continuations;         /* continuations started */
+    bool shown;                /* the client had an event when the continuation started:
+                                  its events follow on; else they stand as they come */
 };
 
 void lx_resume_init(struct lx_resume *r, bool chat);

@@ -230,6 +230,17 @@ def completion_body(prompt="Once upon a time", model="sim-model", stream=False, 
     return obj
 
 
+def node_error_as_openai(resp):
+    """What llmux makes of a node's error answer <resp> (error_shape.h): in
+    OpenAI's shape already, unchanged; vLLM's top-level fields, moved under
+    "error"."""
+    j = resp.json()
+    if isinstance(j.get("error"), dict):
+        return j
+    return {"error": {"message": j["message"], "type": j.get("type"),
+                      "param": j.get("param"), "code": j.get("code", resp.status_code)}}
+
+
 def assert_openai_error(resp_json, status=None):
     """Checks the OpenAI error shape the gateway produces."""
     assert isinstance(resp_json, dict) and "error" in resp_json, resp_json

@@ -347,11 +347,15 @@ def test_h3_node_1xx_with_a_body_or_101_is_502(procs, answer, then):
 
 # ---- H4: node answers before it has read the request body -----------------------
 
+DENIED = b'{"error":{"message":"denied","type":"authentication_error"}}'
+
+
 def test_h4_node_that_answers_before_reading_the_body(procs):
     """H4: a node that sends its whole answer (401) after reading only the
     head, then drains the 8 MiB body a second later. llmux relayed the answer
     and freed the request while its body was still being written to the node
-    (use-after-free under ASan). Each client must get the node's 401 and {}."""
+    (use-after-free under ASan). Each client must get the node's 401 and its
+    body (in OpenAI's error shape: relayed as it is)."""
     def on_connect(conn):
         while not node.stopping.is_set():
             try:
@@ -366,7 +370,7 @@ def test_h4_node_that_answers_before_reading_the_body(procs):
             with node._lock:
                 node.requests.append(head)
             conn.send(b"HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\n"
-                      b"Content-Length: 2\r\n\r\n{}")
+                      b"Content-Length: %d\r\n\r\n%s" % (len(DENIED), DENIED))
             if node.stopping.wait(1.0):
                 return
             conn.read_exact(length)  # then drain the body and serve the next one
@@ -380,10 +384,10 @@ def test_h4_node_that_answers_before_reading_the_body(procs):
         return r.status_code, r.content
 
     for _ in range(3):
-        assert post() == (401, b"{}")
+        assert post() == (401, DENIED)
     with cf.ThreadPoolExecutor(3) as ex:
         results = [f.result(timeout=T(60)) for f in [ex.submit(post) for _ in range(3)]]
-    assert results == [(401, b"{}")] * 3, results
+    assert results == [(401, DENIED)] * 3, results
     assert_serves(lx)
 
 

@@ -126,8 +126,9 @@ def test_retry_budget_bounds_node_requests(procs):
     assert 300 <= node_requests <= 1.2 * 300 + 1 * (elapsed + 10) + 1, (node_requests, elapsed)
     refused = metric(lx, "llmux_retries_refused_total")
     assert refused >= 300 - (node_requests - 300), (refused, node_requests)
-    # The node's own error (vLLM's shape: "object":"error"), not llmux's 502.
-    assert all(body.get("object") == "error" for _, body in answers)
+    # The node's own error (its message, in OpenAI's shape), not llmux's 502.
+    assert all(body["error"]["message"] == "simulated error (--error-rate)"
+               for _, body in answers)
 
 
 def test_expired_client_deadline_in_the_queue_is_503(procs):

@@ -17,7 +17,8 @@ import pytest
 
 from conftest import T
 from e2e_nodes import http_response
-from e2e_util import RawConn, assert_openai_error, chat_body, raw_request, read_sse, wait_for
+from e2e_util import (RawConn, assert_openai_error, chat_body, node_error_as_openai, raw_request,
+                       read_sse, wait_for)
 
 CHAT = "/v1/chat/completions"
 BODY = json.dumps(chat_body(content="resilience", max_tokens=2)).encode()
@@ -105,7 +106,7 @@ def test_retries_stop_at_max_retries_and_never_repeat_a_node(procs, retries):
         r = lx.client.post(CHAT, content=BODY)
         # The last attempt's answer is relayed as it is.
         assert r.status_code == 500, r.text
-        assert r.json()["message"] == "simulated error (--error-rate)", r.text
+        assert r.json()["error"]["message"] == "simulated error (--error-rate)", r.text
         now = [s.stats()["requests_total"] for s in sims]
         delta = [a - b for a, b in zip(now, seen)]
         assert sum(delta) == retries + 1, delta
@@ -129,8 +130,8 @@ def test_client_errors_pass_through_unretried(procs, status):
         body = json.dumps(chat_body(content="resilience", max_tokens=2, stream=stream)).encode()
         r = lx.client.post(CHAT, content=body if stream else BODY, headers=hdr)
         assert r.status_code == status, r.text
-        assert r.content == direct.content
-        assert r.headers["content-type"] == direct.headers["content-type"]
+        assert r.json() == node_error_as_openai(direct)
+        assert r.headers["content-type"] == "application/json"
     assert sum(s.stats()["requests_total"] for s in sims) == before + 2
     assert metric(lx, "llmux_retries_total") == 0
     # Not the node's fault: nothing counts against it.

@@ -14,7 +14,8 @@ import pytest
 
 from conftest import T
 from e2e_nodes import http_response
-from e2e_util import chat_body, completion_body, iter_sse, read_sse, wait_for
+from e2e_util import (chat_body, completion_body, iter_sse, node_error_as_openai, read_sse,
+                       wait_for)
 
 CHAT = "/v1/chat/completions"
 COMPL = "/v1/completions"
@@ -363,8 +364,8 @@ def test_stream_error_status_from_node_is_not_an_sse_stream(procs):
     direct = sim.client.post(CHAT, content=body, headers=hdr)
     via = lx.client.post(CHAT, content=body, headers=hdr)
     assert via.status_code == direct.status_code == 400
-    assert via.content == direct.content
-    assert via.headers["content-type"] == direct.headers["content-type"]
+    assert via.json() == node_error_as_openai(direct)
+    assert via.headers["content-type"] == "application/json"
 
 
 def test_response_head_reaches_client_before_first_token(procs):
