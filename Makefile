@@ -63,7 +63,7 @@ BINDIR := $(BUILD)/bin
 endif
 BINS := $(BINDIR)/llmux $(BINDIR)/llmux-sim $(BINDIR)/llmux-bench
 
-.PHONY: all run test test-unit test-e2e test-fuzz-replay asan asan-test tsan tsan-test attack soak soak-asan fuzz fuzz-smoke bench bench-quick bench-profile bench-prefix format lint deps clean help
+.PHONY: all run test test-unit test-e2e test-fuzz-replay asan asan-test tsan tsan-test attack soak soak-asan fuzz fuzz-smoke bench bench-quick bench-profile bench-prefix bench-resume format lint deps clean help
 .SECONDARY:
 
 all: $(BINS)
@@ -188,15 +188,21 @@ bench-quick: deps all
 bench-profile: deps all
 	bench/profile
 
-# The cost of cache_aware's block index per request and its memory (a C
-# program of its own under bench/prefix, not part of llmux-bench).
+# Micro-benchmarks of one mechanism each (C programs of their own, not part
+# of llmux-bench): cache_aware's block index per request and its memory
+# (bench/prefix), stream resume's cost per relayed event (bench/resume).
 $(BUILD)/bench/prefix_cost: $(BUILD)/bench/prefix/prefix_cost.o $(LIB) $(MODE_OBJ)
+$(BUILD)/bench/note_cost: $(BUILD)/bench/resume/note_cost.o $(LIB) $(MODE_OBJ)
+$(BUILD)/bench/prefix_cost $(BUILD)/bench/note_cost:
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
 bench-prefix: $(BUILD)/bench/prefix_cost
 	$(BUILD)/bench/prefix_cost
+
+bench-resume: $(BUILD)/bench/note_cost
+	$(BUILD)/bench/note_cost
 
 # Robustness runs (not tests): slowhttptest's slow attacks on llmux and HAProxy
 # (~10 min; ATTACK_ARGS=--quick: ~3 min), and a soak of mixed traffic with node

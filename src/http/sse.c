@@ -135,6 +135,7 @@ void lx_sse_feed(struct lx_sse *s, const char *p, size_t len, lx_sse_out_cb out,
                     out(ctx, s->partial.data, s->partial.len);
             } else {
                 s->events++;
+                s->overflows++;
                 if (s->partial.len)
                     out(ctx, s->partial.data, s->partial.len);
                 out(ctx, p + start, i + 1 - start);

@@ -41,6 +41,7 @@ struct lx_sse {
     struct lx_buf partial;      /* the current event's bytes when split (or in filter mode) */
     bool partial_overflow;      /* current event longer than LX_SSE_EVENT_MAX */
     uint64_t events;            /* complete events seen */
+    uint64_t overflows;         /* events passed on unexamined (longer than LX_SSE_EVENT_MAX) */
     uint64_t data_events;       /* events carrying choices with content (tokens) */
     bool done;                  /* saw `data: [DONE]` */
     struct lx_usage usage;      /* last usage seen */

@@ -154,6 +154,8 @@ struct lx_proxy {
     struct px_held_head *err_head;  /* a node's error answer, held until its body is whole */
     struct lx_buf err_body;         /* ... and its body (LX_ERROR_BODY_MAX) */
     bool budget_refused;            /* a retry was refused by the retry budget */
+    bool budget_noted;              /* counted among the pool's requests (retry budget) */
+    bool resume_ok;                 /* a resumed stream reached its end */
     const char *path;               /* upstream path, borrowed from client req */
     int attempts;                   /* attempts started */
     int last_fail;                  /* enum lx_fail of the last failed attempt, -1 = none */
@@ -185,6 +187,7 @@ static void hedge_arm(struct lx_proxy *p);
 static void hedge_start(struct lx_proxy *p);
 static void held_free(struct px_exchange *x);
 static void head_free(struct px_held_head *hh);
+static void relay_retract(struct lx_proxy *p);
 static void relay_out(void *ctx, const char *data, size_t len);
 static void relay_break(struct lx_proxy *p, bool node_broke, const char *code, const char *msg);
 static const struct lx_upstream_cbs up_cbs;
@@ -627,6 +630,12 @@ static void proxy_pick(struct lx_proxy *p)
     adopt_newest(p);
     p->pick.rand = lx_rand_next(&p->env->rng);
     p->pick.now_ms = lx_now_ms();
+    /* Admitted requests count toward the retry budget, not the ones turned
+     * away: a flood of rejected requests must not buy retries. */
+    if (!p->budget_noted) {
+        lx_budget_note_request(&p->pool->retry_budget, p->pick.now_ms);
+        p->budget_noted = true;
+    }
     node = lx_router_pick(p->pool, &p->pick);
     if (!node) {
         if (!pool_is_full(p)) {
@@ -709,6 +718,8 @@ static void proxy_done(struct lx_proxy *p)
     struct lx_http_req *req = p->client;
 
     proxy_account(p);
+    if (is_continuing(p))
+        lx_metrics_resume(p->env->metrics, p->resume_ok);
     exchange_end(p, p->ex);
     if (p->hedge)
         exchange_end(p, p->hedge);
@@ -845,6 +856,10 @@ static void on_timer(uv_timer_t *t)
         return;
     }
     lx_warn("[%s] total timeout reached", p->request_id);
+    /* A head still held back can be answered 504 instead. */
+    if (p->state == PX_RELAY && !is_continuing(p) &&
+        (p->err_head || lx_http_resp_retract(p->client)))
+        relay_retract(p);
     if (p->state == PX_RELAY)
         relay_break(p, false, "total_timeout", answers[ANS_TOTAL_TIMEOUT].message);
     else
@@ -970,9 +985,10 @@ static void relay_cont(void *ctx, const char *data, size_t len)
 static void resume_whole(struct lx_proxy *p)
 {
     struct lx_http_req *req = p->client;
+    bool done = p->sse.done;
 
-    px_enter(p, PX_DONE);
-    if (!p->sse.done)
+    px_enter(p, PX_DONE); /* frees p */
+    if (!done)
         lx_http_resp_write(req, "data: [DONE]\n\n", 14);
     lx_http_resp_end(req);
 }
@@ -989,15 +1005,17 @@ static bool try_resume(struct lx_proxy *p, struct px_exchange *x)
     const char *why = NULL;
     enum lx_resume_plan plan;
 
-    /* Half an overlong event already went to the client unexamined: no
-     * continuation can follow it. */
-    if (!p->resume || !p->is_sse || p->status != 200 || p->sse.partial_overflow)
+    if (!p->resume || !p->is_sse || p->status != 200)
         return false;
     if (p->sse.done) {
         exchange_count_error(p, x, LX_FAIL_STREAM_BROKEN);
         resume_whole(p); /* [DONE] was relayed: the end was all that was left */
         return true;
     }
+    /* An event longer than LX_SSE_EVENT_MAX went to the client unexamined:
+     * the text so far is not known. */
+    if (p->sse.overflows || p->sse.partial_overflow)
+        return false;
     plan = lx_resume_plan(p->resume, sent->data, sent->len, &p->cont, &why);
     if (plan == LX_RESUME_NO) {
         lx_info("[%s] the stream cannot be resumed: %s", p->request_id, why);
@@ -1009,7 +1027,7 @@ static bool try_resume(struct lx_proxy *p, struct px_exchange *x)
     }
     exchange_count_error(p, x, LX_FAIL_STREAM_BROKEN);
     if (plan == LX_RESUME_WHOLE) {
-        lx_metrics_resume(p->env->metrics, true);
+        p->resume_ok = true;
         resume_whole(p);
         return true;
     }
@@ -1017,6 +1035,7 @@ static bool try_resume(struct lx_proxy *p, struct px_exchange *x)
             p->request_id, x->node->name, (long long)p->resume->tokens);
     lx_resume_start(p->resume);
     p->last_fail = LX_FAIL_STREAM_BROKEN;
+    p->queue_deadline_ms = 0; /* a wait for a node starts afresh */
     px_enter(p, PX_BACKOFF);
     return true;
 }
@@ -1388,7 +1407,7 @@ static void up_on_done(void *ctx)
         p->usage = p->sse.usage;
         if (is_continuing(p)) {
             lx_resume_usage(p->resume, &p->usage);
-            lx_metrics_resume(p->env->metrics, true);
+            p->resume_ok = true;
         }
     } else if (p->tail.len) {
         lx_usage_scan(p->tail.data, p->tail.len, &p->usage);
@@ -1413,8 +1432,7 @@ static void relay_break(struct lx_proxy *p, bool node_broke, const char *code, c
 
     if (node_broke)
         exchange_count_error(p, p->ex, LX_FAIL_STREAM_BROKEN);
-    if (is_continuing(p))
-        lx_metrics_resume(p->env->metrics, false);
+
     p->error = code;
     px_enter(p, PX_DONE); /* the node first, as in up_on_done */
     if (sse) {
@@ -1452,6 +1470,8 @@ static void relay_retract(struct lx_proxy *p)
     lx_buf_reset(&p->tail);
     lx_sse_deinit(&p->sse);
     lx_sse_init(&p->sse, false);
+    if (p->resume)
+        lx_resume_reset(p->resume);
 }
 
 /* Counted as the node's fault it was; a node that closed before its head
@@ -1649,7 +1669,6 @@ void lx_proxy_start(struct lx_proxy_env *env, struct lx_http_req *req, struct lx
         p->resume = lx_malloc(sizeof(*p->resume));
         lx_resume_init(p->resume, path_is(upstream_path, "/v1/chat/completions"));
     }
-    lx_budget_note_request(&pool->retry_budget, lx_now_ms());
     if ((pool->upstream_model && scan && scan->model_value.p) ||
         (p->stream && !scan->stream_options.p))
         rewrite_body(p);

@@ -24,11 +24,33 @@ void lx_resume_deinit(struct lx_resume *r)
 {
     lx_buf_deinit(&r->text);
     lx_buf_deinit(&r->first);
+    json_decref(r->first_json);
 }
 
+void lx_resume_reset(struct lx_resume *r)
+{
+    bool chat = r->chat;
+
+    lx_resume_deinit(r);
+    lx_resume_init(r, chat);
+}
+
+/* The first <needle> (a quoted key, "...") in [p, end). The keys looked
+ * for are near where the search starts, so a memchr for the key's first
+ * letter and a compare beat memmem's set-up. */
 static const char *find(const char *p, const char *end, const char *needle)
 {
-    return p < end ? memmem(p, (size_t)(end - p), needle, strlen(needle)) : NULL;
+    size_t n = strlen(needle);
+    const char *q = p + 1;
+
+    while (q < end && (q = memchr(q, needle[1], (size_t)(end - q))) != NULL) {
+        if ((size_t)(end - q) < n - 1)
+            return NULL;
+        if (q[-1] == needle[0] && memcmp(q, needle + 1, n - 1) == 0)
+            return q - 1;
+        q++;
+    }
+    return NULL;
 }
 
 /* The value after "key" (found at or after <p>): its first byte, or NULL. */
@@ -46,27 +68,54 @@ static const char *value_after(const char *p, const char *end, const char *key)
 
 /* The raw contents of the JSON string value of "key", escapes kept; false
  * when the key is absent or its value is not a string. */
+static const char *string_end(const char *q, const char *end);
+
 static bool string_after(const char *p, const char *end, const char *key, struct lx_slice *out)
 {
-    const char *q = value_after(p, end, key), *s;
+    const char *q = value_after(p, end, key), *e;
 
-    if (!q || *q != '"')
+    if (!q || *q != '"' || !(e = string_end(q, end)))
         return false;
-    for (s = ++q; q < end; q++) {
-        if (*q == '\\') {
+    *out = (struct lx_slice){q + 1, (size_t)(e - q - 1)};
+    return true;
+}
+
+/* The end of the JSON string that starts at <q> (its opening quote): the
+ * closing quote, or NULL. */
+static const char *string_end(const char *q, const char *end)
+{
+    for (q++; q < end; q++) {
+        if (*q == '\\')
             q++;
-        } else if (*q == '"') {
-            *out = (struct lx_slice){s, (size_t)(q - s)};
-            return true;
-        }
+        else if (*q == '"')
+            return q;
     }
-    return false;
+    return NULL;
+}
+
+/* A chat delta that is {"content":"..."} and nothing else (vLLM's token
+ * events): its content, without searching for the other kinds of delta. */
+static bool plain_delta(const char *d, const char *end, struct lx_slice *out)
+{
+    static const char key[] = "\"content\":\"";
+    const char *q = d, *e;
+
+    while (q < end && *q != '{')
+        q++;
+    if ((size_t)(end - q) < sizeof(key) || memcmp(q + 1, key, sizeof(key) - 1) != 0)
+        return false;
+    q += sizeof(key) - 1; /* at the opening quote */
+    e = string_end(q, end);
+    if (!e || e + 1 >= end || e[1] != '}')
+        return false;
+    *out = (struct lx_slice){q + 1, (size_t)(e - q - 1)};
+    return true;
 }
 
 void lx_resume_note(struct lx_resume *r, const char *ev, size_t len)
 {
     const char *end = ev + len, *ch = find(ev, end, "\"choices\""), *d, *v;
-    struct lx_slice s;
+    struct lx_slice s = {NULL, 0};
 
     if (!ch || r->inexact)
         return;
@@ -76,17 +125,22 @@ void lx_resume_note(struct lx_resume *r, const char *ev, size_t len)
         d = find(ch, end, "\"delta\"");
         if (!d)
             return;
-        /* Tool calls and reasoning stream as deltas of their own that a
-         * continuation request cannot carry. */
-        v = value_after(d, end, "\"tool_calls\"");
-        if (v && *v == '[' && (v + 1 < end && v[1] != ']'))
-            r->inexact = true;
-        if (string_after(d, end, "\"reasoning_content\"", &s) ||
-            string_after(d, end, "\"reasoning\"", &s))
-            r->inexact = true;
-        if (!string_after(d, end, "\"content\"", &s))
-            s.len = 0;
-    } else if (!string_after(ch, end, "\"text\"", &s)) {
+        if (!plain_delta(d + 7, end, &s)) {
+            /* Tool calls and reasoning stream as deltas of their own that
+             * a continuation request cannot carry. */
+            v = value_after(d, end, "\"tool_calls\"");
+            if (v && *v == '[' && (v + 1 < end && v[1] != ']'))
+                r->inexact = true;
+            if (string_after(d, end, "\"reasoning_content\"", &s) ||
+                string_after(d, end, "\"reasoning\"", &s))
+                r->inexact = true;
+            if (!string_after(d, end, "\"content\"", &s))
+                s.len = 0;
+        }
+        ch = s.p ? s.p + s.len : d;
+    } else if (string_after(ch, end, "\"text\"", &s)) {
+        ch = s.p + s.len;
+    } else {
         s.len = 0;
     }
     if (s.len) {
@@ -152,6 +206,8 @@ static bool is_more_than_one(json_t *body, const char *key)
 /* The request's reasons not to be resumed; NULL when it can be. */
 static const char *refusal(json_t *body, bool chat)
 {
+    json_t *v;
+
     if (is_more_than_one(body, "n") || is_more_than_one(body, "best_of"))
         return "more than one choice";
     if (is_set(body, "logprobs") || is_set(body, "top_logprobs") ||
@@ -163,6 +219,13 @@ static const char *refusal(json_t *body, bool chat)
         return "beam search";
     if (chat && is_set(body, "continue_final_message"))
         return "the request continues its own final message";
+    if (is_set(body, "guided_json") || is_set(body, "guided_regex") ||
+        is_set(body, "guided_choice") || is_set(body, "guided_grammar") ||
+        is_set(body, "structured_outputs"))
+        return "structured output";
+    v = json_object_get(json_object_get(body, "response_format"), "type");
+    if (v && !(json_is_string(v) && strcmp(json_string_value(v), "text") == 0))
+        return "structured output";
     return NULL;
 }
 
@@ -170,15 +233,19 @@ static const char *refusal(json_t *body, bool chat)
 static bool reduce(json_t *body, const char *key, int64_t used, bool floor_zero)
 {
     json_t *v = json_object_get(body, key);
+    double limit;
     json_int_t left;
 
-    if (!json_is_integer(v))
+    if (!json_is_number(v))
         return true;
-    left = json_integer_value(v) - used;
-    if (floor_zero && left < 0)
+    limit = json_number_value(v); /* 5.0 is a limit of 5 too */
+    if (limit <= (double)used) {
+        if (!floor_zero)
+            return false;
         left = 0;
-    if (!floor_zero && left < 1)
-        return false;
+    } else {
+        left = limit >= 9.2e18 ? (json_int_t)9.2e18 : (json_int_t)limit - used;
+    }
     json_object_set_new(body, key, json_integer(left));
     return true;
 }
@@ -287,6 +354,8 @@ enum lx_resume_plan lx_resume_plan(const struct lx_resume *r, const char *body, 
 void lx_resume_start(struct lx_resume *r)
 {
     r->shown = r->first.len > 0;
+    if (r->shown && !r->first_json)
+        r->first_json = event_json(r->first.data, r->first.len);
     r->base = r->tokens;
     r->continuations++;
 }
@@ -333,7 +402,8 @@ static void shift_usage(json_t *usage, int64_t base)
 
     if (json_is_integer(pt) && json_integer_value(pt) >= base)
         json_object_set_new(usage, "prompt_tokens", json_integer(json_integer_value(pt) - base));
-    if (json_is_integer(ct))
+    if (json_is_integer(ct) && json_integer_value(ct) >= 0 &&
+        json_integer_value(ct) <= INT64_MAX - base)
         json_object_set_new(usage, "completion_tokens", json_integer(json_integer_value(ct) + base));
 }
 
@@ -350,10 +420,9 @@ bool lx_resume_event(const struct lx_resume *r, const char *ev, size_t len, stru
         return true;
     }
     o = event_json(ev, len);
-    first = event_json(r->first.data, r->first.len);
+    first = r->first_json;
     if (!o || !first) {
         json_decref(o);
-        json_decref(first);
         lx_buf_append(out, ev, len);
         return true;
     }
@@ -361,7 +430,6 @@ bool lx_resume_event(const struct lx_resume *r, const char *ev, size_t len, stru
         json_object_set(o, "id", v);
     if ((v = json_object_get(first, "created")) != NULL)
         json_object_set(o, "created", v);
-    json_decref(first);
     v = json_object_get(o, "usage");
     if (r->chat && strip_role(o) && (!v || json_is_null(v))) {
         json_decref(o);
@@ -388,6 +456,6 @@ void lx_resume_usage(const struct lx_resume *r, struct lx_usage *u)
         return;
     if (u->prompt_tokens >= r->base)
         u->prompt_tokens -= r->base;
-    if (u->completion_tokens >= 0)
+    if (u->completion_tokens >= 0 && u->completion_tokens <= INT64_MAX - r->base)
         u->completion_tokens += r->base;
 }

@@ -18,7 +18,8 @@
  * the relayed tokens as prompt).
  *
  * Exactness needs one choice and plain text: a request with n > 1, best_of,
- * logprobs, echo, a non-string prompt or its own continue_final_message, or
+ * logprobs, echo, structured output (a grammar would start over on the
+ * continuation), a non-string prompt or its own continue_final_message, or
  * a stream that relayed tool-call or reasoning deltas, is not resumed.
  *
  * Noting is on the relay's path (a few searches an event, no allocation
@@ -35,7 +36,7 @@
 #include "../core/buf.h"
 #include "../http/sse.h"
 
-#define LX_RESUME_TEXT_MAX (4 * 1024 * 1024) /* more relayed text: not resumable */
+#define LX_RESUME_TEXT_MAX (1024 * 1024) /* more relayed text: not resumable */
 
 struct lx_resume {
     bool chat;                 /* a chat completion (else a text completion) */
@@ -48,10 +49,13 @@ struct lx_resume {
     int continuations;         /* continuations started */
     bool shown;                /* the client had an event when the continuation started:
                                   its events follow on; else they stand as they come */
+    void *first_json;          /* the first event parsed, once a continuation started */
 };
 
 void lx_resume_init(struct lx_resume *r, bool chat);
 void lx_resume_deinit(struct lx_resume *r);
+/* Forgets what was noted: the attempt it came from was taken back. */
+void lx_resume_reset(struct lx_resume *r);
 
 /* Notes one relayed event (a whole SSE event, its blank line included). */
 void lx_resume_note(struct lx_resume *r, const char *ev, size_t len);

@@ -113,6 +113,38 @@ static void test_nothing_relayed_resends_the_body(void **state)
     lx_resume_deinit(&r);
 }
 
+/* Limits given as reals, or at the edges of int64, never overflow. */
+static void test_odd_limits(void **state)
+{
+    struct lx_resume r;
+    json_t *b;
+    struct lx_usage u = {5, INT64_MAX};
+
+    lx_resume_init(&r, true);
+    note(&r, CHAT_EV("a "));
+    b = plan_json(&r, "{\"messages\":[],\"max_tokens\":5.0}", LX_RESUME_GO);
+    assert_int_equal(json_integer_value(json_object_get(b, "max_tokens")), 4);
+    json_decref(b);
+    plan_json(&r, "{\"messages\":[],\"max_tokens\":-9223372036854775808}", LX_RESUME_WHOLE);
+    b = plan_json(&r, "{\"messages\":[],\"max_tokens\":9223372036854775807,"
+                      "\"min_tokens\":-9223372036854775808}",
+                  LX_RESUME_GO);
+    assert_true(json_integer_value(json_object_get(b, "max_tokens")) > 0);
+    assert_int_equal(json_integer_value(json_object_get(b, "min_tokens")), 0);
+    json_decref(b);
+    lx_resume_start(&r);
+    lx_resume_usage(&r, &u); /* a node's absurd count is left as it is */
+    assert_int_equal(u.completion_tokens, INT64_MAX);
+    /* A reset forgets everything noted. */
+    lx_resume_reset(&r);
+    assert_int_equal(r.tokens, 0);
+    assert_int_equal(r.text.len, 0);
+    assert_int_equal(r.first.len, 0);
+    assert_int_equal(r.continuations, 0);
+    assert_true(r.chat);
+    lx_resume_deinit(&r);
+}
+
 static void test_whole_answers_need_no_node(void **state)
 {
     struct lx_resume r;
@@ -140,6 +172,9 @@ static void test_inexact_requests_and_streams(void **state)
         "{\"messages\":[],\"echo\":true}",
         "{\"messages\":[],\"continue_final_message\":true}",
         "{\"messages\":{}}",
+        "{\"messages\":[],\"response_format\":{\"type\":\"json_object\"}}",
+        "{\"messages\":[],\"guided_regex\":\"a+\"}",
+        "{\"messages\":[],\"structured_outputs\":{\"choice\":[\"a\"]}}",
         "[1]",
         "{\"messages\":[]",
     };
@@ -150,7 +185,8 @@ static void test_inexact_requests_and_streams(void **state)
     for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++)
         assert_null(plan_json(&r, refused[i], LX_RESUME_NO));
     /* Accepted: the same fields at their neutral values. */
-    json_decref(plan_json(&r, "{\"messages\":[],\"n\":1,\"logprobs\":false,\"echo\":null}",
+    json_decref(plan_json(&r, "{\"messages\":[],\"n\":1,\"logprobs\":false,\"echo\":null,"
+                              "\"response_format\":{\"type\":\"text\"}}",
                           LX_RESUME_GO));
     /* A tool-call delta or reasoning cannot be carried by a continuation. */
     note(&r, "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0}]}}]}\n\n");
@@ -277,6 +313,7 @@ int main(void)
         cmocka_unit_test(test_completion_prompt_grows),
         cmocka_unit_test(test_nothing_relayed_resends_the_body),
         cmocka_unit_test(test_whole_answers_need_no_node),
+        cmocka_unit_test(test_odd_limits),
         cmocka_unit_test(test_inexact_requests_and_streams),
         cmocka_unit_test(test_continuation_events_follow_on),
         cmocka_unit_test(test_text_bound),
