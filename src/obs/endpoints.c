@@ -16,7 +16,10 @@
 
 void lx_obs_account(struct lx_metrics *m, struct lx_http_req *req, const char *rid, int status)
 {
-    struct lx_request_record r = {"", status, 0, -1, -1, -1, -1};
+    struct lx_request_record r = {
+        .model = "", .status = status, .ttft_s = -1, .tokens_per_s = -1, .prompt_tokens = -1,
+        .completion_tokens = -1,
+        .endpoint = req ? lx_api_lookup(req->path, req->path_only_len) : LX_API_OTHER};
     char client[64], path[128];
 
     lx_metrics_request(m, &r);
@@ -141,6 +144,7 @@ void lx_obs_models(const struct lx_obs_view *v, struct lx_http_req *req, const c
     }
     json_object_set_new(root, "object", json_string("list"));
     json_object_set_new(root, "data", data);
+    lx_metrics_endpoint(v->metrics, LX_API_MODELS, 200);
     send_json(req, 200, root, rid);
 }
 
@@ -204,7 +208,7 @@ void lx_obs_metrics(const struct lx_obs_view *v, struct lx_http_req *req, const 
     uint64_t now = lx_now_ms();
 
     lx_buf_init(&b, 0);
-    lx_metrics_render(&b);
+    lx_metrics_render(&b, v->reg);
     lx_metrics_gauge_head(&b, "llmux_active_requests", "Requests holding an admission slot.");
     lx_metrics_sample(&b, "llmux_active_requests", NULL, NULL, atomic_load(&a->in_flight));
     lx_metrics_gauge_head(&b, "llmux_queue_depth", "Requests waiting for an admission slot.");
