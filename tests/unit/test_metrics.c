@@ -64,6 +64,21 @@ static int count_samples(const char *text, const char *prefix)
     return n;
 }
 
+/* A request answered with <status>, <latency_s> (< 0: none) and <prompt>
+ * tokens (< 0: unknown), on <endpoint>; nothing else measured. */
+static void request(struct lx_metrics *m, const char *model, int status, double latency_s,
+                    int64_t prompt, enum lx_api endpoint)
+{
+    lx_metrics_request(m, &(struct lx_request_record){.model = model,
+                                                      .status = status,
+                                                      .latency_s = latency_s,
+                                                      .ttft_s = -1,
+                                                      .tokens_per_s = -1,
+                                                      .prompt_tokens = prompt,
+                                                      .completion_tokens = -1,
+                                                      .endpoint = endpoint});
+}
+
 static const char *label(const char *name)
 {
     static char out[128];
@@ -121,14 +136,7 @@ static void test_many_client_names_bounded(void **state)
     for (int i = 0; i < 10000; i++) {
         snprintf(name, sizeof(name), "flood-%d", i);
         lx_metrics_model_label(lab, sizeof(lab), name, strlen(name));
-        lx_metrics_request(m, &(struct lx_request_record){.model = lab,
-                                                          .status = 200,
-                                                          .latency_s = 0.01,
-                                                          .ttft_s = -1,
-                                                          .tokens_per_s = 5,
-                                                          .prompt_tokens = 1,
-                                                          .completion_tokens = 1,
-                                                          .endpoint = LX_API_CHAT_COMPLETIONS});
+        request(m, lab, 200, 0.01, 1, LX_API_CHAT_COMPLETIONS);
     }
     text = scrape(&out);
     assert_int_equal(count_samples(text, "llmux_requests_total{"), 1);
@@ -328,13 +336,7 @@ static void test_known_series_follow_the_registry(void **state)
     lx_metrics_node_request(m, "http://n1:8000");
     lx_metrics_node_request(m, "n2");
     lx_metrics_upstream_error(m, "n2", LX_FAIL_TIMEOUT);
-    lx_metrics_request(m, &(struct lx_request_record){.model = "chat",
-                                                      .status = 200,
-                                                      .latency_s = 0.2,
-                                                      .ttft_s = -1,
-                                                      .tokens_per_s = -1,
-                                                      .prompt_tokens = -1,
-                                                      .completion_tokens = -1});
+    request(m, "chat", 200, 0.2, -1, LX_API_CHAT_COMPLETIONS);
     text = scrape_reg(&out, &reg_before);
     expect_line(text, "llmux_requests_per_node_total{node=\"http://n1:8000\"} 2");
     expect_line(text, "llmux_requests_per_node_total{node=\"n2\"} 1");
@@ -425,26 +427,9 @@ static void test_requests_by_endpoint(void **state)
     }
     lx_buf_deinit(&out);
 
-    lx_metrics_request(m, &(struct lx_request_record){.model = "m",
-                                                      .status = 200,
-                                                      .ttft_s = -1,
-                                                      .tokens_per_s = -1,
-                                                      .prompt_tokens = 3,
-                                                      .completion_tokens = -1,
-                                                      .endpoint = LX_API_EMBEDDINGS});
-    lx_metrics_request(m, &(struct lx_request_record){.model = "m",
-                                                      .status = 503,
-                                                      .ttft_s = -1,
-                                                      .tokens_per_s = -1,
-                                                      .prompt_tokens = -1,
-                                                      .completion_tokens = -1,
-                                                      .endpoint = LX_API_EMBEDDINGS});
-    lx_metrics_request(m, &(struct lx_request_record){.model = "",
-                                                      .status = 404,
-                                                      .ttft_s = -1,
-                                                      .tokens_per_s = -1,
-                                                      .prompt_tokens = -1,
-                                                      .completion_tokens = -1});
+    request(m, "m", 200, 0.1, 3, LX_API_EMBEDDINGS);
+    request(m, "m", 503, 0.1, -1, LX_API_EMBEDDINGS);
+    request(m, "", 404, 0, -1, LX_API_OTHER);
     lx_metrics_endpoint(m, LX_API_MODELS, 200);
     lx_metrics_endpoint(m, LX_API_RESPONSES, 499);
     lx_metrics_endpoint(m, LX_API_RESPONSES, 302);

@@ -72,21 +72,32 @@ static void test_whole_chunk_one_output(void **state)
     lx_sse_deinit(&s);
 }
 
-static void test_every_split_gives_the_same_bytes(void **state)
+/* Feeds <text> (complete events, none dropped) in pieces of 1, 1 + <stride>,
+ * ... bytes: every way gives back the same bytes, <events> events and the
+ * usage figures. */
+static void check_splits(const char *text, bool drop_usage, size_t stride, uint64_t events,
+                         int64_t prompt, int64_t completion)
 {
-    for (size_t step = 1; step < sizeof(STREAM); step++) {
+    for (size_t step = 1; step <= strlen(text); step += stride) {
         struct lx_sse s;
         static struct out o;
 
         memset(&o, 0, sizeof(o));
-        lx_sse_init(&s, false);
-        feed(&s, STREAM, step, &o);
-        assert_int_equal(o.len, strlen(STREAM));
-        assert_memory_equal(o.buf, STREAM, o.len);
-        assert_int_equal(s.events, 4);
-        assert_int_equal(s.usage.completion_tokens, 2);
+        lx_sse_init(&s, drop_usage);
+        feed(&s, text, step, &o);
+        assert_int_equal(o.len, strlen(text));
+        assert_memory_equal(o.buf, text, o.len);
+        assert_int_equal(s.events, events);
+        assert_int_equal(s.usage.prompt_tokens, prompt);
+        assert_int_equal(s.usage.completion_tokens, completion);
+        assert_false(lx_sse_mid_event(&s));
         lx_sse_deinit(&s);
     }
+}
+
+static void test_every_split_gives_the_same_bytes(void **state)
+{
+    check_splits(STREAM, false, 1, 4, 7, 2);
 }
 
 static void test_partial_event_held_back(void **state)
@@ -282,23 +293,8 @@ static void test_responses_stream(void **state)
         "\"input_tokens_details\":{\"cached_tokens\":0},\"output_tokens\":2,"
         "\"output_tokens_details\":{\"reasoning_tokens\":0},\"total_tokens\":7}}}\n\n";
 
-    for (int drop = 0; drop < 2; drop++) {
-        for (size_t step = 1; step < sizeof(text); step += 7) {
-            struct lx_sse s;
-            static struct out o;
-
-            memset(&o, 0, sizeof(o));
-            lx_sse_init(&s, drop);
-            feed(&s, text, step, &o);
-            assert_int_equal(o.len, strlen(text));
-            assert_memory_equal(o.buf, text, o.len);
-            assert_int_equal(s.events, 4);
-            assert_int_equal(s.usage.prompt_tokens, 5);
-            assert_int_equal(s.usage.completion_tokens, 2);
-            assert_false(lx_sse_mid_event(&s));
-            lx_sse_deinit(&s);
-        }
-    }
+    check_splits(text, false, 7, 4, 5, 2);
+    check_splits(text, true, 7, 4, 5, 2);
 }
 
 int main(void)
