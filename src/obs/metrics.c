@@ -2,9 +2,12 @@
  * metrics.c - sharded Prometheus counters and histograms; see metrics.h.
  *
  * Series key: family + up to two label values. Each shard has an
- * open-addressing table of series; the scrape collects every shard's series,
- * sorts them by key and sums equal keys, so one family's samples come out
- * together whatever shard saw them.
+ * open-addressing table of series; the scrape collects every shard's series
+ * and the keys known in advance (known_keys: fixed label sets, and the nodes
+ * and configured models of the registry it is given, at 0), sorts them by
+ * key and sums equal keys, so one family's samples come out together whatever
+ * shard saw them, and a known series is one line whether or not anything was
+ * recorded into it.
  */
 #include "metrics.h"
 
@@ -102,13 +105,14 @@ static const char *const reject_names[LX_REJECT__N] = {
     "auth", "queue_full", "queue_timeout", "no_healthy_node", "bad_request", "too_large"};
 static const char *const hedge_names[LX_HEDGE__N] = {"started", "won", "lost"};
 static const char *const resume_names[2] = {"failed", "resumed"}; /* by ok */
-static const char *const class_names[] = {"1xx", "2xx", "3xx", "4xx", "5xx"}; /* by status/100 - 1 */
+/* The status class of a status, at status / 100 - 1. */
+static const char *const class_names[] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
+/* The status classes every endpoint starts with, at 0. */
+static const char *const endpoint_classes[] = {"2xx", "4xx", "5xx"};
 /* The statuses a configured model's llmux_requests_total starts with, at 0:
  * success, the node's client errors, and every status llmux itself answers a
  * request of a known model with (queue full, node errors, unreachable, no
  * healthy node or queue timeout, timeout). */
-/* The status classes every endpoint starts with, at 0. */
-static const char *const endpoint_classes[] = {"2xx", "4xx", "5xx"};
 static const char *const model_statuses[] = {"200", "400", "429", "500", "502", "503", "504"};
 
 struct series {
