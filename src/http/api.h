@@ -18,13 +18,14 @@
 #include <stddef.h>
 
 /* What an endpoint's requests are like (the flags column below). */
-#define LX_API_GET (1u << 0) /* GET; without it, POST */
-#define LX_API_MODEL                                                                               \
-    (1u << 1)                      /* routed by a "model": the JSON body's field, or the           \
+/* clang-format off */
+#define LX_API_GET       (1u << 0) /* GET; without it, POST */
+#define LX_API_MODEL     (1u << 1) /* routed by a "model": the JSON body's field, or the
                                       multipart form field with LX_API_MULTIPART */
-#define LX_API_STREAM (1u << 2)    /* may answer with an SSE stream ("stream": true) */
+#define LX_API_STREAM    (1u << 2) /* may answer with an SSE stream ("stream": true) */
 #define LX_API_MULTIPART (1u << 3) /* the body is multipart/form-data (audio files) */
-#define LX_API_SUBPATHS (1u << 4)  /* path/<id> belongs to it too */
+#define LX_API_SUBPATHS  (1u << 4) /* path/<id> belongs to it too */
+/* clang-format on */
 
 /* X(id, path, flags): an endpoint, LX_API_<id> in enum lx_api. The order is
  * the one the metrics and the docs list. */
@@ -52,7 +53,7 @@ enum lx_api {
 #define LX_API_ENUM(id, path, flags) LX_API_##id,
     LX_API_ENDPOINTS(LX_API_ENUM)
 #undef LX_API_ENUM
-        LX_API__N
+    LX_API__N
 };
 
 struct lx_api_endpoint {
