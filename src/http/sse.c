@@ -42,9 +42,26 @@ static int64_t number_after(const char *p, const char *end)
     return any ? v : -1;
 }
 
+/* The number after the first <key> (quoted) in [at, end), else after the
+ * first <alt> (may be NULL); -1 when neither has one. */
+static int64_t figure(const char *at, const char *end, const char *key, const char *alt)
+{
+    const char *names[2] = {key, alt};
+
+    for (int i = 0; i < 2 && names[i]; i++) {
+        const char *q = find(at, (size_t)(end - at), names[i]);
+        int64_t v = q ? number_after(q + strlen(names[i]), end) : -1;
+
+        if (v >= 0)
+            return v;
+    }
+    return -1;
+}
+
 void lx_usage_scan(const char *p, size_t len, struct lx_usage *u)
 {
     const char *end = p + len, *at = NULL, *q = p;
+    int64_t prompt, completion;
 
     /* The last "usage" object with figures wins (the final event). */
     while ((q = find(q, (size_t)(end - q), "\"usage\"")) != NULL) {
@@ -53,20 +70,19 @@ void lx_usage_scan(const char *p, size_t len, struct lx_usage *u)
     }
     if (!at)
         return;
-    q = find(at, (size_t)(end - at), "\"prompt_tokens\"");
-    if (q) {
-        int64_t v = number_after(q + 15, end);
-
-        if (v >= 0)
-            u->prompt_tokens = v;
-    }
-    q = find(at, (size_t)(end - at), "\"completion_tokens\"");
-    if (q) {
-        int64_t v = number_after(q + 19, end);
-
-        if (v >= 0)
-            u->completion_tokens = v;
-    }
+    /* Chat, completions, embeddings, score, rerank, pooling, classify:
+     * prompt_tokens (and completion_tokens); the Responses API:
+     * input_tokens and output_tokens; older vLLM's /v1/rerank only
+     * total_tokens, all of them read. The quotes keep "input_tokens_details"
+     * and "prompt_tokens_details" from matching. */
+    prompt = figure(at, end, "\"prompt_tokens\"", "\"input_tokens\"");
+    completion = figure(at, end, "\"completion_tokens\"", "\"output_tokens\"");
+    if (prompt < 0 && completion < 0)
+        prompt = figure(at, end, "\"total_tokens\"", NULL);
+    if (prompt >= 0)
+        u->prompt_tokens = prompt;
+    if (completion >= 0)
+        u->completion_tokens = completion;
 }
 
 /* Looks at one complete event; true if it should be relayed. Cheap on the

@@ -65,8 +65,10 @@ void lx_sse_flush(struct lx_sse *s, lx_sse_out_cb out, void *ctx);
 /* Whether bytes of an unfinished event are held (or were passed on). */
 bool lx_sse_mid_event(const struct lx_sse *s);
 
-/* Reads the last "prompt_tokens" and "completion_tokens" numbers inside a
- * "usage" object of <p>; fields not found stay as they were. */
+/* Reads the figures of the last "usage" object of <p>: "prompt_tokens"
+ * (else the Responses API's "input_tokens") and "completion_tokens" (else
+ * "output_tokens"); with neither, "total_tokens" as prompt tokens (a
+ * reranker's usage). Fields not found stay as they were. */
 void lx_usage_scan(const char *p, size_t len, struct lx_usage *u);
 
 #endif /* LX_SSE_H */

@@ -16,7 +16,10 @@
 
 void lx_obs_account(struct lx_metrics *m, struct lx_http_req *req, const char *rid, int status)
 {
-    struct lx_request_record r = {"", status, 0, -1, -1, -1, -1};
+    struct lx_request_record r = {
+        .model = "", .status = status, .ttft_s = -1, .tokens_per_s = -1, .prompt_tokens = -1,
+        .completion_tokens = -1,
+        .endpoint = req ? lx_api_lookup(req->path, req->path_only_len) : LX_API_OTHER};
     char client[64], path[128];
 
     lx_metrics_request(m, &r);
@@ -141,20 +144,24 @@ void lx_obs_models(const struct lx_obs_view *v, struct lx_http_req *req, const c
     }
     json_object_set_new(root, "object", json_string("list"));
     json_object_set_new(root, "data", data);
+    lx_metrics_endpoint(v->metrics, LX_API_MODELS, 200);
     send_json(req, 200, root, rid);
 }
 
 /* One gauge per distinct node name (a node listed in several pools is one
- * node): <get> reads the figure, values of the same name are summed. */
+ * node, with one struct lx_node per pool): <get> reads the figure; values of
+ * the same name are summed when <sum> (requests in flight: each pool's copy
+ * counts its own), else the largest is taken (health, scraped figures: each
+ * copy knows the same node). */
 static void node_gauge(struct lx_buf *b, struct lx_registry *reg, const char *name,
                        const char *help, double (*get)(const struct lx_node *, uint64_t),
-                       uint64_t now)
+                       bool sum, uint64_t now)
 {
     lx_metrics_gauge_head(b, name, help);
     for (size_t i = 0; i < reg->n_pools; i++) {
         for (size_t k = 0; k < reg->pools[i].n_nodes; k++) {
             const struct lx_node *n = reg->pools[i].nodes[k];
-            double v = 0;
+            double v;
             bool seen = false;
 
             for (size_t i2 = 0; i2 <= i && !seen; i2++)
@@ -165,10 +172,18 @@ static void node_gauge(struct lx_buf *b, struct lx_registry *reg, const char *na
                 }
             if (seen)
                 continue;
+            v = get(n, now);
             for (size_t i2 = i; i2 < reg->n_pools; i2++)
-                for (size_t k2 = 0; k2 < reg->pools[i2].n_nodes; k2++)
-                    if (strcmp(reg->pools[i2].nodes[k2]->name, n->name) == 0)
-                        v += get(reg->pools[i2].nodes[k2], now);
+                for (size_t k2 = i2 == i ? k + 1 : 0; k2 < reg->pools[i2].n_nodes; k2++) {
+                    const struct lx_node *n2 = reg->pools[i2].nodes[k2];
+                    double v2;
+
+                    if (strcmp(n2->name, n->name) != 0)
+                        continue;
+                    v2 = get(n2, now);
+                    /* NaN (never scraped) loses to any figure. */
+                    v = sum ? v + v2 : (v2 > v || v != v ? v2 : v);
+                }
             /* NaN: nothing known (never scraped); no sample beats a false 0. */
             if (v == v)
                 lx_metrics_sample(b, name, "node", n->name, v);
@@ -204,7 +219,7 @@ void lx_obs_metrics(const struct lx_obs_view *v, struct lx_http_req *req, const 
     uint64_t now = lx_now_ms();
 
     lx_buf_init(&b, 0);
-    lx_metrics_render(&b);
+    lx_metrics_render(&b, v->reg);
     lx_metrics_gauge_head(&b, "llmux_active_requests", "Requests holding an admission slot.");
     lx_metrics_sample(&b, "llmux_active_requests", NULL, NULL, atomic_load(&a->in_flight));
     lx_metrics_gauge_head(&b, "llmux_queue_depth", "Requests waiting for an admission slot.");
@@ -214,14 +229,15 @@ void lx_obs_metrics(const struct lx_obs_view *v, struct lx_http_req *req, const 
     lx_metrics_gauge_head(&b, "llmux_max_concurrent_requests", "MAX_CONCURRENT_REQUESTS.");
     lx_metrics_sample(&b, "llmux_max_concurrent_requests", NULL, NULL, a->max_in_flight);
     node_gauge(&b, v->reg, "llmux_node_active_requests", "Requests in flight to each node.",
-               get_active, now);
+               get_active, true, now);
     node_gauge(&b, v->reg, "llmux_node_healthy", "1 when the node takes traffic, else 0.",
-               get_healthy, now);
+               get_healthy, false, now);
     node_gauge(&b, v->reg, "llmux_node_kv_cache_usage",
-               "KV-cache usage scraped from the node's vLLM /metrics, 0..1.", get_kv, now);
+               "KV-cache usage scraped from the node's vLLM /metrics, 0..1.", get_kv, false,
+               now);
     node_gauge(&b, v->reg, "llmux_node_requests_waiting",
                "Requests waiting inside the node, scraped from its vLLM /metrics.", get_waiting,
-               now);
+               false, now);
     lx_metrics_gauge_head(&b, "llmux_uptime_seconds", "Seconds since llmux started.");
     lx_metrics_sample(&b, "llmux_uptime_seconds", NULL, NULL,
                       (double)(uv_hrtime() - v->start_hr_ns) / 1e9);

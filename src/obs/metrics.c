@@ -2,9 +2,12 @@
  * metrics.c - sharded Prometheus counters and histograms; see metrics.h.
  *
  * Series key: family + up to two label values. Each shard has an
- * open-addressing table of series; the scrape collects every shard's series,
- * sorts them by key and sums equal keys, so one family's samples come out
- * together whatever shard saw them.
+ * open-addressing table of series; the scrape collects every shard's series
+ * and the keys known in advance (known_keys: fixed label sets, and the nodes
+ * and configured models of the registry it is given, at 0), sorts them by
+ * key and sums equal keys, so one family's samples come out together whatever
+ * shard saw them, and a known series is one line whether or not anything was
+ * recorded into it.
  */
 #include "metrics.h"
 
@@ -13,9 +16,11 @@
 #include <uv.h>
 
 #include "../core/lx.h"
+#include "../nodes/node.h"
 
 #define MAX_SERIES 4096       /* per shard; beyond, new label sets are dropped */
-#define LABEL_MAX 160         /* longer label values are cut */
+#define LABEL_MAX 128         /* longer label values are cut (at a character boundary) to
+                                 127 bytes, the size of the proxy's model label */
 
 enum family {
     F_REQUESTS,          /* counter {model,status} */
@@ -33,6 +38,7 @@ enum family {
     F_TTFT,              /* histogram {model} */
     F_NODE_LATENCY,      /* histogram {node} */
     F_TOKENS_PER_S,      /* histogram {model} */
+    F_ENDPOINT,          /* counter {endpoint,status_class} */
     F__N
 };
 
@@ -83,6 +89,10 @@ static const struct {
     [F_TOKENS_PER_S] = {"llmux_tokens_per_second",
                         "Completion tokens per second of generation, per request.", "model", NULL,
                         B_TOKENS},
+    [F_ENDPOINT] = {"llmux_endpoint_requests_total",
+                    "Requests answered, by API endpoint (\"other\" for any other path) and "
+                    "status class of the answer.",
+                    "endpoint", "status_class", B_NONE},
 };
 
 /* LLM work: 5 ms to 10 minutes. */
@@ -95,6 +105,15 @@ static const char *const reject_names[LX_REJECT__N] = {
     "auth", "queue_full", "queue_timeout", "no_healthy_node", "bad_request", "too_large"};
 static const char *const hedge_names[LX_HEDGE__N] = {"started", "won", "lost"};
 static const char *const resume_names[2] = {"failed", "resumed"}; /* by ok */
+/* The status class of a status, at status / 100 - 1. */
+static const char *const class_names[] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
+/* The status classes every endpoint starts with, at 0. */
+static const char *const endpoint_classes[] = {"2xx", "4xx", "5xx"};
+/* The statuses a configured model's llmux_requests_total starts with, at 0:
+ * success, the node's client errors, and every status llmux itself answers a
+ * request of a known model with (queue full, node errors, unreachable, no
+ * healthy node or queue timeout, timeout). */
+static const char *const model_statuses[] = {"200", "400", "429", "500", "502", "503", "504"};
 
 struct series {
     uint8_t family;
@@ -128,9 +147,6 @@ static void shards_init(void)
     uv_mutex_init(&shards_lock);
     uv_mutex_init(&client_models.lock);
 }
-
-static struct series *series_get(struct lx_metrics *m, int family, const char *l1,
-                                 const char *l2);
 
 /* Printable UTF-8 (RFC 3629: no overlongs, no surrogates), no control
  * characters: safe as a label value in any scraper. */
@@ -205,16 +221,6 @@ struct lx_metrics *lx_metrics_new(void)
     uv_once(&shards_once, shards_init);
     uv_mutex_init(&m->lock);
     m->table = lx_calloc(MAX_SERIES * 2, sizeof(*m->table));
-    /* Every reason and kind-less counter exists from the start, at 0, so
-     * that rate() over them has data before the first event. */
-    for (int r = 0; r < LX_REJECT__N; r++)
-        series_get(m, F_REJECTED, reject_names[r], NULL);
-    series_get(m, F_RETRIES, NULL, NULL);
-    series_get(m, F_RETRIES_REFUSED, NULL, NULL);
-    for (int o = 0; o < LX_HEDGE__N; o++)
-        series_get(m, F_HEDGES, hedge_names[o], NULL);
-    for (int o = 0; o < 2; o++)
-        series_get(m, F_RESUMES, resume_names[o], NULL);
     uv_mutex_lock(&shards_lock);
     m->next = shards;
     shards = m;
@@ -245,32 +251,49 @@ static uint64_t key_hash(int family, const char *l1, const char *l2)
 {
     uint64_t h = 0xcbf29ce484222325ULL ^ (uint64_t)family;
 
-    for (const char *p = l1; p && *p; p++)
+    for (const char *p = l1; *p; p++)
         h = (h ^ (unsigned char)*p) * 0x100000001b3ULL;
     h = (h ^ 0xff) * 0x100000001b3ULL;
-    for (const char *p = l2; p && *p; p++)
+    for (const char *p = l2; *p; p++)
         h = (h ^ (unsigned char)*p) * 0x100000001b3ULL;
     return h;
 }
 
-static bool label_eq(const char *stored, const char *v)
+/* Copies label value <v> (NULL = "") into <dst>, cut to LABEL_MAX - 1 bytes
+ * without splitting a UTF-8 character: every key is stored this way, so a
+ * long name cut here is the same series wherever it comes from. */
+static void label_copy(char dst[LABEL_MAX], const char *v)
 {
-    return strncmp(stored, v ? v : "", LABEL_MAX - 1) == 0;
+    size_t len = v ? strnlen(v, LABEL_MAX) : 0;
+
+    if (len == LABEL_MAX) {
+        len = LABEL_MAX - 1;
+        while (len > 0 && ((unsigned char)v[len] & 0xc0) == 0x80)
+            len--;
+    }
+    if (len)
+        memcpy(dst, v, len);
+    dst[len] = '\0';
 }
 
 /* The series for a key, created on first use; NULL when the shard is full. */
 static struct series *series_get(struct lx_metrics *m, int family, const char *l1,
                                  const char *l2)
 {
-    uint64_t h = key_hash(family, l1, l2);
-    size_t mask = MAX_SERIES * 2 - 1, i = (size_t)h & mask;
+    char k1[LABEL_MAX], k2[LABEL_MAX];
+    uint64_t h;
+    size_t mask = MAX_SERIES * 2 - 1, i;
     struct series *s;
 
-    for (;; i = (i + 1) & mask) {
+    label_copy(k1, l1);
+    label_copy(k2, l2);
+    h = key_hash(family, k1, k2);
+    for (i = (size_t)h & mask;; i = (i + 1) & mask) {
         s = m->table[i];
         if (!s)
             break;
-        if (s->hash == h && s->family == family && label_eq(s->l1, l1) && label_eq(s->l2, l2))
+        if (s->hash == h && s->family == family && strcmp(s->l1, k1) == 0 &&
+            strcmp(s->l2, k2) == 0)
             return s;
     }
     if (m->n >= MAX_SERIES)
@@ -278,8 +301,8 @@ static struct series *series_get(struct lx_metrics *m, int family, const char *l
     s = lx_calloc(1, sizeof(*s));
     s->family = (uint8_t)family;
     s->hash = h;
-    snprintf(s->l1, sizeof(s->l1), "%s", l1 ? l1 : "");
-    snprintf(s->l2, sizeof(s->l2), "%s", l2 ? l2 : "");
+    memcpy(s->l1, k1, sizeof(k1));
+    memcpy(s->l2, k2, sizeof(k2));
     uv_mutex_lock(&m->lock);
     m->table[i] = s;
     m->n++;
@@ -330,6 +353,17 @@ void lx_metrics_request(struct lx_metrics *m, const struct lx_request_record *r)
         count(m, F_TOKENS, r->model, "prompt", (uint64_t)r->prompt_tokens);
     if (r->completion_tokens > 0)
         count(m, F_TOKENS, r->model, "completion", (uint64_t)r->completion_tokens);
+    lx_metrics_endpoint(m, r->endpoint, r->status);
+}
+
+void lx_metrics_endpoint(struct lx_metrics *m, enum lx_api endpoint, int status)
+{
+    int c = status / 100;
+    const char *cls = c >= 1 && c <= 5 ? class_names[c - 1] : "other";
+
+    if ((unsigned)endpoint >= LX_API__N)
+        endpoint = LX_API_OTHER;
+    count(m, F_ENDPOINT, lx_api_endpoints[endpoint].path, cls, 1);
 }
 
 void lx_metrics_reject(struct lx_metrics *m, enum lx_reject reason)
@@ -419,9 +453,101 @@ void lx_metrics_sample(struct lx_buf *out, const char *name, const char *label,
 /* A summed copy of a series. */
 struct snap {
     int family;
-    const char *l1, *l2;  /* point into the shard's series, alive under the locks */
+    const char *l1, *l2;  /* point into a shard's series (alive under the locks) or a key */
     uint64_t count, sum_us, bucket[NB_MAX];
 };
+
+/* A series every scrape shows, at 0 until something is recorded into it. */
+struct key {
+    int family;
+    char l1[LABEL_MAX], l2[LABEL_MAX];
+};
+
+struct snaps {
+    struct snap *v;
+    size_t n, cap;
+};
+
+static struct snap *snap_push(struct snaps *ss, int family, const char *l1, const char *l2)
+{
+    struct snap *s;
+
+    if (ss->n == ss->cap) {
+        ss->cap = ss->cap ? ss->cap * 2 : 256;
+        ss->v = lx_realloc(ss->v, ss->cap * sizeof(*ss->v));
+    }
+    s = &ss->v[ss->n++];
+    memset(s, 0, sizeof(*s));
+    s->family = family;
+    s->l1 = l1;
+    s->l2 = l2;
+    return s;
+}
+
+struct keys {
+    struct key *v;
+    size_t n, cap;
+};
+
+static void key_add(struct keys *ks, int family, const char *l1, const char *l2)
+{
+    struct key *k;
+
+    if (ks->n == ks->cap) {
+        ks->cap = ks->cap ? ks->cap * 2 : 256;
+        ks->v = lx_realloc(ks->v, ks->cap * sizeof(*ks->v));
+    }
+    k = &ks->v[ks->n++];
+    k->family = family;
+    label_copy(k->l1, l1);
+    label_copy(k->l2, l2);
+}
+
+/*
+ * The series known before any event, so that rate() and the dashboard have
+ * data from the first scrape: the fixed label sets (rejection reasons,
+ * hedge and resume outcomes, endpoints, the unlabelled counters and the
+ * queue wait histogram), and from <reg> (may be NULL) every node and every
+ * configured model (not a catch-all pool's: its labels come from clients).
+ * A node in several pools appears more than once; equal keys are merged.
+ */
+static void known_keys(struct keys *ks, const struct lx_registry *reg)
+{
+    for (int r = 0; r < LX_REJECT__N; r++)
+        key_add(ks, F_REJECTED, reject_names[r], NULL);
+    key_add(ks, F_RETRIES, NULL, NULL);
+    key_add(ks, F_RETRIES_REFUSED, NULL, NULL);
+    for (int o = 0; o < LX_HEDGE__N; o++)
+        key_add(ks, F_HEDGES, hedge_names[o], NULL);
+    for (int o = 0; o < 2; o++)
+        key_add(ks, F_RESUMES, resume_names[o], NULL);
+    key_add(ks, F_QUEUE_WAIT, NULL, NULL);
+    for (int e = 0; e < LX_API__N; e++)
+        for (size_t c = 0; c < ARRAY_SIZE(endpoint_classes); c++)
+            key_add(ks, F_ENDPOINT, lx_api_endpoints[e].path, endpoint_classes[c]);
+    for (size_t i = 0; reg && i < reg->n_pools; i++) {
+        const struct lx_pool *p = &reg->pools[i];
+
+        for (size_t k = 0; k < p->n_nodes; k++) {
+            const char *node = p->nodes[k]->name;
+
+            key_add(ks, F_PER_NODE, node, NULL);
+            key_add(ks, F_NODE_FAILURES, node, NULL);
+            for (int f = 0; f < LX_FAIL__N; f++)
+                key_add(ks, F_UPSTREAM_ERRORS, node, lx_fail_kinds[f].label);
+            key_add(ks, F_NODE_LATENCY, node, NULL);
+        }
+        if (strcmp(p->model, "*") == 0)
+            continue;
+        for (size_t k = 0; k < ARRAY_SIZE(model_statuses); k++)
+            key_add(ks, F_REQUESTS, p->model, model_statuses[k]);
+        key_add(ks, F_TOKENS, p->model, "prompt");
+        key_add(ks, F_TOKENS, p->model, "completion");
+        key_add(ks, F_LATENCY, p->model, NULL);
+        key_add(ks, F_TTFT, p->model, NULL);
+        key_add(ks, F_TOKENS_PER_S, p->model, NULL);
+    }
+}
 
 static int snap_cmp(const void *a, const void *b)
 {
@@ -467,10 +593,6 @@ static void render_family(struct lx_buf *out, int f, const struct snap *v, size_
 
     lx_buf_appendf(out, "# HELP %s %s\n# TYPE %s %s\n", name, families[f].help, name,
                    hist ? "histogram" : "counter");
-    if (!hist && n == 0 && !families[f].l1) {
-        lx_buf_appendf(out, "%s 0\n", name);
-        return;
-    }
     for (size_t i = 0; i < n; i++) {
         if (!hist) {
             lx_buf_append(out, name, strlen(name));
@@ -499,39 +621,41 @@ static void render_family(struct lx_buf *out, int f, const struct snap *v, size_
     }
 }
 
-void lx_metrics_render(struct lx_buf *out)
+void lx_metrics_render(struct lx_buf *out, const struct lx_registry *reg)
 {
-    struct snap *v = NULL;
-    size_t n = 0, cap = 0, i, j;
+    struct snaps ss = {0};
+    struct keys ks = {0};
+    size_t i, j, n;
     struct lx_metrics *m;
 
     uv_once(&shards_once, shards_init);
+    known_keys(&ks, reg);
+    for (i = 0; i < ks.n; i++)
+        snap_push(&ss, ks.v[i].family, ks.v[i].l1, ks.v[i].l2);
     uv_mutex_lock(&shards_lock);
     for (m = shards; m; m = m->next) {
         uv_mutex_lock(&m->lock);
         for (i = 0; i < MAX_SERIES * 2; i++) {
             struct series *s = m->table[i];
+            struct snap *v;
 
             if (!s)
                 continue;
-            if (n == cap) {
-                cap = cap ? cap * 2 : 64;
-                v = lx_realloc(v, cap * sizeof(*v));
-            }
-            v[n].family = s->family;
-            v[n].l1 = s->l1;
-            v[n].l2 = s->l2;
-            v[n].count = atomic_load_explicit(&s->count, memory_order_relaxed);
-            v[n].sum_us = atomic_load_explicit(&s->sum_us, memory_order_relaxed);
+            v = snap_push(&ss, s->family, s->l1, s->l2);
+            v->count = atomic_load_explicit(&s->count, memory_order_relaxed);
+            v->sum_us = atomic_load_explicit(&s->sum_us, memory_order_relaxed);
             for (size_t b = 0; b < NB_MAX; b++)
-                v[n].bucket[b] = atomic_load_explicit(&s->bucket[b], memory_order_relaxed);
-            n++;
+                v->bucket[b] = atomic_load_explicit(&s->bucket[b], memory_order_relaxed);
         }
     }
+    n = ss.n;
     if (n)
-        qsort(v, n, sizeof(*v), snap_cmp);
-    /* Sum equal keys (the same series seen by several workers). */
+        qsort(ss.v, n, sizeof(*ss.v), snap_cmp);
+    /* Sum equal keys (the same series seen by several workers, or known
+     * and recorded). */
     for (i = 0, j = 0; i < n; i++) {
+        struct snap *v = ss.v;
+
         if (j > 0 && snap_cmp(&v[j - 1], &v[i]) == 0) {
             v[j - 1].count += v[i].count;
             v[j - 1].sum_us += v[i].sum_us;
@@ -545,12 +669,13 @@ void lx_metrics_render(struct lx_buf *out)
     for (int f = 0, k = 0; f < F__N; f++) {
         size_t start = (size_t)k;
 
-        while ((size_t)k < n && v[k].family == f)
+        while ((size_t)k < n && ss.v[k].family == f)
             k++;
-        render_family(out, f, v + start, (size_t)k - start);
+        render_family(out, f, ss.v + start, (size_t)k - start);
     }
     for (m = shards; m; m = m->next)
         uv_mutex_unlock(&m->lock);
     uv_mutex_unlock(&shards_lock);
-    free(v);
+    free(ss.v);
+    free(ks.v);
 }

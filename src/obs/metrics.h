@@ -8,6 +8,21 @@
  * while it reads, so recording into an existing series never locks. Values
  * are relaxed atomics (durations kept in microseconds), so a scrape reads
  * each one whole.
+ *
+ * Series known before any event are shown at 0 from the first scrape, so
+ * rate() and the shipped dashboard have data on a fresh gateway: the fixed
+ * label sets (rejection reasons, hedge and resume outcomes, endpoints by
+ * status class, the unlabelled counters and queue wait), and, from the
+ * registry the scrape is given, every node (requests, failures, errors by
+ * kind, latency) and every configured model (requests by a fixed set of
+ * statuses, tokens, latency, TTFT, tokens/s). They follow the registry: a
+ * node added by a reload appears at 0, a removed one's zero series go
+ * (series with counts stay: counters never reset while the process lives).
+ *
+ * Label values are bounded: node and model names come from the config,
+ * endpoints from a fixed table (src/http/api.h), and a model name a client
+ * chose (a catch-all pool) goes through lx_metrics_model_label. Every value
+ * is cut to 127 bytes at a character boundary, and escaped on output.
  */
 #ifndef LX_METRICS_H
 #define LX_METRICS_H
@@ -16,6 +31,7 @@
 #include <stdint.h>
 
 #include "../core/buf.h"
+#include "../http/api.h"
 #include "../nodes/failure.h"
 
 enum lx_reject {
@@ -37,6 +53,7 @@ enum lx_hedge_outcome {
 };
 
 struct lx_metrics;  /* one per worker */
+struct lx_registry;
 
 /* What one finished request adds. Durations in seconds, < 0 = not measured. */
 struct lx_request_record {
@@ -47,14 +64,17 @@ struct lx_request_record {
     double tokens_per_s;        /* completion tokens / generation time, < 0 = none */
     int64_t prompt_tokens;      /* from usage, < 0 = unknown */
     int64_t completion_tokens;
+    enum lx_api endpoint;       /* the request's path (lx_api_lookup); 0 = LX_API_OTHER */
 };
 
 /*
  * Writes into <out> the label value for a model name a client chose (a
  * catch-all pool): the name itself for the first LX_METRICS_MAX_CLIENT_MODELS
  * distinct names of the process, "other" for any later one or for a name
- * that is not printable UTF-8 or longer than <outlen> - 1, so clients can
- * neither grow the series count nor break a scrape. Thread-safe.
+ * that is not printable UTF-8 (no control characters) or longer than
+ * <outlen> - 1, so clients can neither grow the series count nor break a
+ * scrape. The first names seen keep their slots for the process's life.
+ * Thread-safe.
  */
 #define LX_METRICS_MAX_CLIENT_MODELS 64
 void lx_metrics_model_label(char *out, size_t outlen, const char *name, size_t len);
@@ -63,7 +83,14 @@ struct lx_metrics *lx_metrics_new(void);
 /* Removes it from the list and frees it (after its worker stopped). */
 void lx_metrics_free(struct lx_metrics *m);
 
+/* A request answered: llmux_requests_total, the latency, TTFT, tokens/s
+ * histograms and token counters of its model, and lx_metrics_endpoint. */
 void lx_metrics_request(struct lx_metrics *m, const struct lx_request_record *r);
+/* A request answered on <endpoint> with <status>, counted in
+ * llmux_endpoint_requests_total{endpoint,status_class}; lx_metrics_request
+ * does it, call it alone only for answers that are not counted as requests
+ * (the gateway's own GET /v1/models). */
+void lx_metrics_endpoint(struct lx_metrics *m, enum lx_api endpoint, int status);
 void lx_metrics_reject(struct lx_metrics *m, enum lx_reject reason);
 void lx_metrics_retry(struct lx_metrics *m);
 /* A retry, hedge or stream resume the pool's retry budget refused. */
@@ -81,8 +108,10 @@ void lx_metrics_node_failure(struct lx_metrics *m, const char *node);
 void lx_metrics_upstream_error(struct lx_metrics *m, const char *node, enum lx_fail kind);
 
 /* Appends the counters and histograms of every shard, summed, in the text
- * exposition format (HELP and TYPE lines included). Thread-safe. */
-void lx_metrics_render(struct lx_buf *out);
+ * exposition format (HELP and TYPE lines included), with the series known
+ * from <reg> (borrowed; NULL = none) at 0 where nothing was recorded.
+ * Thread-safe. */
+void lx_metrics_render(struct lx_buf *out, const struct lx_registry *reg);
 /* Appends one gauge family (HELP, TYPE, and the caller's samples follow). */
 void lx_metrics_gauge_head(struct lx_buf *out, const char *name, const char *help);
 /* Appends `name{label="value"} v` with the value escaped. */

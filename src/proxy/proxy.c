@@ -157,6 +157,7 @@ struct lx_proxy {
     bool budget_noted;              /* counted among the pool's requests (retry budget) */
     bool resume_ok;                 /* a resumed stream reached its end */
     const char *path;               /* upstream path, borrowed from client req */
+    enum lx_api endpoint;           /* the client's path, for metrics */
     int attempts;                   /* attempts started */
     int last_fail;                  /* enum lx_fail of the last failed attempt, -1 = none */
     bool stream;                    /* the client asked for a stream */
@@ -431,7 +432,7 @@ static void proxy_account(struct lx_proxy *p)
             tps = (double)p->usage.completion_tokens / gen;
     }
     r = (struct lx_request_record){p->model, status, total, ttft, tps, p->usage.prompt_tokens,
-                                   p->usage.completion_tokens};
+                                   p->usage.completion_tokens, p->endpoint};
     lx_metrics_request(p->env->metrics, &r);
     atomic_fetch_add_explicit(&p->pool->requests_total, 1, memory_order_relaxed);
     if (status >= 500)
@@ -1622,6 +1623,7 @@ void lx_proxy_start(struct lx_proxy_env *env, struct lx_http_req *req, struct lx
     p->reg = lx_registry_ref(env->reg);
     p->pool = pool;
     p->path = upstream_path;
+    p->endpoint = lx_api_lookup(req->path, req->path_only_len);
     p->last_fail = -1;
     p->slots[0].p = p->slots[1].p = p;
     p->ex = &p->slots[0];

@@ -118,7 +118,9 @@ def test_dashboard_structure():
                             "Time to first token p50 / p95 / p99", "Token throughput by kind",
                             "Rejections by reason", "Upstream errors by kind", "Retries",
                             "Queue wait p50 / p95 / p99", "KV-cache use per node",
-                            "Waiting requests per node"):
+                            "Waiting requests per node", "Requests by endpoint",
+                            "Errors by endpoint", "Retries refused by the budget",
+                            "Hedges by outcome", "Stream resumes by outcome"):
         assert t in titles, "panel %r missing" % t
 
     for p in panels:
@@ -409,6 +411,8 @@ def test_dashboard_queries_return_data(gateway, tmp_path):
                    % RATE_WINDOW) > 0
         assert one("sum(increase(llmux_retries_total[%s]))" % RATE_WINDOW) > 0
         assert one("sum(increase(llmux_queue_wait_seconds_count[%s]))" % RATE_WINDOW) > 0
+        assert one('sum(increase(llmux_endpoint_requests_total{endpoint="%s",'
+                   'status_class="2xx"}[%s]))' % (CHAT, RATE_WINDOW)) > 0
         assert one("max(llmux_queue_capacity)") == 1024
         assert one("max(llmux_max_concurrent_requests)") == 1
 
@@ -421,6 +425,8 @@ def test_dashboard_queries_return_data(gateway, tmp_path):
         bad = [(r["name"], r["health"], r.get("lastError")) for r in rules if r["health"] != "ok"]
         assert not bad, bad
         assert {r["name"] for r in rules} >= {"LlmuxNoHealthyNode", "LlmuxHighErrorRate",
-                                             "LlmuxQueueNearFull"}
+                                             "LlmuxQueueNearFull", "LlmuxEndpointHighErrorRate",
+                                             "LlmuxRetryBudgetExhausted",
+                                             "LlmuxStreamResumesFailing"}
     finally:
         prom.stop()

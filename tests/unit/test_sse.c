@@ -1,6 +1,8 @@
 /*
  * test_sse.c - the SSE relay scanner: event boundaries, coalesced output,
- * split events held back, usage figures, usage-only events dropped.
+ * split events held back, usage figures (chat, the Responses API, the
+ * pooling endpoints), usage-only events dropped, typed events relayed as
+ * they are.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -70,21 +72,32 @@ static void test_whole_chunk_one_output(void **state)
     lx_sse_deinit(&s);
 }
 
-static void test_every_split_gives_the_same_bytes(void **state)
+/* Feeds <text> (complete events, none dropped) in pieces of 1, 1 + <stride>,
+ * ... bytes: every way gives back the same bytes, <events> events and the
+ * usage figures. */
+static void check_splits(const char *text, bool drop_usage, size_t stride, uint64_t events,
+                         int64_t prompt, int64_t completion)
 {
-    for (size_t step = 1; step < sizeof(STREAM); step++) {
+    for (size_t step = 1; step <= strlen(text); step += stride) {
         struct lx_sse s;
         static struct out o;
 
         memset(&o, 0, sizeof(o));
-        lx_sse_init(&s, false);
-        feed(&s, STREAM, step, &o);
-        assert_int_equal(o.len, strlen(STREAM));
-        assert_memory_equal(o.buf, STREAM, o.len);
-        assert_int_equal(s.events, 4);
-        assert_int_equal(s.usage.completion_tokens, 2);
+        lx_sse_init(&s, drop_usage);
+        feed(&s, text, step, &o);
+        assert_int_equal(o.len, strlen(text));
+        assert_memory_equal(o.buf, text, o.len);
+        assert_int_equal(s.events, events);
+        assert_int_equal(s.usage.prompt_tokens, prompt);
+        assert_int_equal(s.usage.completion_tokens, completion);
+        assert_false(lx_sse_mid_event(&s));
         lx_sse_deinit(&s);
     }
+}
+
+static void test_every_split_gives_the_same_bytes(void **state)
+{
+    check_splits(STREAM, false, 1, 4, 7, 2);
 }
 
 static void test_partial_event_held_back(void **state)
@@ -196,6 +209,94 @@ static void test_usage_scan(void **state)
     assert_int_equal(u.completion_tokens, -1);
 }
 
+/* The Responses API's usage: input_tokens and output_tokens, not their
+ * _details objects, whichever comes first. */
+static void test_usage_scan_responses_api(void **state)
+{
+    struct lx_usage u = {-1, -1};
+    const char *body =
+        "{\"id\":\"resp_1\",\"object\":\"response\",\"status\":\"completed\","
+        "\"output\":[{\"type\":\"message\",\"content\":[{\"type\":\"output_text\","
+        "\"text\":\"Hi\"}]}],\"usage\":{\"input_tokens_details\":{\"cached_tokens\":3},"
+        "\"input_tokens\":36,\"output_tokens_details\":{\"reasoning_tokens\":1},"
+        "\"output_tokens\":87,\"total_tokens\":123},\"user\":null,\"metadata\":{}}";
+
+    lx_usage_scan(body, strlen(body), &u);
+    assert_int_equal(u.prompt_tokens, 36);
+    assert_int_equal(u.completion_tokens, 87);
+    /* Chat's names win over the Responses API's when a body has both. */
+    u.prompt_tokens = u.completion_tokens = -1;
+    body = "{\"usage\":{\"input_tokens\":1,\"prompt_tokens_details\":{\"cached_tokens\":4},"
+           "\"prompt_tokens\":10,\"output_tokens\":2,\"completion_tokens\":20}}";
+    lx_usage_scan(body, strlen(body), &u);
+    assert_int_equal(u.prompt_tokens, 10);
+    assert_int_equal(u.completion_tokens, 20);
+}
+
+/* Embeddings, score, classify, pooling, rerank: prompt tokens only (a
+ * reranker of older vLLM reports total_tokens alone). */
+static void test_usage_scan_pooling_endpoints(void **state)
+{
+    static const struct {
+        const char *body;
+        int64_t prompt, completion;
+    } cases[] = {
+        {"{\"object\":\"list\",\"data\":[{\"object\":\"embedding\",\"embedding\":[0.1,-0.2],"
+         "\"index\":0}],\"model\":\"e\",\"usage\":{\"prompt_tokens\":7,\"total_tokens\":7,"
+         "\"completion_tokens\":0,\"prompt_tokens_details\":null}}",
+         7, 0},
+        {"{\"id\":\"score-1\",\"object\":\"list\",\"data\":[{\"index\":0,\"object\":\"score\","
+         "\"score\":0.85}],\"usage\":{\"prompt_tokens\":100,\"total_tokens\":100}}",
+         100, -1},
+        {"{\"id\":\"rerank-1\",\"model\":\"r\",\"usage\":{\"prompt_tokens\":22,"
+         "\"total_tokens\":22},\"results\":[{\"index\":1,\"relevance_score\":0.9}]}",
+         22, -1},
+        {"{\"id\":\"rerank-1\",\"model\":\"r\",\"usage\":{\"total_tokens\":31},"
+         "\"results\":[{\"index\":0,\"relevance_score\":0.2}]}",
+         31, -1},
+        {"{\"id\":\"classify-1\",\"data\":[{\"index\":0,\"label\":\"pos\",\"probs\":[0.9,0.1],"
+         "\"num_classes\":2}],\"usage\":{\"prompt_tokens\":5,\"total_tokens\":5,"
+         "\"completion_tokens\":0}}",
+         5, 0},
+        /* A transcription's usage counts seconds, not tokens. */
+        {"{\"text\":\"hello\",\"usage\":{\"type\":\"duration\",\"seconds\":3}}", -1, -1},
+    };
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct lx_usage u = {-1, -1};
+
+        lx_usage_scan(cases[i].body, strlen(cases[i].body), &u);
+        assert_int_equal(u.prompt_tokens, cases[i].prompt);
+        assert_int_equal(u.completion_tokens, cases[i].completion);
+    }
+}
+
+/* A Responses API stream: typed events, none with "choices". Relayed byte
+ * for byte (even with drop_usage, which only drops chat's usage-only
+ * chunks), split anywhere; the usage comes from response.completed, not
+ * from response.created's null. */
+static void test_responses_stream(void **state)
+{
+    static const char text[] =
+        "event: response.created\n"
+        "data: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_1\","
+        "\"status\":\"in_progress\",\"usage\":null}}\n\n"
+        "event: response.output_text.delta\n"
+        "data: {\"type\":\"response.output_text.delta\",\"item_id\":\"msg_1\","
+        "\"delta\":\"Hel\"}\n\n"
+        "event: response.output_text.delta\n"
+        "data: {\"type\":\"response.output_text.delta\",\"item_id\":\"msg_1\","
+        "\"delta\":\"lo\"}\n\n"
+        "event: response.completed\n"
+        "data: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_1\","
+        "\"status\":\"completed\",\"usage\":{\"input_tokens\":5,"
+        "\"input_tokens_details\":{\"cached_tokens\":0},\"output_tokens\":2,"
+        "\"output_tokens_details\":{\"reasoning_tokens\":0},\"total_tokens\":7}}}\n\n";
+
+    check_splits(text, false, 7, 4, 5, 2);
+    check_splits(text, true, 7, 4, 5, 2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -207,6 +308,9 @@ int main(void)
         cmocka_unit_test(test_overlong_event_passes_through),
         cmocka_unit_test(test_flush_sends_unterminated_tail),
         cmocka_unit_test(test_usage_scan),
+        cmocka_unit_test(test_usage_scan_responses_api),
+        cmocka_unit_test(test_usage_scan_pooling_endpoints),
+        cmocka_unit_test(test_responses_stream),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
