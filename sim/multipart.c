@@ -128,11 +128,14 @@ static int parse_disposition(struct sim_mp_part *part, const char *p, const char
     if (!next_param(&p, end, &key, &val) || !span_is(key, "form-data"))
         return LX_EPROTO;
     while (next_param(&p, end, &key, &val)) {
+        /* A parameter without "=" has an empty value (still in the body). */
+        if (!val.p)
+            val.p = key.p + key.len;
         if (span_is(key, "name")) {
-            part->name = val.p ? val.p : "";
+            part->name = val.p;
             part->name_len = val.len;
         } else if (span_is(key, "filename")) {
-            part->filename = val.p ? val.p : "";
+            part->filename = val.p;
             part->filename_len = val.len;
         }
     }
