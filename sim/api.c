@@ -568,11 +568,12 @@ static bool call_fault_answered(struct sim_call *call)
         return true;
     }
     if (f->html_status || f->plain_status) {
-        int status = f->html_status ? f->html_status : f->plain_status;
+        bool html = f->html_status != 0;
+        int status = html ? f->html_status : f->plain_status;
 
         call_free(call);
         count_answer(api, status);
-        send_proxy_error(api, req, status, status == f->html_status);
+        send_proxy_error(api, req, status, html);
         return true;
     }
     return false;
