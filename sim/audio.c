@@ -224,20 +224,13 @@ static void whole_body(struct lx_buf *b, struct sim_call *call)
     SIM_APPEND_LIT(b, "}");
 }
 
-const struct sim_kind sim_kind_transcription = {
-    .id_prefix = "trsc-",
-    .form = true,
-    .parse = audio_parse,
-    .token = token_event,
-    .close = stream_close,
-    .whole = whole_body,
-};
+/* The two differ in their id and, through is_transcription(), in the task
+ * the model hears and in the usage of a whole answer. */
+#define AUDIO_KIND(prefix)                                                                         \
+    {                                                                                              \
+        .id_prefix = (prefix), .form = true, .parse = audio_parse, .token = token_event,           \
+        .close = stream_close, .whole = whole_body,                                                \
+    }
 
-const struct sim_kind sim_kind_translation = {
-    .id_prefix = "trsl-",
-    .form = true,
-    .parse = audio_parse,
-    .token = token_event,
-    .close = stream_close,
-    .whole = whole_body,
-};
+const struct sim_kind sim_kind_transcription = AUDIO_KIND("trsc-");
+const struct sim_kind sim_kind_translation = AUDIO_KIND("trsl-");

@@ -280,18 +280,13 @@ static void whole_body(struct lx_buf *b, struct sim_call *call)
         SIM_APPEND_LIT(b, "}");
 }
 
-const struct sim_kind sim_kind_chat = {
-    .id_prefix = "chatcmpl-",
-    .parse = chat_parse,
-    .token = token_event,
-    .close = stream_close,
-    .whole = whole_body,
-};
+/* The two differ in their id and parsing and, through is_chat(), in the
+ * shapes' few chat-only members. */
+#define OPENAI_KIND(prefix, parse_fn)                                                              \
+    {                                                                                              \
+        .id_prefix = (prefix), .parse = (parse_fn), .token = token_event, .close = stream_close,   \
+        .whole = whole_body,                                                                       \
+    }
 
-const struct sim_kind sim_kind_completion = {
-    .id_prefix = "cmpl-",
-    .parse = completion_parse,
-    .token = token_event,
-    .close = stream_close,
-    .whole = whole_body,
-};
+const struct sim_kind sim_kind_chat = OPENAI_KIND("chatcmpl-", chat_parse);
+const struct sim_kind sim_kind_completion = OPENAI_KIND("cmpl-", completion_parse);

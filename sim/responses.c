@@ -175,58 +175,70 @@ static void append_text_ref(struct lx_buf *b, const struct sim_call *call)
                    ID_HEX(call));
 }
 
+/* An event carrying the whole response (created, in_progress, completed). */
+static void response_event(struct lx_buf *b, struct sim_call *call, const char *type, bool done)
+{
+    event_begin(b, call, type);
+    SIM_APPEND_LIT(b, "\"response\":");
+    append_response(b, call, done);
+    SIM_APPEND_LIT(b, "}\n\n");
+}
+
+/* An event carrying the output item (added, done). */
+static void item_event(struct lx_buf *b, struct sim_call *call, const char *type, bool done)
+{
+    event_begin(b, call, type);
+    SIM_APPEND_LIT(b, "\"output_index\":0,\"item\":");
+    append_item(b, call, done);
+    SIM_APPEND_LIT(b, "}\n\n");
+}
+
+/* An event carrying the content part (added: empty, done: the text). */
+static void part_event(struct lx_buf *b, struct sim_call *call, const char *type, bool done)
+{
+    event_begin(b, call, type);
+    append_text_ref(b, call);
+    SIM_APPEND_LIT(b, "\"part\":");
+    append_part(b, call, !done);
+    SIM_APPEND_LIT(b, "}\n\n");
+}
+
 static void stream_open(struct lx_buf *b, struct sim_call *call)
 {
-    static const char *const types[] = {"response.created", "response.in_progress"};
+    response_event(b, call, "response.created", false);
+    response_event(b, call, "response.in_progress", false);
+}
 
-    for (size_t i = 0; i < ARRAY_SIZE(types); i++) {
-        event_begin(b, call, types[i]);
-        SIM_APPEND_LIT(b, "\"response\":");
-        append_response(b, call, false);
-        SIM_APPEND_LIT(b, "}\n\n");
+/* The text events: a delta (the next word) or done (all of it). */
+static void text_event(struct lx_buf *b, struct sim_call *call, bool done)
+{
+    event_begin(b, call, done ? "response.output_text.done" : "response.output_text.delta");
+    append_text_ref(b, call);
+    if (done) {
+        SIM_APPEND_LIT(b, "\"text\":\"");
+        sim_call_append_said(b, call);
+    } else {
+        SIM_APPEND_LIT(b, "\"delta\":\"");
+        sim_call_append_word(b, call);
     }
+    SIM_APPEND_LIT(b, "\",\"logprobs\":[]}\n\n");
 }
 
 static void token_event(struct lx_buf *b, struct sim_call *call, bool last)
 {
     if (call->events == 0) {
-        event_begin(b, call, "response.output_item.added");
-        SIM_APPEND_LIT(b, "\"output_index\":0,\"item\":");
-        append_item(b, call, false);
-        SIM_APPEND_LIT(b, "}\n\n");
-        event_begin(b, call, "response.content_part.added");
-        append_text_ref(b, call);
-        SIM_APPEND_LIT(b, "\"part\":");
-        append_part(b, call, true);
-        SIM_APPEND_LIT(b, "}\n\n");
+        item_event(b, call, "response.output_item.added", false);
+        part_event(b, call, "response.content_part.added", false);
     }
-    event_begin(b, call, "response.output_text.delta");
-    append_text_ref(b, call);
-    SIM_APPEND_LIT(b, "\"delta\":\"");
-    sim_call_append_word(b, call);
-    SIM_APPEND_LIT(b, "\",\"logprobs\":[]}\n\n");
+    text_event(b, call, false);
 }
 
 static void stream_close(struct lx_buf *b, struct sim_call *call)
 {
-    event_begin(b, call, "response.output_text.done");
-    append_text_ref(b, call);
-    SIM_APPEND_LIT(b, "\"text\":\"");
-    sim_call_append_said(b, call);
-    SIM_APPEND_LIT(b, "\",\"logprobs\":[]}\n\n");
-    event_begin(b, call, "response.content_part.done");
-    append_text_ref(b, call);
-    SIM_APPEND_LIT(b, "\"part\":");
-    append_part(b, call, false);
-    SIM_APPEND_LIT(b, "}\n\n");
-    event_begin(b, call, "response.output_item.done");
-    SIM_APPEND_LIT(b, "\"output_index\":0,\"item\":");
-    append_item(b, call, true);
-    SIM_APPEND_LIT(b, "}\n\n");
-    event_begin(b, call, "response.completed");
-    SIM_APPEND_LIT(b, "\"response\":");
-    append_response(b, call, true);
-    SIM_APPEND_LIT(b, "}\n\n");
+    text_event(b, call, true);
+    part_event(b, call, "response.content_part.done", true);
+    item_event(b, call, "response.output_item.done", true);
+    response_event(b, call, "response.completed", true);
 }
 
 static void whole_body(struct lx_buf *b, struct sim_call *call)
