@@ -164,7 +164,8 @@ static int audio_parse(struct sim_call *call, const json_t *root, char *err, siz
     if (form_max_tokens(parts, n, &mt, err, errlen))
         return LX_EINVAL;
     push_audio(call, file, sim_mp_find(parts, n, "language"), sim_mp_find(parts, n, "prompt"));
-    call->natural = LX_MIN(file->len / AUDIO_BYTES_PER_WORD + 1, AUDIO_MAX_WORDS);
+    call->natural = (file->len + AUDIO_BYTES_PER_WORD - 1) / AUDIO_BYTES_PER_WORD;
+    call->natural = LX_MIN(LX_MAX(call->natural, 1), AUDIO_MAX_WORDS);
     if (is_transcription(call)) {
         char usage[80];
 
