@@ -1,8 +1,13 @@
 /*
- * api.c - llmux-sim's endpoints and response shapes (vLLM's), and faults.
+ * api.c - llmux-sim's HTTP side: the endpoint table, the life of a call, and
+ * the faults (x-sim, --error-rate, --hang, --die-after, --slow-start-ms).
  *
- * A call (struct sim_call) is one inference request that is not answered at
- * once. Its states:
+ * Every model endpoint of vLLM's OpenAI server is one row of the endpoint
+ * table, naming its kind (call.h): the kind reads the request and builds the
+ * answers, this file does everything else, the same way for every endpoint.
+ *
+ * A call (struct sim_call) is one request to a model endpoint that is not
+ * answered at once. Its states:
  *   HUNG     never answered (--hang, x-sim hang=1, or the node is dying);
  *            it waits for the client to go away or the server to close
  *   DELAYED  x-sim delay_ms: sleeping in the api's delay list (sorted by due
@@ -16,61 +21,46 @@
  *
  * Byte-determinism: for the same body on the same process a response is the
  * same bytes: the id is a hash of the body, "created" is the process start,
- * the text is a function of the rendered context (prompt.h), so a request
- * that resends the first k words of an answer as a continuation gets the
- * rest of that answer.
+ * and the text, vectors and scores are functions of the request (prompt.h).
  */
 #include "api.h"
 
 #include <http_parser.h>
-#include <jansson.h>
 #include <math.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
 
 #include "../src/core/log.h"
-#include "prompt.h"
+#include "call.h"
 
-#define BODY_MAX_BYTES (64u << 20)
-#define NO_LIMIT UINT64_MAX
 #define DIE_DELAY_MS 20 /* lets the last answer's bytes leave before exit(1) */
-#define APPEND_LIT(b, lit) lx_buf_append((b), (lit), sizeof(lit) - 1)
+#define MODELS_PREFIX "/v1/models/"
 
-enum call_state { CALL_NEW, CALL_HUNG, CALL_DELAYED, CALL_ENGINE };
-enum call_kind { KIND_OTHER, KIND_CHAT, KIND_COMPLETION };
-
-/* The x-sim header: -1 means "not given". */
-struct sim_fault {
-    int status;         /* answer this status at once; 0 = no */
-    int64_t ttft_ms;    /* extra delay before the first token */
-    int64_t tokens;     /* natural completion length */
-    int64_t drop_after; /* abort after this many tokens */
-    int64_t delay_ms;   /* delay before the response head */
-    bool hang;          /* never answer */
+/* The model endpoints: one row per path (aliases share a kind). */
+static const struct sim_endpoint {
+    const char *path;
+    const struct sim_kind *kind;
+} endpoints[] = {
+    {"/v1/chat/completions", &sim_kind_chat},
+    {"/v1/completions", &sim_kind_completion},
+    {"/v1/responses", &sim_kind_responses},
+    {"/v1/embeddings", &sim_kind_embeddings},
+    {"/pooling", &sim_kind_pooling},
+    {"/classify", &sim_kind_classify},
+    {"/v1/rerank", &sim_kind_rerank},
+    {"/rerank", &sim_kind_rerank},
+    {"/v2/rerank", &sim_kind_rerank},
+    {"/v1/score", &sim_kind_score},
+    {"/score", &sim_kind_score},
+    {"/tokenize", &sim_kind_tokenize},
+    {"/detokenize", &sim_kind_detokenize},
+    {"/v1/audio/transcriptions", &sim_kind_transcription},
+    {"/v1/audio/translations", &sim_kind_translation},
 };
 
-struct sim_call {
-    struct sim_seq seq; /* the engine's view */
-    struct sim_api *api;
-    struct lx_http_req *req;   /* borrowed until the response ends or on_abort */
-    struct lx_list link;       /* api->calls */
-    struct lx_list delay_link; /* api->delayed while DELAYED */
-    enum call_state state;
-    enum call_kind kind;
-    struct sim_fault fault;
-    double due_ms; /* DELAYED: when to go on */
-    bool stream;
-    bool include_usage;       /* stream_options.include_usage */
-    bool broken;              /* a write failed; on_abort follows */
-    unsigned events;          /* token events written (streaming) */
-    char id[48];              /* "chatcmpl-<32 hex>" or "cmpl-<32 hex>" */
-    char *model;              /* the request's model, JSON-escaped, owned */
-    struct sim_prompt prompt; /* the prompt's tokens, then the completion's */
-    struct sim_ctx ctx;       /* the model's context before the next word it says */
-    bool eos;                 /* the answer was already whole: its one token is the
-                                 end of sequence, without text */
-};
+/* endpoint_requests in /sim/stats: the table's rows, then the GETs of models. */
+enum { STAT_MODELS = ARRAY_SIZE(endpoints), STAT_MODEL, N_ENDPOINT_STATS };
 
 struct sim_api {
     uv_loop_t *loop;
@@ -91,13 +81,14 @@ struct sim_api {
 
     /* /sim/stats counters. */
     uint64_t http_requests; /* every request, any path */
-    uint64_t requests;      /* inference requests (POST /v1/...completions) */
-    uint64_t answered;      /* inference requests answered (any status) */
-    uint64_t completed;     /* inference requests answered 200 */
-    uint64_t errors;        /* inference requests answered >= 400 */
+    uint64_t requests;      /* requests to model endpoints (the endpoint table) */
+    uint64_t answered;      /* of them, answered (any status) */
+    uint64_t completed;     /* answered 200 */
+    uint64_t errors;        /* answered >= 400 */
     uint64_t aborted;       /* client went away before the answer */
     uint64_t dropped;       /* aborted on purpose (x-sim drop_after) */
     uint64_t hung;          /* HUNG calls now */
+    uint64_t endpoint_requests[N_ENDPOINT_STATS]; /* per path, any method, any answer */
 };
 
 /* ---- helpers ------------------------------------------------------------- */
@@ -107,11 +98,72 @@ static char *escape_dup(const char *s, size_t len)
     struct lx_buf b;
 
     lx_buf_init(&b, 0);
-    if (lx_json_escape(&b, s, len) || lx_buf_append(&b, "", 1)) {
+    if (sim_json_escape_utf8(&b, s, len) || lx_buf_append(&b, "", 1)) {
         lx_buf_deinit(&b);
         return lx_strdup("");
     }
     return b.data;
+}
+
+/* Length of the valid UTF-8 sequence at <s> (<n> bytes left), or 0 when
+ * it is not one (overlong forms, surrogates and values past U+10FFFF are
+ * not). */
+static size_t utf8_len(const unsigned char *s, size_t n)
+{
+    size_t len;
+    unsigned min_second = 0x80, max_second = 0xbf;
+
+    if (s[0] < 0x80)
+        return 1;
+    if (s[0] >= 0xc2 && s[0] <= 0xdf)
+        len = 2;
+    else if (s[0] >= 0xe0 && s[0] <= 0xef)
+        len = 3;
+    else if (s[0] >= 0xf0 && s[0] <= 0xf4)
+        len = 4;
+    else
+        return 0;
+    if (s[0] == 0xe0)
+        min_second = 0xa0;
+    else if (s[0] == 0xed)
+        max_second = 0x9f;
+    else if (s[0] == 0xf0)
+        min_second = 0x90;
+    else if (s[0] == 0xf4)
+        max_second = 0x8f;
+    if (n < len || s[1] < min_second || s[1] > max_second)
+        return 0;
+    for (size_t i = 2; i < len; i++)
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+    return len;
+}
+
+int sim_json_escape_utf8(struct lx_buf *b, const char *s, size_t len)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    size_t run = 0, i = 0;
+    int rc = 0;
+
+    while (i < len) {
+        size_t n = utf8_len(u + i, len - i);
+
+        if (n) {
+            i += n;
+            continue;
+        }
+        rc |= lx_json_escape(b, s + run, i - run);
+        rc |= SIM_APPEND_LIT(b, "\xef\xbf\xbd");
+        run = ++i;
+    }
+    rc |= lx_json_escape(b, s + run, len - run);
+    return rc ? LX_ENOMEM : 0;
+}
+
+void sim_call_set_model(struct sim_call *call, const char *s, size_t len)
+{
+    free(call->model);
+    call->model = escape_dup(s, len);
 }
 
 /* Uniform in [0, 1) from xorshift64*. */
@@ -172,10 +224,34 @@ static void send_error(struct sim_api *api, struct lx_http_req *req, int status,
     struct lx_buf *b = &api->scratch;
 
     lx_buf_reset(b);
-    APPEND_LIT(b, "{\"object\":\"error\",\"message\":\"");
-    lx_json_escape(b, msg, strlen(msg));
+    SIM_APPEND_LIT(b, "{\"object\":\"error\",\"message\":\"");
+    sim_json_escape_utf8(b, msg, strlen(msg));
     lx_buf_appendf(b, "\",\"type\":\"%s\",\"param\":null,\"code\":%d}", error_type(status), status);
     lx_http_resp_send(req, status, "application/json", NULL, 0, b->data, b->len);
+}
+
+/*
+ * The error a reverse proxy in front of a node answers: nginx's HTML page,
+ * or a line of plain text, not JSON (a gateway must turn either into
+ * OpenAI's shape).
+ */
+static void send_proxy_error(struct sim_api *api, struct lx_http_req *req, int status, bool html)
+{
+    struct lx_buf *b = &api->scratch;
+    const char *reason = lx_http_reason(status);
+
+    lx_buf_reset(b);
+    if (html) {
+        lx_buf_appendf(b,
+                       "<html>\r\n<head><title>%d %s</title></head>\r\n<body>\r\n"
+                       "<center><h1>%d %s</h1></center>\r\n<hr><center>nginx</center>\r\n"
+                       "</body>\r\n</html>\r\n",
+                       status, reason, status, reason);
+        lx_http_resp_send(req, status, "text/html", NULL, 0, b->data, b->len);
+    } else {
+        lx_buf_appendf(b, "%d %s\n", status, reason);
+        lx_http_resp_send(req, status, "text/plain; charset=utf-8", NULL, 0, b->data, b->len);
+    }
 }
 
 static void send_json(struct sim_api *api, struct lx_http_req *req)
@@ -183,12 +259,18 @@ static void send_json(struct sim_api *api, struct lx_http_req *req)
     lx_http_resp_send(req, 200, "application/json", NULL, 0, api->scratch.data, api->scratch.len);
 }
 
+/* An x-sim status: 400..599, else 0 (ignored). */
+static int fault_status(long long v)
+{
+    return v >= 400 && v <= 599 ? (int)v : 0;
+}
+
 /* Parses "k=v, k=v" into <f>; unknown keys and bad values are ignored. */
 static void fault_parse(struct sim_fault *f, const struct lx_http_header *h)
 {
     const char *p = h ? h->value : NULL, *end = h ? h->value + h->value_len : NULL;
 
-    f->status = 0;
+    f->status = f->html_status = f->plain_status = 0;
     f->ttft_ms = f->tokens = f->drop_after = f->delay_ms = -1;
     f->hang = false;
     while (p && p < end) {
@@ -217,7 +299,11 @@ static void fault_parse(struct sim_fault *f, const struct lx_http_header *h)
                     vend++;
                 if (vend != val && *vend == 0 && v >= 0) {
                     if (!strcmp(key, "status"))
-                        f->status = (int)LX_MIN(v, 999);
+                        f->status = fault_status(v);
+                    else if (!strcmp(key, "html_error"))
+                        f->html_status = fault_status(v);
+                    else if (!strcmp(key, "plain_error"))
+                        f->plain_status = fault_status(v);
                     else if (!strcmp(key, "ttft_ms"))
                         f->ttft_ms = v;
                     else if (!strcmp(key, "tokens"))
@@ -237,14 +323,17 @@ static void fault_parse(struct sim_fault *f, const struct lx_http_header *h)
 
 /* ---- calls -------------------------------------------------------------- */
 
-static struct sim_call *call_new(struct sim_api *api, struct lx_http_req *req, enum call_kind kind)
+static struct sim_call *call_new(struct sim_api *api, struct lx_http_req *req,
+                                 const struct sim_kind *kind)
 {
     struct sim_call *call = lx_calloc(1, sizeof(*call));
 
     call->api = api;
+    call->conf = api->conf;
     call->req = req;
     call->kind = kind;
-    call->state = CALL_NEW;
+    call->created = api->created;
+    call->state = SIM_CALL_NEW;
     lx_list_init(&call->delay_link);
     lx_list_push_back(&api->calls, &call->link);
     sim_prompt_init(&call->prompt, api->conf->block_size,
@@ -255,12 +344,13 @@ static struct sim_call *call_new(struct sim_api *api, struct lx_http_req *req, e
 
 static void call_free(struct sim_call *call)
 {
-    if (call->state == CALL_HUNG)
+    if (call->state == SIM_CALL_HUNG)
         call->api->hung--;
     lx_list_remove(&call->link);
     lx_list_remove(&call->delay_link);
     sim_prompt_deinit(&call->prompt);
     free(call->model);
+    free(call->echo);
     free(call);
 }
 
@@ -274,9 +364,9 @@ static void on_die(uv_timer_t *t)
 }
 
 /*
- * Counts an inference answer; call right before the response ends. When it
- * is the --die-after'th, the node stops: nothing else is answered, the
- * engine freezes, and the process exits shortly after.
+ * Counts an answer to a model endpoint; call right before the response
+ * ends. When it is the --die-after'th, the node stops: nothing else is
+ * answered, the engine freezes, and the process exits shortly after.
  */
 static void count_answer(struct sim_api *api, int status)
 {
@@ -292,7 +382,7 @@ static void count_answer(struct sim_api *api, int status)
     }
 }
 
-/* Answers an inference error and frees <call>. */
+/* Answers an error in vLLM's shape and frees <call>. */
 static void call_error(struct sim_call *call, int status, const char *msg)
 {
     struct sim_api *api = call->api;
@@ -303,6 +393,17 @@ static void call_error(struct sim_call *call, int status, const char *msg)
     send_error(api, req, status, msg);
 }
 
+/* Answers the JSON in the scratch buffer with 200 and frees <call>. */
+static void call_answer(struct sim_call *call)
+{
+    struct sim_api *api = call->api;
+    struct lx_http_req *req = call->req;
+
+    call_free(call);
+    count_answer(api, 200);
+    send_json(api, req);
+}
+
 /* Closes the connection on purpose (x-sim drop_after or --drop-after) and
  * frees <call>. */
 static void call_drop(struct sim_call *call)
@@ -310,10 +411,10 @@ static void call_drop(struct sim_call *call)
     struct lx_http_req *req = call->req;
 
     lx_info("llmux-sim %s: %s: dropping the connection after %u tokens (drop_after %lld)",
-            call->api->conf->name, call->id, call->seq.generated,
+            call->api->conf->name, call->id[0] ? call->id : req->path, call->seq.generated,
             (long long)call->fault.drop_after);
     call->api->dropped++;
-    if (call->state == CALL_ENGINE)
+    if (call->state == SIM_CALL_ENGINE)
         sim_engine_cancel(call->api->eng, &call->seq);
     call_free(call);
     lx_http_resp_abort(req);
@@ -321,7 +422,7 @@ static void call_drop(struct sim_call *call)
 
 static void call_hang(struct sim_call *call)
 {
-    call->state = CALL_HUNG;
+    call->state = SIM_CALL_HUNG;
     call->api->hung++;
 }
 
@@ -331,7 +432,7 @@ static void on_abort(struct lx_http_req *req)
     struct sim_api *api = call->api;
 
     api->aborted++;
-    if (call->state == CALL_ENGINE)
+    if (call->state == SIM_CALL_ENGINE)
         sim_engine_cancel(api->eng, &call->seq);
     lx_debug("llmux-sim %s: %s: client went away", api->conf->name,
              call->id[0] ? call->id : "request");
@@ -352,103 +453,6 @@ static bool call_write(struct sim_call *call, const struct lx_buf *b)
     return true;
 }
 
-/* ---- response shapes ----------------------------------------------------- */
-
-static const char *finish_reason(const struct sim_call *call)
-{
-    return call->seq.finish_stop ? "stop" : "length";
-}
-
-static void append_usage(struct lx_buf *b, const struct sim_call *call, bool details)
-{
-    unsigned p = call->seq.prompt_tokens, c = call->seq.generated;
-
-    lx_buf_appendf(
-        b, "\"usage\":{\"prompt_tokens\":%u,\"total_tokens\":%u,\"completion_tokens\":%u%s}", p,
-        p + c, c, details ? ",\"prompt_tokens_details\":null" : "");
-}
-
-/* Appends the next word <call> says (nothing for the end-of-sequence token)
- * and moves its context on: words come out in order, one per token. */
-static void append_next_word(struct lx_buf *b, struct sim_call *call)
-{
-    if (!call->eos)
-        lx_buf_append(b, sim_ctx_generate(&call->ctx), SIM_WORD_BYTES);
-}
-
-/* data: {"id":...,"object":...,"created":...,"model":...,"choices": */
-static void chunk_begin(struct lx_buf *b, const struct sim_call *call)
-{
-    lx_buf_appendf(
-        b, "data: {\"id\":\"%s\",\"object\":\"%s\",\"created\":%lld,\"model\":\"%s\",\"choices\":",
-        call->id, call->kind == KIND_CHAT ? "chat.completion.chunk" : "text_completion",
-        call->api->created, call->model);
-}
-
-/* A chat stream opens with the assistant's role, before the first token. */
-static void append_role_event(struct lx_buf *b, const struct sim_call *call)
-{
-    if (call->events > 0 || call->kind != KIND_CHAT)
-        return;
-    chunk_begin(b, call);
-    APPEND_LIT(b, "[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},"
-                  "\"logprobs\":null,\"finish_reason\":null}]}\n\n");
-}
-
-/* One SSE event for the next output token; <last> carries the finish reason. */
-static void append_token_event(struct lx_buf *b, struct sim_call *call, bool last)
-{
-    chunk_begin(b, call);
-    if (call->kind == KIND_CHAT)
-        APPEND_LIT(b, "[{\"index\":0,\"delta\":{\"content\":\"");
-    else
-        APPEND_LIT(b, "[{\"index\":0,\"text\":\"");
-    append_next_word(b, call);
-    if (call->kind == KIND_CHAT)
-        APPEND_LIT(b, "\"}");
-    else
-        APPEND_LIT(b, "\"");
-    if (last)
-        lx_buf_appendf(b, ",\"logprobs\":null,\"finish_reason\":\"%s\",\"stop_reason\":null}]}\n\n",
-                       finish_reason(call));
-    else if (call->kind == KIND_CHAT)
-        APPEND_LIT(b, ",\"logprobs\":null,\"finish_reason\":null}]}\n\n");
-    else
-        APPEND_LIT(b, ",\"logprobs\":null,\"finish_reason\":null,\"stop_reason\":null}]}\n\n");
-}
-
-/* The whole completion's text (nothing of it was said before). */
-static void append_text(struct lx_buf *b, struct sim_call *call)
-{
-    for (unsigned i = 0; i < call->seq.generated; i++)
-        append_next_word(b, call);
-}
-
-static void append_full_body(struct lx_buf *b, struct sim_call *call)
-{
-    lx_buf_appendf(b,
-                   "{\"id\":\"%s\",\"object\":\"%s\",\"created\":%lld,\"model\":\"%s\",\"choices\":"
-                   "[{\"index\":0,",
-                   call->id, call->kind == KIND_CHAT ? "chat.completion" : "text_completion",
-                   call->api->created, call->model);
-    if (call->kind == KIND_CHAT) {
-        APPEND_LIT(b, "\"message\":{\"role\":\"assistant\",\"content\":\"");
-        append_text(b, call);
-        APPEND_LIT(b, "\",\"tool_calls\":[]},");
-    } else {
-        APPEND_LIT(b, "\"text\":\"");
-        append_text(b, call);
-        APPEND_LIT(b, "\",");
-    }
-    lx_buf_appendf(b, "\"logprobs\":null,\"finish_reason\":\"%s\",\"stop_reason\":null%s}],",
-                   finish_reason(call), call->kind == KIND_CHAT ? "" : ",\"prompt_logprobs\":null");
-    append_usage(b, call, true);
-    if (call->kind == KIND_CHAT)
-        APPEND_LIT(b, ",\"prompt_logprobs\":null}");
-    else
-        APPEND_LIT(b, "}");
-}
-
 /* ---- engine callbacks ---------------------------------------------------- */
 
 static bool drop_due(const struct sim_call *call, unsigned n)
@@ -463,8 +467,7 @@ static void on_token(struct sim_seq *seq, void *ctx)
 
     if (call->stream) {
         lx_buf_reset(b);
-        append_role_event(b, call);
-        append_token_event(b, call, false);
+        call->kind->token(b, call, false);
         call->events++;
         call_write(call, b);
         if (drop_due(call, call->events))
@@ -488,263 +491,155 @@ static void on_done(struct sim_seq *seq, void *ctx)
             call_drop(call);
             return;
         }
-        append_full_body(b, call);
-        call_free(call);
-        count_answer(api, 200);
-        send_json(api, req);
+        call->kind->whole(b, call);
+        call_answer(call);
         return;
     }
-    append_role_event(b, call);
-    append_token_event(b, call, true);
+    call->kind->token(b, call, true);
     call->events++;
     if (drop_due(call, call->events)) {
         call_write(call, b);
         call_drop(call);
         return;
     }
-    if (call->include_usage) {
-        chunk_begin(b, call);
-        APPEND_LIT(b, "[],");
-        append_usage(b, call, false);
-        APPEND_LIT(b, "}\n\n");
-    }
-    APPEND_LIT(b, "data: [DONE]\n\n");
+    call->kind->close(b, call);
     call_write(call, b);
     call_free(call);
     count_answer(api, 200);
     lx_http_resp_end(req);
 }
 
-/* ---- inference requests -------------------------------------------------- */
-
-/* The request's max_completion_tokens (chat) or max_tokens; NULL if none. */
-static const json_t *max_tokens_field(const struct sim_call *call, const json_t *root)
-{
-    const json_t *mt = NULL;
-
-    if (call->kind == KIND_CHAT)
-        mt = json_object_get(root, "max_completion_tokens");
-    if (!mt || json_is_null(mt))
-        mt = json_object_get(root, "max_tokens");
-    return mt && !json_is_null(mt) ? mt : NULL;
-}
-
-/* Whether the answer has a natural length (x-sim tokens=, or --max-tokens
- * for a request without max_tokens), which the part of it a continuation
- * resends counts in. */
-static bool natural_is_bounded(const struct sim_call *call, const json_t *root)
-{
-    return call->fault.tokens >= 0 || !max_tokens_field(call, root);
-}
+/* ---- model endpoints ----------------------------------------------------- */
 
 /*
- * The request's completion length and finish reason; see docs/SIM.md. The
- * natural length is the whole answer's: a prompt that already holds the
- * answer's first tokens (prompt.partial_tokens) has that many fewer to go,
- * and once it holds them all only the end-of-sequence token is left.
+ * The id (a hash of the body, so the same body gets the same id), then for
+ * a JSON endpoint the body: an object whose "model" is a string or absent,
+ * and its "stream" and "stream_options". Sets *root (the caller's to free).
  */
-static int plan_tokens(struct sim_call *call, const json_t *root, char *err, size_t errlen)
-{
-    const struct sim_conf *conf = call->api->conf;
-    const json_t *mt = max_tokens_field(call, root);
-    uint64_t prompt = call->prompt.tokens, partial = call->prompt.partial_tokens, natural, limit;
-    bool explicit_limit = false;
-
-    if (mt) {
-        if (!json_is_integer(mt)) {
-            snprintf(err, errlen, "max_tokens must be an integer");
-            return LX_EINVAL;
-        }
-        if (json_integer_value(mt) < 1) {
-            snprintf(err, errlen, "max_tokens must be at least 1, got %lld.",
-                     (long long)json_integer_value(mt));
-            return LX_EINVAL;
-        }
-        explicit_limit = true;
-    }
-    if (prompt >= conf->max_model_len) {
-        snprintf(err, errlen,
-                 "This model's maximum context length is %u tokens. However, your request has "
-                 "%llu input tokens. Please reduce the length of the input messages.",
-                 conf->max_model_len, (unsigned long long)prompt);
-        return LX_EINVAL;
-    }
-    if (explicit_limit) {
-        limit = (uint64_t)json_integer_value(mt);
-        if (prompt + limit > conf->max_model_len) {
-            snprintf(err, errlen,
-                     "This model's maximum context length is %u tokens. However, you requested "
-                     "%llu tokens (%llu in the messages, %llu in the completion). Please reduce "
-                     "the length of the messages or completion.",
-                     conf->max_model_len, (unsigned long long)(prompt + limit),
-                     (unsigned long long)prompt, (unsigned long long)limit);
-            return LX_EINVAL;
-        }
-    } else {
-        limit = conf->max_model_len - prompt;
-    }
-    if (call->fault.tokens >= 0)
-        natural = (uint64_t)LX_MAX(call->fault.tokens, 1);
-    else
-        natural = explicit_limit ? NO_LIMIT : conf->max_tokens;
-    if (natural != NO_LIMIT && partial >= natural) {
-        call->eos = true;
-        natural = 1;
-    } else if (natural != NO_LIMIT) {
-        natural -= partial;
-    }
-    call->seq.prompt_tokens = (unsigned)prompt;
-    call->seq.max_tokens = (unsigned)LX_MIN(natural, limit);
-    call->seq.finish_stop = natural <= limit;
-    return 0;
-}
-
-/* A boolean request field: <def> when absent or null. */
-static int bool_field(const json_t *root, const char *name, bool def, bool *out, char *err,
-                      size_t errlen)
-{
-    const json_t *v = json_object_get(root, name);
-
-    *out = def;
-    if (!v || json_is_null(v))
-        return 0;
-    if (!json_is_boolean(v)) {
-        snprintf(err, errlen, "%s must be a boolean", name);
-        return LX_EINVAL;
-    }
-    *out = json_is_true(v);
-    return 0;
-}
-
-/*
- * How a chat's rendering ends: vLLM's add_generation_prompt (default true)
- * and continue_final_message (default false), which exclude each other. vLLM
- * refuses both set explicitly in its request validation, and both in effect
- * (add_generation_prompt left to its default) when it applies the chat
- * template, in other words; the sim answers both with the first message.
- */
-static int chat_end(const json_t *root, enum sim_chat_end *end, char *err, size_t errlen)
-{
-    bool add, cont;
-
-    if (bool_field(root, "add_generation_prompt", true, &add, err, errlen) ||
-        bool_field(root, "continue_final_message", false, &cont, err, errlen))
-        return LX_EINVAL;
-    if (add && cont) {
-        snprintf(err, errlen,
-                 "Cannot set both `continue_final_message` and `add_generation_prompt` to True.");
-        return LX_EINVAL;
-    }
-    if (cont)
-        *end = SIM_CHAT_CONTINUE_FINAL;
-    else
-        *end = add ? SIM_CHAT_GENERATION_PROMPT : SIM_CHAT_NO_GENERATION_PROMPT;
-    return 0;
-}
-
-/* Parses and checks the body; 0, or LX_EINVAL with the message in <err>. */
-static int call_parse(struct sim_call *call, char *err, size_t errlen)
+static int call_load(struct sim_call *call, json_t **root, char *err, size_t errlen)
 {
     const struct lx_buf *body = &call->req->body;
+    const char *data = body->data ? body->data : "";
     json_error_t jerr;
-    json_t *root, *v, *opts;
-    enum sim_chat_end end;
-    uint64_t h1, h2;
-    int rc = LX_EINVAL;
+    const json_t *v;
 
-    root = json_loadb(body->data ? body->data : "", body->len, 0, &jerr);
-    if (!root) {
+    if (call->kind->id_prefix)
+        snprintf(call->id, sizeof(call->id), "%s%016llx%016llx", call->kind->id_prefix,
+                 (unsigned long long)sim_hash(data, body->len, 0x5eed),
+                 (unsigned long long)sim_hash(data, body->len, 0xc0ffee));
+    call->model = lx_strdup(call->api->model_esc);
+    if (call->kind->form)
+        return 0;
+    *root = json_loadb(data, body->len, 0, &jerr);
+    if (!*root) {
         snprintf(err, errlen, "JSON decode error: %s (line %d, column %d)", jerr.text, jerr.line,
                  jerr.column);
         return LX_EINVAL;
     }
-    if (!json_is_object(root)) {
+    if (!json_is_object(*root)) {
         snprintf(err, errlen, "the request body must be a JSON object");
-        goto out;
+        return LX_EINVAL;
     }
-    v = json_object_get(root, "model");
+    v = json_object_get(*root, "model");
     if (v && !json_is_null(v) && !json_is_string(v)) {
         snprintf(err, errlen, "model must be a string");
-        goto out;
+        return LX_EINVAL;
     }
     if (json_is_string(v))
-        call->model = escape_dup(json_string_value(v), json_string_length(v));
-    else
-        call->model = lx_strdup(call->api->model_esc);
-    call->stream = json_is_true(json_object_get(root, "stream"));
-    opts = json_object_get(root, "stream_options");
-    call->include_usage = json_is_true(json_object_get(opts, "include_usage"));
-
-    if (call->kind == KIND_CHAT) {
-        rc = chat_end(root, &end, err, errlen);
-        if (rc)
-            goto out;
-        v = json_object_get(root, "messages");
-        rc = sim_prompt_chat(&call->prompt, v, end, err, errlen);
-    } else {
-        v = json_object_get(root, "prompt");
-        rc = sim_prompt_completion(&call->prompt, v, natural_is_bounded(call, root), err, errlen);
-    }
-    if (rc)
-        goto out;
-    rc = plan_tokens(call, root, err, errlen);
-    if (rc)
-        goto out;
-    /* The blocks of the prompt followed by the whole completion: the engine
-     * caches those the sequence has computed when it ends. */
-    call->ctx = call->prompt.ctx;
-    if (call->eos)
-        sim_prompt_push_eos(&call->prompt);
-    else
-        sim_prompt_push_output(&call->prompt, call->seq.max_tokens);
-    call->seq.blocks = call->prompt.blocks;
-    call->seq.n_blocks = call->prompt.n_blocks;
-    h1 = sim_hash(body->data, body->len, 0x5eed);
-    h2 = sim_hash(body->data, body->len, 0xc0ffee);
-    snprintf(call->id, sizeof(call->id), "%s%016llx%016llx",
-             call->kind == KIND_CHAT ? "chatcmpl-" : "cmpl-", (unsigned long long)h1,
-             (unsigned long long)h2);
-out:
-    json_decref(root);
-    return rc;
+        sim_call_set_model(call, json_string_value(v), json_string_length(v));
+    call->stream = json_is_true(json_object_get(*root, "stream"));
+    v = json_object_get(*root, "stream_options");
+    call->include_usage = json_is_true(json_object_get(v, "include_usage"));
+    return 0;
 }
 
-/* The part after any x-sim delay: faults, parsing, then the engine. */
-static void call_proceed(struct sim_call *call)
+/* Answers an x-sim status, html_error or plain_error, if the request has
+ * one; true when it did (and freed <call>). */
+static bool call_fault_answered(struct sim_call *call)
+{
+    struct sim_api *api = call->api;
+    struct lx_http_req *req = call->req;
+    const struct sim_fault *f = &call->fault;
+    char msg[64];
+
+    if (f->status) {
+        snprintf(msg, sizeof(msg), "simulated error (x-sim status=%d)", f->status);
+        call_error(call, f->status, msg);
+        return true;
+    }
+    if (f->html_status || f->plain_status) {
+        bool html = f->html_status != 0;
+        int status = html ? f->html_status : f->plain_status;
+
+        call_free(call);
+        count_answer(api, status);
+        send_proxy_error(api, req, status, html);
+        return true;
+    }
+    return false;
+}
+
+/* Starts a generating call's stream (its head, then the kind's opening
+ * events) or not, and hands it to the engine. */
+static void call_submit(struct sim_call *call)
 {
     static const struct lx_http_header sse = {"Content-Type", 12,
                                               "text/event-stream; charset=utf-8", 32};
-    struct sim_api *api = call->api;
-    const struct sim_conf *conf = api->conf;
-    char err[512];
+    struct lx_buf *b = &call->api->scratch;
 
-    if (call->fault.status >= 400 && call->fault.status <= 599) {
-        snprintf(err, sizeof(err), "simulated error (x-sim status=%d)", call->fault.status);
-        call_error(call, call->fault.status, err);
-        return;
-    }
-    if (conf->error_rate > 0 && prng_next(api) < conf->error_rate) {
-        call_error(call, 500, "simulated error (--error-rate)");
-        return;
-    }
-    if (call_parse(call, err, sizeof(err))) {
-        call_error(call, 400, err);
-        return;
-    }
     call->seq.ttft_extra_ms = call->fault.ttft_ms > 0 ? (double)call->fault.ttft_ms : 0;
-    if (call->stream) {
-        if (lx_http_resp_start(call->req, 200, &sse, 1, -1) < 0)
-            call->broken = true;
-        if (call->fault.drop_after == 0) {
-            call_drop(call);
-            return;
-        }
-    } else if (call->fault.drop_after == 0) {
+    if (call->stream && lx_http_resp_start(call->req, 200, &sse, 1, -1) < 0)
+        call->broken = true;
+    if (call->fault.drop_after == 0) {
         call_drop(call);
         return;
     }
-    call->state = CALL_ENGINE;
-    sim_engine_submit(api->eng, &call->seq);
+    if (call->stream && call->kind->open) {
+        lx_buf_reset(b);
+        call->kind->open(b, call);
+        call_write(call, b);
+    }
+    call->state = SIM_CALL_ENGINE;
+    sim_engine_submit(call->api->eng, &call->seq);
+}
+
+/* The part after any x-sim delay: faults, parsing, then the answer or the
+ * engine. */
+static void call_proceed(struct sim_call *call)
+{
+    struct sim_api *api = call->api;
+    const struct sim_kind *kind = call->kind;
+    json_t *root = NULL;
+    char err[512];
+    int rc;
+
+    if (call_fault_answered(call))
+        return;
+    if (api->conf->error_rate > 0 && prng_next(api) < api->conf->error_rate) {
+        call_error(call, 500, "simulated error (--error-rate)");
+        return;
+    }
+    lx_buf_reset(&api->scratch);
+    rc = call_load(call, &root, err, sizeof(err));
+    if (!rc)
+        rc = kind->serve ? kind->serve(call, root, &api->scratch, err, sizeof(err))
+                         : kind->parse(call, root, err, sizeof(err));
+    json_decref(root);
+    if (rc) {
+        call_error(call, 400, err);
+        return;
+    }
+    if (!kind->serve) {
+        call_submit(call);
+        return;
+    }
+    if (call->fault.drop_after == 0) {
+        call_drop(call);
+        return;
+    }
+    if (kind->pooled)
+        sim_engine_count_pooling(api->eng, call->seq.prompt_tokens);
+    call_answer(call);
 }
 
 static void delay_arm(struct sim_api *api);
@@ -761,7 +656,7 @@ static void on_delay_timer(uv_timer_t *t)
         if (call->due_ms > now + 1.0)
             break;
         lx_list_remove(&call->delay_link);
-        call->state = CALL_NEW;
+        call->state = SIM_CALL_NEW;
         call_proceed(call);
     }
     delay_arm(api);
@@ -787,7 +682,7 @@ static void call_delay(struct sim_call *call, uint64_t ms)
     struct sim_api *api = call->api;
     struct lx_list *pos;
 
-    call->state = CALL_DELAYED;
+    call->state = SIM_CALL_DELAYED;
     call->due_ms = sim_now_ms() + (double)ms;
     /* Keep the list sorted: walk back from the tail (usually short). */
     for (pos = api->delayed.prev; pos != &api->delayed; pos = pos->prev)
@@ -797,7 +692,8 @@ static void call_delay(struct sim_call *call, uint64_t ms)
     delay_arm(api);
 }
 
-static void handle_inference(struct sim_api *api, struct lx_http_req *req, enum call_kind kind)
+/* A request to a model endpoint: held, refused, delayed or on its way. */
+static void handle_call(struct sim_api *api, struct lx_http_req *req, const struct sim_kind *kind)
 {
     struct sim_call *call = call_new(api, req, kind);
 
@@ -823,24 +719,71 @@ static void handle_inference(struct sim_api *api, struct lx_http_req *req, enum 
 
 /* ---- other endpoints ----------------------------------------------------- */
 
+/* vLLM's model card for --model. */
+static void append_model(struct sim_api *api, struct lx_buf *b)
+{
+    const char *m = api->model_esc;
+
+    lx_buf_appendf(b,
+                   "{\"id\":\"%s\",\"object\":\"model\",\"created\":%lld,"
+                   "\"owned_by\":\"vllm\",\"root\":\"%s\",\"parent\":null,\"max_model_len\":%u,"
+                   "\"permission\":[{\"id\":\"modelperm-%016llx\",\"object\":\"model_permission\","
+                   "\"created\":%lld,\"allow_create_engine\":false,\"allow_sampling\":true,"
+                   "\"allow_logprobs\":true,\"allow_search_indices\":false,\"allow_view\":true,"
+                   "\"allow_fine_tuning\":false,\"organization\":\"*\",\"group\":null,"
+                   "\"is_blocking\":false}]}",
+                   m, api->created, m, api->conf->max_model_len,
+                   (unsigned long long)sim_hash(m, strlen(m), 1), api->created);
+}
+
 static void handle_models(struct sim_api *api, struct lx_http_req *req)
 {
     struct lx_buf *b = &api->scratch;
-    const char *m = api->model_esc;
 
     lx_buf_reset(b);
-    lx_buf_appendf(
-        b,
-        "{\"object\":\"list\",\"data\":[{\"id\":\"%s\",\"object\":\"model\",\"created\":%lld,"
-        "\"owned_by\":\"vllm\",\"root\":\"%s\",\"parent\":null,\"max_model_len\":%u,"
-        "\"permission\":[{\"id\":\"modelperm-%016llx\",\"object\":\"model_permission\","
-        "\"created\":%lld,\"allow_create_engine\":false,\"allow_sampling\":true,"
-        "\"allow_logprobs\":true,\"allow_search_indices\":false,\"allow_view\":true,"
-        "\"allow_fine_tuning\":false,\"organization\":\"*\",\"group\":null,"
-        "\"is_blocking\":false}]}]}",
-        m, api->created, m, api->conf->max_model_len, (unsigned long long)sim_hash(m, strlen(m), 1),
-        api->created);
+    SIM_APPEND_LIT(b, "{\"object\":\"list\",\"data\":[");
+    append_model(api, b);
+    SIM_APPEND_LIT(b, "]}");
     send_json(api, req);
+}
+
+static int hex_value(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c = (char)(c | 0x20);
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* GET /v1/models/{id}: the model card when the (percent-decoded) id is
+ * --model, else vLLM's 404. */
+static void handle_model(struct sim_api *api, struct lx_http_req *req)
+{
+    const char *p = req->path + strlen(MODELS_PREFIX);
+    size_t len = strcspn(p, "?"), n = 0;
+    char *id = lx_malloc(len + 1), msg[160];
+
+    for (size_t i = 0; i < len; i++) {
+        int hi = p[i] == '%' && i + 2 < len ? hex_value(p[i + 1]) : -1;
+        int lo = hi >= 0 ? hex_value(p[i + 2]) : -1;
+
+        if (lo >= 0) {
+            id[n++] = (char)(hi * 16 + lo);
+            i += 2;
+        } else {
+            id[n++] = p[i];
+        }
+    }
+    id[n] = '\0';
+    if (n == strlen(api->conf->model) && memcmp(id, api->conf->model, n) == 0) {
+        lx_buf_reset(&api->scratch);
+        append_model(api, &api->scratch);
+        send_json(api, req);
+    } else {
+        snprintf(msg, sizeof(msg), "The model `%.*s` does not exist.", (int)LX_MIN(n, 100), id);
+        send_error(api, req, 404, msg);
+    }
+    free(id);
 }
 
 static void handle_metrics(struct sim_api *api, struct lx_http_req *req)
@@ -869,7 +812,7 @@ static void handle_stats(struct sim_api *api, struct lx_http_req *req)
                    "\"completed_total\":%llu,\"errors_total\":%llu,\"dropped_total\":%llu,"
                    "\"hung\":%llu,\"prefix_cache_query_tokens\":%llu,"
                    "\"kv_cache_capacity_tokens\":%llu,\"prompt_tokens_total\":%llu,"
-                   "\"generation_tokens_total\":%llu}",
+                   "\"generation_tokens_total\":%llu,\"endpoint_requests\":{",
                    accepted, open, (unsigned long long)api->requests, st->running, st->waiting,
                    (unsigned long long)api->aborted, (unsigned long long)st->prefix_hits,
                    (unsigned long long)(st->kv_blocks_used * api->conf->block_size),
@@ -880,16 +823,41 @@ static void handle_stats(struct sim_api *api, struct lx_http_req *req)
                    (unsigned long long)(st->kv_blocks_total * api->conf->block_size),
                    (unsigned long long)st->prompt_tokens,
                    (unsigned long long)st->generation_tokens);
+    for (size_t i = 0; i < N_ENDPOINT_STATS; i++) {
+        const char *path = i < ARRAY_SIZE(endpoints) ? endpoints[i].path
+                           : i == STAT_MODELS        ? "/v1/models"
+                                                     : "/v1/models/{id}";
+
+        lx_buf_appendf(b, "%s\"%s\":%llu", i ? "," : "", path,
+                       (unsigned long long)api->endpoint_requests[i]);
+    }
+    SIM_APPEND_LIT(b, "}}");
     send_json(api, req);
 }
 
 /* A GET endpoint under --hang or while dying: held until the client leaves. */
 static void hang_other(struct sim_api *api, struct lx_http_req *req)
 {
-    struct sim_call *call = call_new(api, req, KIND_OTHER);
+    struct sim_call *call = call_new(api, req, NULL);
 
     req->on_abort = on_abort;
     call_hang(call);
+}
+
+/* The row of the endpoint table for <req>'s path, or -1. */
+static int endpoint_find(const struct lx_http_req *req)
+{
+    for (size_t i = 0; i < ARRAY_SIZE(endpoints); i++)
+        if (path_is(req, endpoints[i].path))
+            return (int)i;
+    return -1;
+}
+
+static bool is_model_path(const struct lx_http_req *req)
+{
+    size_t n = strlen(MODELS_PREFIX);
+
+    return strncmp(req->path, MODELS_PREFIX, n) == 0 && req->path[n] && req->path[n] != '?';
 }
 
 void sim_api_handle(struct lx_http_req *req, void *ctx)
@@ -898,12 +866,13 @@ void sim_api_handle(struct lx_http_req *req, void *ctx)
     bool get = req->method == HTTP_GET || req->method == HTTP_HEAD;
     bool post = req->method == HTTP_POST;
     bool stall = api->dying || api->conf->hang;
+    int ep = endpoint_find(req);
 
     api->http_requests++;
-    if (path_is(req, "/v1/chat/completions") || path_is(req, "/v1/completions")) {
+    if (ep >= 0) {
+        api->endpoint_requests[ep]++;
         if (post) {
-            handle_inference(api, req,
-                             path_is(req, "/v1/completions") ? KIND_COMPLETION : KIND_CHAT);
+            handle_call(api, req, endpoints[ep].kind);
             return;
         }
     } else if (path_is(req, "/sim/stats")) {
@@ -911,7 +880,10 @@ void sim_api_handle(struct lx_http_req *req, void *ctx)
             handle_stats(api, req);
             return;
         }
-    } else if (path_is(req, "/health") || path_is(req, "/v1/models") || path_is(req, "/metrics")) {
+    } else if (path_is(req, "/health") || path_is(req, "/v1/models") || path_is(req, "/metrics") ||
+               is_model_path(req)) {
+        if (path_is(req, "/v1/models") || is_model_path(req))
+            api->endpoint_requests[is_model_path(req) ? STAT_MODEL : STAT_MODELS]++;
         if (get && stall) {
             hang_other(api, req);
         } else if (get && path_is(req, "/health")) {
@@ -921,6 +893,8 @@ void sim_api_handle(struct lx_http_req *req, void *ctx)
                 lx_http_resp_send(req, 200, NULL, NULL, 0, "", 0);
         } else if (get && path_is(req, "/v1/models")) {
             handle_models(api, req);
+        } else if (get && is_model_path(req)) {
+            handle_model(api, req);
         } else if (get) {
             handle_metrics(api, req);
         }
@@ -986,7 +960,7 @@ void sim_api_close(struct sim_api *api)
         struct sim_call *call = container_of(lx_list_first(&api->calls), struct sim_call, link);
 
         lx_warn("llmux-sim %s: a call outlived the server; dropping it", api->conf->name);
-        if (call->state == CALL_ENGINE)
+        if (call->state == SIM_CALL_ENGINE)
             sim_engine_cancel(api->eng, &call->seq);
         call_free(call);
     }

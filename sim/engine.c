@@ -492,6 +492,12 @@ void sim_engine_cancel(struct sim_engine *eng, struct sim_seq *seq)
     }
 }
 
+void sim_engine_count_pooling(struct sim_engine *eng, unsigned prompt_tokens)
+{
+    eng->st.prompt_tokens += prompt_tokens;
+    eng->st.success_stop++;
+}
+
 void sim_engine_freeze(struct sim_engine *eng)
 {
     eng->frozen = true;

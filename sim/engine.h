@@ -137,6 +137,12 @@ void sim_engine_close(struct sim_engine *eng);
 void sim_engine_submit(struct sim_engine *eng, struct sim_seq *seq);
 /* Takes <seq> out wherever it is and frees its KV blocks. No callback. */
 void sim_engine_cancel(struct sim_engine *eng, struct sim_seq *seq);
+/*
+ * Counts a request answered without a sequence (embeddings, scores,
+ * classification, pooling): its <prompt_tokens> as prefilled and one request
+ * finished with "stop", as vLLM counts a pooling request.
+ */
+void sim_engine_count_pooling(struct sim_engine *eng, unsigned prompt_tokens);
 /* Stops all progress for good (the node is about to die). */
 void sim_engine_freeze(struct sim_engine *eng);
 /* Current counters; the gauges are refreshed by this call. */

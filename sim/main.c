@@ -118,7 +118,8 @@ static void usage(FILE *f)
         "  --help                   this text\n"
         "\n"
         "Per request, the header `x-sim: k=v,...` steers one request: status=N,\n"
-        "ttft_ms=N, tokens=N, drop_after=N, hang=1, delay_ms=N. See docs/SIM.md.\n",
+        "html_error=N, plain_error=N, ttft_ms=N, tokens=N, drop_after=N, hang=1,\n"
+        "delay_ms=N. See docs/SIM.md.\n",
         DEFAULT_MODEL, DEFAULT_MAX_MODEL_LEN);
 }
 

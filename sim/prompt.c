@@ -115,13 +115,18 @@ void sim_ctx_feed(struct sim_ctx *c, const void *data, size_t len)
         c->tail |= (uint64_t)*s << (8 * c->tail_len++);
 }
 
-const char *sim_ctx_predict(const struct sim_ctx *c)
+uint64_t sim_ctx_digest(const struct sim_ctx *c)
 {
     /* The tail's length sits above its at most 7 bytes: "a" and "a\0"
      * differ. */
     uint64_t t = sim_mix64(c->tail ^ ((uint64_t)c->tail_len << 56) ^ 0x452821e638d01377ULL);
 
-    return words[sim_mix64(c->h ^ t) % ARRAY_SIZE(words)];
+    return sim_mix64(c->h ^ t);
+}
+
+const char *sim_ctx_predict(const struct sim_ctx *c)
+{
+    return words[sim_ctx_digest(c) % ARRAY_SIZE(words)];
 }
 
 const char *sim_ctx_generate(struct sim_ctx *c)
@@ -149,10 +154,16 @@ void sim_prompt_deinit(struct sim_prompt *p)
     p->n_blocks = 0;
 }
 
-void sim_prompt_push_token(struct sim_prompt *p, uint64_t token)
+/* Appends <token> (what the block hashes see), whose id (what /tokenize
+ * shows) is <id>. */
+static void push(struct sim_prompt *p, uint64_t token, uint64_t id)
 {
     uint64_t t = sim_mix64(token + 0x632be59bd9b4e019ULL);
 
+    if (p->ids) {
+        lx_buf_append_u64(p->ids, id);
+        lx_buf_append(p->ids, ",", 1);
+    }
     p->tokens++;
     p->block_acc = sim_mix64(p->block_acc ^ t) + p->in_block;
     if (++p->in_block < p->block_size)
@@ -167,6 +178,18 @@ void sim_prompt_push_token(struct sim_prompt *p, uint64_t token)
     p->in_block = 0;
 }
 
+void sim_prompt_push_token(struct sim_prompt *p, uint64_t token)
+{
+    push(p, token, token);
+}
+
+/* The id of a token that is not text (template, media): the special range,
+ * above every text piece's id. */
+static uint64_t special_id(uint64_t token)
+{
+    return SIM_TOKEN_SPECIAL + token % 65536;
+}
+
 /* The tokens of <s>, without touching the context. */
 static void push_text_tokens(struct sim_prompt *p, const char *s, size_t len)
 {
@@ -174,10 +197,11 @@ static void push_text_tokens(struct sim_prompt *p, const char *s, size_t len)
         size_t n = LX_MIN(len, (size_t)TOKEN_BYTES);
         uint64_t tok = (uint64_t)n << 32;
 
-        /* The token is its bytes: equal text, equal tokens. */
+        /* The token is its bytes: equal text, equal tokens; its id is the
+         * bytes alone, little-endian (sim_token_bytes inverts it). */
         for (size_t i = 0; i < n; i++)
             tok |= (uint64_t)(unsigned char)s[i] << (8 * i);
-        sim_prompt_push_token(p, tok);
+        push(p, tok, tok & 0xffffffffu);
         s += n;
         len -= n;
     }
@@ -228,8 +252,11 @@ static int push_content(struct sim_prompt *p, const json_t *content, size_t idx,
          * a placeholder in the rendered text. */
         tname = json_string_value(type);
         tlen = json_string_length(type);
-        for (unsigned k = 0; k < NON_TEXT_PART_TOKENS; k++)
-            sim_prompt_push_token(p, sim_hash(tname, tlen, k));
+        for (unsigned k = 0; k < NON_TEXT_PART_TOKENS; k++) {
+            uint64_t tok = sim_hash(tname, tlen, k);
+
+            push(p, tok, special_id(tok));
+        }
         FEED_LIT(&p->ctx, "<|");
         sim_ctx_feed(&p->ctx, tname, tlen);
         FEED_LIT(&p->ctx, "|>");
@@ -240,8 +267,11 @@ static int push_content(struct sim_prompt *p, const json_t *content, size_t idx,
 /* The chat template's tokens and text that open a message of <role>. */
 static void push_header(struct sim_prompt *p, const char *role, size_t len)
 {
-    for (unsigned k = 0; k < SIM_CHAT_TOKENS_PER_MESSAGE; k++)
-        sim_prompt_push_token(p, sim_hash(role, len, 0x7e3 + k));
+    for (unsigned k = 0; k < SIM_CHAT_TOKENS_PER_MESSAGE; k++) {
+        uint64_t tok = sim_hash(role, len, 0x7e3 + k);
+
+        push(p, tok, special_id(tok));
+    }
     FEED_LIT(&p->ctx, TPL_START);
     sim_ctx_feed(&p->ctx, role, len);
     FEED_LIT(&p->ctx, TPL_ROLE_END);
@@ -397,4 +427,18 @@ void sim_prompt_push_output(struct sim_prompt *p, unsigned n)
 void sim_prompt_push_eos(struct sim_prompt *p)
 {
     sim_prompt_push_token(p, EOS_TOKEN);
+}
+
+size_t sim_token_bytes(uint64_t id, char out[4])
+{
+    size_t n = 0;
+
+    if (id >= SIM_TOKEN_SPECIAL)
+        return 0;
+    for (size_t i = 0; i < 4; i++)
+        if ((id >> (8 * i)) & 0xff)
+            n = i + 1;
+    for (size_t i = 0; i < n; i++)
+        out[i] = (char)(id >> (8 * i));
+    return n;
 }

@@ -43,6 +43,10 @@
 
 #define SIM_CHAT_TOKENS_PER_MESSAGE 4
 #define SIM_WORD_BYTES 4 /* an output word, its space included: one token */
+/* Token ids (/tokenize): a text piece's id is its 1 to 4 bytes read as a
+ * little-endian number (below 2^32); template and media tokens have ids from
+ * here up, and no text. */
+#define SIM_TOKEN_SPECIAL (1ull << 32)
 
 /*
  * The model's context: a hash of every byte fed so far, whatever the
@@ -74,6 +78,8 @@ struct sim_prompt {
     unsigned in_block;   /* tokens in the current, unfinished block */
     uint64_t block_acc;  /* running hash of the current block */
     uint64_t chain;      /* chain hash of the last full block */
+    struct lx_buf *ids;  /* borrowed, or NULL: each token's id is appended to it in
+                            decimal, followed by a comma (for /tokenize) */
 };
 
 /* An empty context. */
@@ -85,6 +91,9 @@ void sim_ctx_feed(struct sim_ctx *c, const void *data, size_t len);
 const char *sim_ctx_predict(const struct sim_ctx *c);
 /* Says the next word: returns it, as sim_ctx_predict, and feeds it to <c>. */
 const char *sim_ctx_generate(struct sim_ctx *c);
+/* A 64-bit digest of everything fed to <c> (the state the next word is
+ * picked by); embeddings and scores are made from it. */
+uint64_t sim_ctx_digest(const struct sim_ctx *c);
 
 /* Starts an empty prompt; keeps hashes of at most <max_blocks> blocks. */
 void sim_prompt_init(struct sim_prompt *p, unsigned block_size, size_t max_blocks);
@@ -125,5 +134,10 @@ uint64_t sim_mix64(uint64_t x);
 void sim_prompt_push_output(struct sim_prompt *p, unsigned n);
 /* Appends the end-of-sequence token: an output token without text. */
 void sim_prompt_push_eos(struct sim_prompt *p);
+
+/* The text of token <id> (see SIM_TOKEN_SPECIAL) into <out>: its bytes up
+ * to the last non-zero one (so a text without NUL bytes comes back exactly),
+ * or nothing for a special id. Returns the length, 0 to 4. */
+size_t sim_token_bytes(uint64_t id, char out[4]);
 
 #endif /* SIM_PROMPT_H */

@@ -6,7 +6,7 @@
  * mod 4, and counts those k words as the partial answer; a chat continued
  * with continue_final_message renders as the original with its generation
  * prompt followed by the partial answer, tokens and prefix blocks included;
- * the continue_final_message refusal.
+ * the continue_final_message refusal; /tokenize's ids give the text back.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -325,6 +325,75 @@ static void test_token_ids(void **state)
     ut_release(p);
 }
 
+static void ids_free(void *p)
+{
+    lx_buf_deinit(p);
+    free(p);
+}
+
+/* The ids of <p>'s tokens, recorded as "id,id,...," in <ids>, into <out>. */
+static size_t read_ids(const struct lx_buf *ids, uint64_t *out, size_t max)
+{
+    size_t n = 0;
+
+    for (const char *s = ids->data, *end = ids->data + ids->len; s < end; s++) {
+        char *comma;
+
+        assert_true(n < max);
+        out[n++] = strtoull(s, &comma, 10);
+        assert_int_equal(*comma, ',');
+        s = comma;
+    }
+    return n;
+}
+
+/* /tokenize's ids: one per token, a text piece's id gives its bytes back
+ * (so detokenizing the ids of a text is the text), template and media
+ * tokens are special ids without text. */
+static void test_ids_give_the_text_back(void **state)
+{
+    static const char text[] = "Hello, w\xc3\xb6rld! 12345";
+    struct sim_prompt *p = new_prompt();
+    struct lx_buf *ids = ut_track(malloc(sizeof(*ids)), ids_free);
+    uint64_t id[64];
+    char back[64], piece[4], err[256];
+    size_t n, len = 0;
+
+    lx_buf_init(ids, 0);
+    p->ids = ids;
+    sim_prompt_push_text(p, text, sizeof(text) - 1);
+    n = read_ids(ids, id, ARRAY_SIZE(id));
+    assert_int_equal(n, p->tokens);
+    assert_int_equal(n, (sizeof(text) - 1 + 3) / 4);
+    for (size_t i = 0; i < n; i++) {
+        size_t k = sim_token_bytes(id[i], piece);
+
+        assert_true(id[i] < SIM_TOKEN_SPECIAL && k >= 1 && k <= 4);
+        memcpy(back + len, piece, k);
+        len += k;
+    }
+    assert_int_equal(len, sizeof(text) - 1);
+    assert_memory_equal(back, text, len);
+    /* A chat: 4 special ids per message and for the generation prompt. */
+    ut_release(p);
+    p = new_prompt();
+    lx_buf_reset(ids);
+    p->ids = ids;
+    assert_int_equal(chat(p, parse_json("[{\"role\":\"user\",\"content\":\"abcdefgh\"}]"),
+                          SIM_CHAT_GENERATION_PROMPT, err, sizeof(err)),
+                     0);
+    n = read_ids(ids, id, ARRAY_SIZE(id));
+    assert_int_equal(n, 4 + 2 + 4);
+    assert_int_equal(n, p->tokens);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(id[i] >= SIM_TOKEN_SPECIAL, i < 4 || i >= 6);
+    assert_int_equal(sim_token_bytes(id[0], piece), 0);
+    assert_int_equal(sim_token_bytes(0x64636261, piece), 4);
+    assert_memory_equal(piece, "abcd", 4);
+    ut_release(ids);
+    ut_release(p);
+}
+
 static int teardown(void **state)
 {
     ut_release_all();
@@ -341,6 +410,7 @@ int main(void)
         cmocka_unit_test_teardown(test_chat_continues_exactly, teardown),
         cmocka_unit_test_teardown(test_chat_ends, teardown),
         cmocka_unit_test_teardown(test_token_ids, teardown),
+        cmocka_unit_test_teardown(test_ids_give_the_text_back, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
