@@ -102,11 +102,6 @@ $(BUILD)/tests/test_sim_prompt: $(BUILD)/tests/unit/test_sim_prompt.o $(BUILD)/s
 	@mkdir -p $(dir $@)
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lcmocka
 
-$(BUILD)/tests/test_sim_multipart: $(BUILD)/tests/unit/test_sim_multipart.o \
-                                   $(BUILD)/sim/multipart.o $(LIB) $(MODE_OBJ)
-	@mkdir -p $(dir $@)
-	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lcmocka
-
 # Corpus replay: each fuzz target linked with a plain main, built like the tests.
 $(BUILD)/fuzz-replay/%: $(BUILD)/tests/fuzz/fuzz_%.o $(BUILD)/tests/fuzz/replay.o $(LIB)
 	@mkdir -p $(dir $@)

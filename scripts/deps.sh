@@ -11,6 +11,9 @@
 #   prometheus          promtool and a real Prometheus for the deploy/ tests
 #   python3-yaml        the deploy/ manifest tests
 #   chromium            the /status page test (headless)
+# tests/e2e/test_api.py installs nodejs and npm itself when `node` is missing
+# (not listed here: a machine may have another Node.js, whose npm Debian's
+# would conflict with), then the openai npm package under build/npm.
 # `scripts/deps.sh fuzz` adds what `make fuzz` needs:
 #   clang libclang-rt-14-dev   libFuzzer with ASan/UBSan
 set -e

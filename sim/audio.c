@@ -24,9 +24,8 @@
 #include <string.h>
 
 #include "call.h"
-#include "multipart.h"
+#include "../src/http/multipart.h"
 
-#define MAX_PARTS 32
 #define AUDIO_BYTES_PER_SECOND 32000
 #define AUDIO_BYTES_PER_TOKEN 4096
 #define AUDIO_BYTES_PER_WORD 1000
@@ -37,16 +36,16 @@ static bool is_transcription(const struct sim_call *call)
     return call->kind == &sim_kind_transcription;
 }
 
-static bool part_is(const struct sim_mp_part *part, const char *s)
+static bool part_is(const struct lx_mp_part *part, const char *s)
 {
     return part->len == strlen(s) && memcmp(part->data, s, part->len) == 0;
 }
 
 /* A form field that is a boolean ("true", "false", "1", "0"); false when absent. */
-static int form_bool(const struct sim_mp_part *parts, size_t n, const char *name, bool *out,
+static int form_bool(const struct lx_mp_part *parts, size_t n, const char *name, bool *out,
                      char *err, size_t errlen)
 {
-    const struct sim_mp_part *f = sim_mp_find(parts, n, name);
+    const struct lx_mp_part *f = lx_mp_find(parts, n, name);
 
     *out = false;
     if (!f)
@@ -62,10 +61,10 @@ static int form_bool(const struct sim_mp_part *parts, size_t n, const char *name
 
 /* The form's max_completion_tokens as a JSON integer (the caller's), NULL
  * when absent; LX_EINVAL when not a number. */
-static int form_max_tokens(const struct sim_mp_part *parts, size_t n, json_t **out, char *err,
+static int form_max_tokens(const struct lx_mp_part *parts, size_t n, json_t **out, char *err,
                            size_t errlen)
 {
-    const struct sim_mp_part *f = sim_mp_find(parts, n, "max_completion_tokens");
+    const struct lx_mp_part *f = lx_mp_find(parts, n, "max_completion_tokens");
     char digits[21];
     long long v = 0;
 
@@ -91,8 +90,8 @@ bad:
 /* The prompt: the audio (one token per started 4 KiB, each a hash of its
  * bytes, which the context takes in too), the form's prompt text, then the
  * decoder prompt with the language and the task. */
-static void push_audio(struct sim_call *call, const struct sim_mp_part *file,
-                       const struct sim_mp_part *lang, const struct sim_mp_part *text)
+static void push_audio(struct sim_call *call, const struct lx_mp_part *file,
+                       const struct lx_mp_part *lang, const struct lx_mp_part *text)
 {
     struct sim_prompt *p = &call->prompt;
     static const char start[] = "<|startoftranscript|><|";
@@ -123,33 +122,33 @@ static int audio_parse(struct sim_call *call, const json_t *root, char *err, siz
 {
     const struct lx_http_header *ct = lx_http_req_header(call->req, "Content-Type");
     const struct lx_buf *body = &call->req->body;
-    struct sim_mp_part parts[MAX_PARTS];
-    const struct sim_mp_part *file, *f;
+    struct lx_mp_part parts[LX_MP_MAX_PARTS];
+    const struct lx_mp_part *file, *f;
     const char *boundary = NULL, *why = "Content-Type must be multipart/form-data";
     size_t blen = 0, n;
     json_t *mt = NULL;
     int rc;
 
-    if (!ct || sim_mp_boundary(ct->value, ct->value_len, &boundary, &blen, &why)) {
+    if (!ct || lx_mp_boundary(ct->value, ct->value_len, &boundary, &blen, &why)) {
         snprintf(err, errlen, "%s", why);
         return LX_EINVAL;
     }
-    rc = sim_mp_parse(body->data ? body->data : "", body->len, boundary, blen, parts, MAX_PARTS,
+    rc = lx_mp_parse(body->data ? body->data : "", body->len, boundary, blen, parts, LX_MP_MAX_PARTS,
                       &why);
     if (rc < 0) {
         snprintf(err, errlen, "%s", why);
         return LX_EINVAL;
     }
     n = (size_t)rc;
-    file = sim_mp_find(parts, n, "file");
+    file = lx_mp_find(parts, n, "file");
     if (!file) {
         snprintf(err, errlen, "file: Field required (the audio file, a form part named file)");
         return LX_EINVAL;
     }
-    f = sim_mp_find(parts, n, "model");
+    f = lx_mp_find(parts, n, "model");
     if (f)
         sim_call_set_model(call, f->data, f->len);
-    f = sim_mp_find(parts, n, "response_format");
+    f = lx_mp_find(parts, n, "response_format");
     if (f && !part_is(f, "json") && !part_is(f, "text")) {
         snprintf(err, errlen, "Currently only support response_format `text` or `json`");
         return LX_EINVAL;
@@ -163,7 +162,7 @@ static int audio_parse(struct sim_call *call, const json_t *root, char *err, siz
     }
     if (form_max_tokens(parts, n, &mt, err, errlen))
         return LX_EINVAL;
-    push_audio(call, file, sim_mp_find(parts, n, "language"), sim_mp_find(parts, n, "prompt"));
+    push_audio(call, file, lx_mp_find(parts, n, "language"), lx_mp_find(parts, n, "prompt"));
     call->natural = (file->len + AUDIO_BYTES_PER_WORD - 1) / AUDIO_BYTES_PER_WORD;
     call->natural = LX_MIN(LX_MAX(call->natural, 1), AUDIO_MAX_WORDS);
     if (is_transcription(call)) {

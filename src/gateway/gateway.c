@@ -11,7 +11,9 @@
 #include <time.h>
 
 #include "../core/log.h"
+#include "../http/api.h"
 #include "../http/body_scan.h"
+#include "../http/multipart.h"
 #include "../nodes/health.h"
 #include "../obs/endpoints.h"
 #include "../obs/metrics.h"
@@ -139,10 +141,10 @@ static bool path_is(const char *path, size_t len, const char *want)
     return strlen(want) == len && memcmp(path, want, len) == 0;
 }
 
+/* A POST routed to a pool by its model (src/http/api.h). */
 static bool is_inference_path(const struct lx_http_req *req)
 {
-    return path_is(req->path, req->path_only_len, "/v1/chat/completions") ||
-           path_is(req->path, req->path_only_len, "/v1/completions");
+    return lx_api_has(lx_api_lookup(req->path, req->path_only_len), LX_API_MODEL);
 }
 
 /*
@@ -182,10 +184,59 @@ static char *model_decode(const struct lx_body_scan *scan)
     return out;
 }
 
+/*
+ * The "model" of a multipart/form-data request (audio): the form field, in
+ * <scan> as a JSON body's would be. False, the client answered 400, when the
+ * body is not such a form.
+ */
+static bool scan_form(struct lx_worker *w, struct lx_http_req *req, const char *rid,
+                      struct lx_body_scan *scan)
+{
+    const struct lx_http_header *ct = lx_http_req_header(req, "content-type");
+    struct lx_mp_part parts[LX_MP_MAX_PARTS];
+    const struct lx_mp_part *model, *stream;
+    const char *boundary, *why = "no Content-Type";
+    size_t blen;
+    int n;
+    char msg[200];
+
+    memset(scan, 0, sizeof(*scan));
+    if (!ct || lx_mp_boundary(ct->value, ct->value_len, &boundary, &blen, &why) != 0 ||
+        (n = lx_mp_parse(req->body.data ? req->body.data : "", req->body.len, boundary, blen,
+                         parts, ARRAY_SIZE(parts), &why)) < 0) {
+        snprintf(msg, sizeof(msg), "this endpoint expects a multipart/form-data body: %s", why);
+        gw_error(w, req, rid, 400, "invalid_request_error", "invalid_form", msg);
+        return false;
+    }
+    model = lx_mp_find(parts, (size_t)n, "model");
+    if (model) {
+        scan->model = (struct lx_slice){model->data, model->len};
+        scan->model_value = scan->model;
+        scan->model_present = scan->model_is_string = scan->model_is_form_field = true;
+    }
+    stream = lx_mp_find(parts, (size_t)n, "stream");
+    scan->stream = stream && stream->len == 4 && memcmp(stream->data, "true", 4) == 0;
+    return true;
+}
+
+/* The pool of a request that names no model: the catch-all, or the only
+ * pool for the endpoints where vLLM's "model" is optional. */
+static struct lx_pool *pool_without_model(struct lx_worker *w, enum lx_api ep)
+{
+    struct lx_pool *pool = lx_registry_find(w->env.reg, "", 0);
+
+    if (pool && strcmp(pool->model, "*") == 0)
+        return pool;
+    if ((ep == LX_API_TOKENIZE || ep == LX_API_DETOKENIZE) && w->env.reg->n_pools == 1)
+        return &w->env.reg->pools[0];
+    return NULL;
+}
+
 static void handle_inference(struct lx_worker *w, struct lx_http_req *req, const char *rid)
 {
     struct lx_body_scan scan;
     struct lx_pool *pool;
+    enum lx_api ep = lx_api_lookup(req->path, req->path_only_len);
     int rc;
 
     if (req->method != HTTP_POST) {
@@ -199,7 +250,13 @@ static void handle_inference(struct lx_worker *w, struct lx_http_req *req, const
                  "the request body was not read");
         return;
     }
-    rc = lx_body_scan(req->body.data ? req->body.data : "", req->body.len, &scan);
+    if (lx_api_has(ep, LX_API_MULTIPART)) {
+        if (!scan_form(w, req, rid, &scan))
+            return;
+        rc = LX_SCAN_OK;
+    } else {
+        rc = lx_body_scan(req->body.data ? req->body.data : "", req->body.len, &scan);
+    }
     if (rc != LX_SCAN_OK) {
         char msg[160];
 
@@ -214,10 +271,12 @@ static void handle_inference(struct lx_worker *w, struct lx_http_req *req, const
         return;
     }
     if (!scan.model_present) {
-        pool = lx_registry_find(w->env.reg, "", 0);
-        if (!pool || strcmp(pool->model, "*") != 0) {
+        pool = pool_without_model(w, ep);
+        if (!pool) {
             gw_error(w, req, rid, 400, "invalid_request_error", "missing_model",
-                     "the request body needs a string \"model\"");
+                     lx_api_has(ep, LX_API_MULTIPART)
+                         ? "the form needs a \"model\" field"
+                         : "the request body needs a string \"model\"");
             return;
         }
     } else if (scan.model_has_escape) {
@@ -239,19 +298,24 @@ static void handle_inference(struct lx_worker *w, struct lx_http_req *req, const
     lx_proxy_start(&w->env, req, pool, &scan, req->path, rid);
 }
 
-/* GET /v1/models: with a catch-all pool, its nodes know what they serve. */
+/* GET /v1/models: with a catch-all pool, its nodes know what they serve.
+ * GET /v1/models/{id}: llmux's own answer (vLLM has none). */
 static void handle_models(struct lx_worker *w, struct lx_http_req *req, const char *rid)
 {
     struct lx_registry *reg = w->env.reg;
-    struct lx_obs_view v;
+    struct lx_obs_view v = worker_view(w);
+    size_t base = strlen("/v1/models");
 
+    if (req->path_only_len > base) {
+        lx_obs_model(&v, req, rid, req->path + base + 1, req->path_only_len - base - 1);
+        return;
+    }
     for (size_t i = 0; i < reg->n_pools; i++) {
         if (strcmp(reg->pools[i].model, "*") == 0) {
             lx_proxy_start(&w->env, req, &reg->pools[i], NULL, req->path, rid);
             return;
         }
     }
-    v = worker_view(w);
     lx_obs_models(&v, req, rid);
 }
 
@@ -261,7 +325,8 @@ static void gateway_handle(struct lx_http_req *req, void *arg)
     struct lx_worker *w = arg;
     struct lx_obs_view v = worker_view(w);
     size_t plen = req->path_only_len;
-    char rid[80];
+    enum lx_api ep;
+    char rid[80], msg[300];
 
     lx_request_id(&w->env, req, rid, sizeof(rid));
     if (path_is(req->path, plen, "/health")) {
@@ -289,17 +354,18 @@ static void gateway_handle(struct lx_http_req *req, void *arg)
         lx_obs_stats(&v, req, rid);
         return;
     }
-    if (plen >= 4 && memcmp(req->path, "/v1/", 4) == 0) {
+    ep = lx_api_lookup(req->path, plen);
+    if (ep != LX_API_OTHER || (plen >= 4 && memcmp(req->path, "/v1/", 4) == 0)) {
         if (!client_authorized(w->gw, req)) {
             gw_error(w, req, rid, 401, "invalid_request_error", "invalid_api_key",
                      "missing or invalid bearer token");
             return;
         }
-        if (is_inference_path(req)) {
+        if (lx_api_has(ep, LX_API_MODEL)) {
             handle_inference(w, req, rid);
             return;
         }
-        if (path_is(req->path, plen, "/v1/models")) {
+        if (ep == LX_API_MODELS) {
             if (req->method != HTTP_GET) {
                 gw_error(w, req, rid, 405, "invalid_request_error", "method_not_allowed",
                          "this endpoint accepts GET only");
@@ -309,7 +375,11 @@ static void gateway_handle(struct lx_http_req *req, void *arg)
             return;
         }
     }
-    gw_error(w, req, rid, 404, "invalid_request_error", "not_found", "no such endpoint");
+    /* The path is named (bounded, control characters cannot be in it: the
+     * parser refuses them). */
+    snprintf(msg, sizeof(msg), "no such endpoint: %s %.*s", http_method_str(req->method),
+             (int)LX_MIN(plen, 200), req->path);
+    gw_error(w, req, rid, 404, "invalid_request_error", "not_found", msg);
 }
 
 /* ---- workers -------------------------------------------------------- */

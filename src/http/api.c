@@ -11,12 +11,26 @@ const struct lx_api_endpoint lx_api_endpoints[LX_API__N] = {[LX_API_OTHER] = {"o
 #undef LX_API_ENTRY
 };
 
+/* Other paths vLLM serves the same endpoint on (the request is forwarded
+ * on the path it came with; the metric label is the endpoint's). */
+static const struct {
+    const char *path;
+    enum lx_api ep;
+} aliases[] = {
+    {"/rerank", LX_API_RERANK},
+    {"/v2/rerank", LX_API_RERANK},
+    {"/score", LX_API_SCORE},
+};
+
 enum lx_api lx_api_lookup(const char *path, size_t len)
 {
     const char *q = memchr(path, '?', len);
 
     if (q)
         len = (size_t)(q - path);
+    for (size_t i = 0; i < sizeof(aliases) / sizeof(aliases[0]); i++)
+        if (len == strlen(aliases[i].path) && memcmp(path, aliases[i].path, len) == 0)
+            return aliases[i].ep;
     for (int i = LX_API_OTHER + 1; i < LX_API__N; i++) {
         const struct lx_api_endpoint *e = &lx_api_endpoints[i];
 

@@ -9,7 +9,9 @@
  * <stddef.h>.
  *
  * Paths are matched exactly, without the query string; an endpoint with
- * LX_API_SUBPATHS also owns `path/<anything>` (GET /v1/models/{id}).
+ * LX_API_SUBPATHS also owns `path/<anything>` (GET /v1/models/{id}). vLLM's
+ * other names for an endpoint (/rerank and /v2/rerank, /score) are aliases
+ * in api.c.
  */
 #ifndef LX_API_H
 #define LX_API_H

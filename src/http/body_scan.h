@@ -30,6 +30,9 @@ struct lx_body_scan {
     bool model_has_escape;       /* the string contains a backslash escape */
     /* The whole value token of "model" including quotes, for rewriting. */
     struct lx_slice model_value;
+    /* Set by the gateway for a multipart form (audio): model and
+     * model_value are the "model" field's raw bytes, without quotes. */
+    bool model_is_form_field;
 
     bool stream;                 /* "stream": true */
     bool stream_present;

@@ -126,6 +126,17 @@ void lx_obs_health(const struct lx_obs_view *v, struct lx_http_req *req, const c
     send_json(req, pools_down ? 503 : 200, root, rid);
 }
 
+static json_t *model_object(const struct lx_obs_view *v, const char *id, size_t len)
+{
+    json_t *m = json_object();
+
+    json_object_set_new(m, "id", json_stringn(id, len));
+    json_object_set_new(m, "object", json_string("model"));
+    json_object_set_new(m, "created", json_integer((json_int_t)v->start_unix));
+    json_object_set_new(m, "owned_by", json_string("llmux"));
+    return m;
+}
+
 void lx_obs_models(const struct lx_obs_view *v, struct lx_http_req *req, const char *rid)
 {
     struct lx_registry *reg = v->reg;
@@ -133,19 +144,61 @@ void lx_obs_models(const struct lx_obs_view *v, struct lx_http_req *req, const c
 
     root = json_object();
     data = json_array();
-    for (size_t i = 0; i < reg->n_pools; i++) {
-        json_t *m = json_object();
-
-        json_object_set_new(m, "id", json_string(reg->pools[i].model));
-        json_object_set_new(m, "object", json_string("model"));
-        json_object_set_new(m, "created", json_integer((json_int_t)v->start_unix));
-        json_object_set_new(m, "owned_by", json_string("llmux"));
-        json_array_append_new(data, m);
-    }
+    for (size_t i = 0; i < reg->n_pools; i++)
+        json_array_append_new(data, model_object(v, reg->pools[i].model,
+                                                 strlen(reg->pools[i].model)));
     json_object_set_new(root, "object", json_string("list"));
     json_object_set_new(root, "data", data);
     lx_metrics_endpoint(v->metrics, LX_API_MODELS, 200);
     send_json(req, 200, root, rid);
+}
+
+static int hex_digit(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c = (char)(c | 0x20);
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+void lx_obs_model(const struct lx_obs_view *v, struct lx_http_req *req, const char *rid,
+                  const char *raw, size_t raw_len)
+{
+    char id[512];
+    size_t len = 0;
+    json_t *m = NULL, *valid;
+
+    /* The id is percent-decoded ("org%2Fname" for a model named with a
+     * slash); a malformed escape or an id too long matches nothing. */
+    for (size_t i = 0; i < raw_len && len < sizeof(id); i++) {
+        int hi, lo;
+
+        if (raw[i] != '%') {
+            id[len++] = raw[i];
+        } else if (i + 2 < raw_len && (hi = hex_digit(raw[i + 1])) >= 0 &&
+                   (lo = hex_digit(raw[i + 2])) >= 0) {
+            id[len++] = (char)(hi << 4 | lo);
+            i += 2;
+        } else {
+            len = sizeof(id);
+        }
+    }
+    /* A configured model by its name; with a catch-all pool, every model
+     * name is routed, so every valid name is a model. */
+    valid = len < sizeof(id) ? json_stringn(id, len) : NULL;
+    if (valid && (lx_registry_find(v->reg, id, len) != NULL))
+        m = model_object(v, id, len);
+    json_decref(valid);
+    if (!m) {
+        struct lx_http_header h = {"X-Request-Id", 12, rid, strlen(rid)};
+
+        lx_metrics_endpoint(v->metrics, LX_API_MODELS, 404);
+        lx_http_resp_error(req, 404, "invalid_request_error", "model_not_found", &h, 1,
+                           "The model `%.*s` does not exist.", (int)LX_MIN(raw_len, 200), raw);
+        return;
+    }
+    lx_metrics_endpoint(v->metrics, LX_API_MODELS, 200);
+    send_json(req, 200, m, rid);
 }
 
 /* One gauge per distinct node name (a node listed in several pools is one

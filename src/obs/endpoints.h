@@ -45,5 +45,10 @@ void lx_obs_metrics(const struct lx_obs_view *v, struct lx_http_req *req, const 
 /* GET /v1/models: the configured model names in OpenAI's list shape. (With
  * a catch-all pool the gateway asks one of its nodes instead.) */
 void lx_obs_models(const struct lx_obs_view *v, struct lx_http_req *req, const char *rid);
+/* GET /v1/models/{id}: the model (a configured pool's, or any valid name
+ * when a catch-all pool routes every name), or 404. <id> is the path's raw,
+ * percent-encoded last part. */
+void lx_obs_model(const struct lx_obs_view *v, struct lx_http_req *req, const char *rid,
+                  const char *id, size_t id_len);
 
 #endif /* LX_ENDPOINTS_H */

@@ -378,6 +378,18 @@ static void build_request(struct lx_proxy *p, struct px_exchange *x)
  * "stream_options":{"include_usage":true} added so that token counts reach
  * the metrics (the extra usage event is then filtered out of the relay).
  */
+/* Chat and completions: the endpoints whose streams carry OpenAI's chunks
+ * (usage on request, continued by stream resume). */
+static bool is_chat_like(const struct lx_proxy *p)
+{
+    return p->endpoint == LX_API_CHAT_COMPLETIONS || p->endpoint == LX_API_COMPLETIONS;
+}
+
+static bool wants_usage(const struct lx_proxy *p)
+{
+    return p->stream && is_chat_like(p) && !p->scan.stream_options.p;
+}
+
 static void rewrite_body(struct lx_proxy *p)
 {
     const struct lx_buf *in = &p->client->body;
@@ -388,7 +400,7 @@ static void rewrite_body(struct lx_proxy *p)
     lx_buf_init(&p->body, 0);
     for (brace = 0; brace < in->len && in->data[brace] != '{'; brace++)
         ;
-    if (p->stream && !p->scan.stream_options.p) {
+    if (wants_usage(p)) {
         size_t k = brace + 1;
 
         while (k < in->len && (in->data[k] == ' ' || in->data[k] == '\n' ||
@@ -405,9 +417,13 @@ static void rewrite_body(struct lx_proxy *p)
         size_t at = (size_t)(v - in->data);
 
         lx_buf_append(&p->body, in->data + pos, at - pos);
-        lx_buf_append(&p->body, "\"", 1);
-        lx_json_escape(&p->body, um, strlen(um));
-        lx_buf_append(&p->body, "\"", 1);
+        if (p->scan.model_is_form_field) {
+            lx_buf_append_str(&p->body, um); /* the form field's bytes, from the config */
+        } else {
+            lx_buf_append(&p->body, "\"", 1);
+            lx_json_escape(&p->body, um, strlen(um));
+            lx_buf_append(&p->body, "\"", 1);
+        }
         pos = at + p->scan.model_value.len;
     }
     lx_buf_append(&p->body, in->data + pos, in->len - pos);
@@ -1577,13 +1593,6 @@ void lx_request_id(struct lx_proxy_env *env, const struct lx_http_req *req, char
 }
 
 
-static bool path_is(const char *path, const char *want)
-{
-    size_t n = strlen(want);
-
-    return strncmp(path, want, n) == 0 && (path[n] == '\0' || path[n] == '?');
-}
-
 /*
  * The client's own deadline: the OpenAI SDKs send X-Stainless-Timeout, the
  * seconds they will wait (their read timeout); X-Request-Timeout is the same
@@ -1665,14 +1674,11 @@ void lx_proxy_start(struct lx_proxy_env *env, struct lx_http_req *req, struct lx
     }
     snprintf(p->request_id, sizeof(p->request_id), "%s", request_id);
     /* A stream that another node could continue keeps what it relays. */
-    if (p->stream && env->conf->stream_resume && env->conf->max_retries > 0 &&
-        (path_is(upstream_path, "/v1/chat/completions") ||
-         path_is(upstream_path, "/v1/completions"))) {
+    if (p->stream && is_chat_like(p) && env->conf->stream_resume && env->conf->max_retries > 0) {
         p->resume = lx_malloc(sizeof(*p->resume));
-        lx_resume_init(p->resume, path_is(upstream_path, "/v1/chat/completions"));
+        lx_resume_init(p->resume, p->endpoint == LX_API_CHAT_COMPLETIONS);
     }
-    if ((pool->upstream_model && scan && scan->model_value.p) ||
-        (p->stream && !scan->stream_options.p))
+    if ((pool->upstream_model && scan && scan->model_value.p) || wants_usage(p))
         rewrite_body(p);
     req->data = p;
     req->on_abort = on_client_abort;

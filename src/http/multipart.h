@@ -1,6 +1,7 @@
 /*
- * multipart.h - a bounded multipart/form-data parser (RFC 7578 over RFC 2046)
- * for llmux-sim's audio endpoints.
+ * multipart.h - a bounded multipart/form-data parser (RFC 7578 over RFC 2046):
+ * the gateway reads the `model` field of an audio request with it, llmux-sim
+ * its whole form.
  *
  * The body is parsed in place: every slice points into it (zero-copy), so it
  * must outlive the parts. Every byte is treated as hostile: lengths are
@@ -18,16 +19,17 @@
  *
  * Pure functions; no allocation, no globals.
  */
-#ifndef SIM_MULTIPART_H
-#define SIM_MULTIPART_H
+#ifndef LX_MULTIPART_H
+#define LX_MULTIPART_H
 
 #include <stdbool.h>
 #include <stddef.h>
 
-#define SIM_MP_MAX_BOUNDARY 70 /* bytes, RFC 2046 */
-#define SIM_MP_MAX_HEAD 8192   /* bytes of one part's header block */
+#define LX_MP_MAX_BOUNDARY 70 /* bytes, RFC 2046 */
+#define LX_MP_MAX_HEAD 8192   /* bytes of one part's header block */
+#define LX_MP_MAX_PARTS 32    /* parts of a form, for callers that keep them on the stack */
 
-struct sim_mp_part {
+struct lx_mp_part {
     const char *name; /* Content-Disposition name= (quotes removed), or NULL */
     size_t name_len;
     const char *filename; /* filename=, or NULL when the part has none */
@@ -39,11 +41,11 @@ struct sim_mp_part {
 /*
  * Finds the boundary in a Content-Type value (<ctype>, <len> bytes, not
  * NUL-terminated): the media type must be multipart/form-data and carry a
- * boundary parameter of 1 to SIM_MP_MAX_BOUNDARY bytes (token or quoted).
+ * boundary parameter of 1 to LX_MP_MAX_BOUNDARY bytes (token or quoted).
  * Sets <*boundary> (a slice of <ctype>) and <*blen>. Returns 0 or LX_EPROTO
  * with a static reason in <*why>.
  */
-int sim_mp_boundary(const char *ctype, size_t len, const char **boundary, size_t *blen,
+int lx_mp_boundary(const char *ctype, size_t len, const char **boundary, size_t *blen,
                     const char **why);
 
 /*
@@ -51,10 +53,10 @@ int sim_mp_boundary(const char *ctype, size_t len, const char **boundary, size_t
  * the number of parts, LX_EPROTO for a malformed body or LX_E2BIG for more
  * than <max> parts, with a static reason in <*why>.
  */
-int sim_mp_parse(const char *body, size_t len, const char *boundary, size_t blen,
-                 struct sim_mp_part *parts, size_t max, const char **why);
+int lx_mp_parse(const char *body, size_t len, const char *boundary, size_t blen,
+                 struct lx_mp_part *parts, size_t max, const char **why);
 
 /* The first of <n> <parts> named <name> (NUL-terminated), or NULL. */
-const struct sim_mp_part *sim_mp_find(const struct sim_mp_part *parts, size_t n, const char *name);
+const struct lx_mp_part *lx_mp_find(const struct lx_mp_part *parts, size_t n, const char *name);
 
-#endif /* SIM_MULTIPART_H */
+#endif /* LX_MULTIPART_H */

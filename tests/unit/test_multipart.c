@@ -1,6 +1,6 @@
 /*
- * test_sim_multipart.c - llmux-sim's multipart/form-data parser
- * (sim/multipart.c): the boundary from a Content-Type, parts with and
+ * test_multipart.c - the multipart/form-data parser
+ * (src/http/multipart.c): the boundary from a Content-Type, parts with and
  * without headers, names and filenames, preamble, padding and epilogue; the
  * refusals (no boundary line, unterminated parts and headers, a header line
  * without a colon, LF-only lines, too many parts); and garbage: random bytes
@@ -16,23 +16,23 @@
 
 #include <string.h>
 
-#include "../../sim/multipart.h"
+#include "../../src/http/multipart.h"
 #include "../../src/core/lx.h"
 #include "unit_util.h"
 
 #define MAX 8
 
-static int parse(const char *body, size_t len, const char *boundary, struct sim_mp_part *parts)
+static int parse(const char *body, size_t len, const char *boundary, struct lx_mp_part *parts)
 {
     const char *why = NULL;
-    int n = sim_mp_parse(body, len, boundary, strlen(boundary), parts, MAX, &why);
+    int n = lx_mp_parse(body, len, boundary, strlen(boundary), parts, MAX, &why);
 
     if (n < 0)
         assert_non_null(why);
     return n;
 }
 
-static void assert_part(const struct sim_mp_part *p, const char *name, const char *filename,
+static void assert_part(const struct lx_mp_part *p, const char *name, const char *filename,
                         const char *data, size_t len)
 {
     assert_int_equal(p->name_len, strlen(name));
@@ -78,7 +78,7 @@ static void test_boundary(void **state)
     for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
         const char *ct = cases[i].ctype, *b = NULL, *why = NULL;
         size_t blen = 0;
-        int rc = sim_mp_boundary(ct, strlen(ct), &b, &blen, &why);
+        int rc = lx_mp_boundary(ct, strlen(ct), &b, &blen, &why);
 
         if (!cases[i].boundary) {
             assert_int_equal(rc, LX_EPROTO);
@@ -109,15 +109,15 @@ static void test_parts(void **state)
                                "--XyZ--\r\n"
                                "epilogue, ignored\r\n--XyZ\r\n";
     static const char file[] = "RIFF--XyZ\r\n-XyZ not a delimiter\0\xff";
-    struct sim_mp_part parts[MAX];
+    struct lx_mp_part parts[MAX];
 
     assert_int_equal(parse(body, sizeof(body) - 1, "XyZ", parts), 3);
     assert_part(&parts[0], "model", NULL, "whisper-1", 9);
     assert_part(&parts[1], "file", "a;b.wav", file, sizeof(file) - 1);
     assert_null(parts[2].name);
     assert_int_equal(parts[2].len, 10);
-    assert_ptr_equal(sim_mp_find(parts, 3, "file"), &parts[1]);
-    assert_null(sim_mp_find(parts, 3, "fil"));
+    assert_ptr_equal(lx_mp_find(parts, 3, "file"), &parts[1]);
+    assert_null(lx_mp_find(parts, 3, "fil"));
     /* No preamble, an empty part, and the close delimiter right away. */
     static const char empty[] = "--b\r\nContent-Disposition: form-data; name=\"\"\r\n\r\n\r\n--b--";
     assert_int_equal(parse(empty, sizeof(empty) - 1, "b", parts), 1);
@@ -140,8 +140,8 @@ static void test_refusals(void **state)
         "--b\nContent-Disposition: form-data; name=x\n\ndata\n--b--", /* LF only */
         "--bx\r\n\r\ndata\r\n--b--", /* a longer boundary is not this one */
     };
-    struct sim_mp_part parts[MAX];
-    char big[SIM_MP_MAX_HEAD + 64];
+    struct lx_mp_part parts[MAX];
+    char big[LX_MP_MAX_HEAD + 64];
     size_t n;
 
     for (size_t i = 0; i < ARRAY_SIZE(bodies); i++)
@@ -159,7 +159,7 @@ static void test_refusals(void **state)
 }
 
 /* Every part lies inside the body. */
-static void assert_inside(const char *body, size_t len, const struct sim_mp_part *parts, int n)
+static void assert_inside(const char *body, size_t len, const struct lx_mp_part *parts, int n)
 {
     for (int i = 0; i < n; i++) {
         assert_true(parts[i].data >= body && parts[i].data + parts[i].len <= body + len);
@@ -181,7 +181,7 @@ static void test_garbage(void **state)
     uint64_t r = 42;
 
     for (int round = 0; round < 20000; round++) {
-        struct sim_mp_part parts[MAX];
+        struct lx_mp_part parts[MAX];
         size_t len;
         char *body;
         int n;

@@ -11,9 +11,9 @@
 #include <string.h>
 #include <strings.h>
 
-#include "../src/core/lx.h"
+#include "../core/lx.h"
 
-#define DELIM_MAX (4 + SIM_MP_MAX_BOUNDARY) /* "\r\n--" BOUNDARY */
+#define DELIM_MAX (4 + LX_MP_MAX_BOUNDARY) /* "\r\n--" BOUNDARY */
 
 /* A slice of bytes. */
 struct span {
@@ -89,7 +89,7 @@ static bool next_param(const char **p, const char *end, struct span *key, struct
     return true;
 }
 
-int sim_mp_boundary(const char *ctype, size_t len, const char **boundary, size_t *blen,
+int lx_mp_boundary(const char *ctype, size_t len, const char **boundary, size_t *blen,
                     const char **why)
 {
     const char *end = ctype + len, *semi = memchr(ctype, ';', len), *p;
@@ -103,7 +103,7 @@ int sim_mp_boundary(const char *ctype, size_t len, const char **boundary, size_t
     while (next_param(&p, end, &key, &val)) {
         if (!span_is(key, "boundary"))
             continue;
-        if (val.len == 0 || val.len > SIM_MP_MAX_BOUNDARY) {
+        if (val.len == 0 || val.len > LX_MP_MAX_BOUNDARY) {
             *why = "the multipart boundary must be 1 to 70 bytes";
             return LX_EPROTO;
         }
@@ -121,7 +121,7 @@ int sim_mp_boundary(const char *ctype, size_t len, const char **boundary, size_t
 }
 
 /* Reads a Content-Disposition value into <part>'s name and filename. */
-static int parse_disposition(struct sim_mp_part *part, const char *p, const char *end)
+static int parse_disposition(struct lx_mp_part *part, const char *p, const char *end)
 {
     struct span key, val;
 
@@ -144,7 +144,7 @@ static int parse_disposition(struct sim_mp_part *part, const char *p, const char
 
 /* The header lines in [<p>, <end>), each ending with CRLF (the last one's
  * CRLF is the block's terminator, excluded from the range). */
-static int parse_headers(struct sim_mp_part *part, const char *p, const char *end, const char **why)
+static int parse_headers(struct lx_mp_part *part, const char *p, const char *end, const char **why)
 {
     while (p < end) {
         const char *eol = memmem(p, (size_t)(end - p), "\r\n", 2);
@@ -165,14 +165,14 @@ static int parse_headers(struct sim_mp_part *part, const char *p, const char *en
     return 0;
 }
 
-int sim_mp_parse(const char *body, size_t len, const char *boundary, size_t blen,
-                 struct sim_mp_part *parts, size_t max, const char **why)
+int lx_mp_parse(const char *body, size_t len, const char *boundary, size_t blen,
+                 struct lx_mp_part *parts, size_t max, const char **why)
 {
     char delim[DELIM_MAX];
     size_t dlen = 4 + blen, n = 0;
     const char *p, *end = body + len, *found;
 
-    if (blen == 0 || blen > SIM_MP_MAX_BOUNDARY) {
+    if (blen == 0 || blen > LX_MP_MAX_BOUNDARY) {
         *why = "the multipart boundary must be 1 to 70 bytes";
         return LX_EPROTO;
     }
@@ -190,7 +190,7 @@ int sim_mp_parse(const char *body, size_t len, const char *boundary, size_t blen
         p = found + dlen;
     }
     for (;;) {
-        struct sim_mp_part part = {0};
+        struct lx_mp_part part = {0};
         const char *head_end, *data;
         size_t window;
 
@@ -209,10 +209,10 @@ int sim_mp_parse(const char *body, size_t len, const char *boundary, size_t blen
             head_end = p;
             data = p + 2;
         } else {
-            window = LX_MIN((size_t)(end - p), (size_t)SIM_MP_MAX_HEAD + 4);
+            window = LX_MIN((size_t)(end - p), (size_t)LX_MP_MAX_HEAD + 4);
             head_end = memmem(p, window, "\r\n\r\n", 4);
             if (!head_end) {
-                *why = (size_t)(end - p) > SIM_MP_MAX_HEAD + 4
+                *why = (size_t)(end - p) > LX_MP_MAX_HEAD + 4
                            ? "a multipart part's headers are over 8 KiB"
                            : "a multipart part's headers do not end";
                 return LX_EPROTO;
@@ -237,7 +237,7 @@ int sim_mp_parse(const char *body, size_t len, const char *boundary, size_t blen
     }
 }
 
-const struct sim_mp_part *sim_mp_find(const struct sim_mp_part *parts, size_t n, const char *name)
+const struct lx_mp_part *lx_mp_find(const struct lx_mp_part *parts, size_t n, const char *name)
 {
     size_t len = strlen(name);
 
