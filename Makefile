@@ -63,7 +63,7 @@ BINDIR := $(BUILD)/bin
 endif
 BINS := $(BINDIR)/llmux $(BINDIR)/llmux-sim $(BINDIR)/llmux-bench
 
-.PHONY: all run test test-unit test-e2e test-fuzz-replay asan asan-test tsan tsan-test attack soak soak-asan fuzz fuzz-smoke bench bench-quick bench-profile bench-prefix bench-resume format lint deps clean help
+.PHONY: all run test test-unit test-e2e test-fuzz-replay asan asan-test tsan tsan-test attack soak soak-asan chaos fuzz fuzz-smoke bench bench-quick bench-profile bench-prefix bench-resume format lint deps clean help
 .SECONDARY:
 
 all: $(BINS)
@@ -205,9 +205,11 @@ bench-resume: $(BUILD)/bench/note_cost
 	$(BUILD)/bench/note_cost
 
 # Robustness runs (not tests): slowhttptest's slow attacks on llmux and HAProxy
-# (~10 min; ATTACK_ARGS=--quick: ~3 min), and a soak of mixed traffic with node
+# (~10 min; ATTACK_ARGS=--quick: ~3 min), a soak of mixed traffic with node
 # restarts that fails on RSS growth or leaked descriptors (1 h; SOAK_ARGS=
-# "--minutes 10"); soak-asan soaks the ASan+UBSan build. See docs/BENCHMARKS.md.
+# "--minutes 10"); soak-asan soaks the ASan+UBSan build; chaos kills a node
+# every few seconds under streaming load, with stream resume on and off
+# (~2.5 min; CHAOS_ARGS=--quick: ~1 min). See docs/BENCHMARKS.md.
 attack: deps all
 	bench/attack $(ATTACK_ARGS)
 
@@ -217,6 +219,9 @@ soak: deps all
 soak-asan: deps
 	@$(MAKE) --no-print-directory MODE=asan all
 	bench/soak --bin-dir build/asan/bin $(SOAK_ARGS)
+
+chaos: deps all
+	bench/chaos $(CHAOS_ARGS)
 
 run: deps all
 	@scripts/run.sh
@@ -253,6 +258,8 @@ help:
 	@echo "              ATTACK_ARGS=--quick ~3 min)"
 	@echo "  soak        1 h of mixed traffic and node restarts; fails on RSS growth or fd leaks"
 	@echo "              (SOAK_ARGS=\"--minutes 10\"); soak-asan: the same on the ASan build"
+	@echo "  chaos       streams through llmux while a node is killed every 4 s, stream resume on"
+	@echo "              and off: broken streams, resumes, text checked (~2.5 min; CHAOS_ARGS=--quick)"
 	@echo "  format lint clean"
 
 -include $(shell find build -name '*.d' 2>/dev/null)

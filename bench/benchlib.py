@@ -1,9 +1,11 @@
-"""benchlib.py - shared helpers of bench/compare and bench/routing.
+"""benchlib.py - shared helpers of bench/compare, routing, profile, attack, soak and chaos.
 
 Starts and stops llmux-sim nodes, llmux, nginx and HAProxy (each from its own
 config file in a private temp dir, pinned with taskset, stopped by PID only),
-runs llmux-bench and reads its JSON, and reads a process's CPU time and RSS
-from /proc. Standard library only; runs under /usr/bin/python3.
+runs llmux-bench and reads its JSON, reads a process's CPU time and RSS from
+/proc, reads Prometheus counters, and sends streamed chat requests through
+httpx (stream_chat). Standard library only, but for httpx in stream_chat;
+runs under /usr/bin/python3.
 """
 import http.client
 import json
@@ -323,15 +325,84 @@ def sim_stats(port):
     return json.loads(http_get(port, "/sim/stats")[1])
 
 
+def prom_samples(port, names):
+    """{name: {labels: value}} of the families <names> in the /metrics of
+    the server on <port>; labels is the text between the braces ("" when
+    none), e.g. 'outcome="resumed"'. A family without a sample is {}."""
+    text = http_get(port, "/metrics")[1]
+    vals = {n: {} for n in names}
+    for line in text.splitlines():
+        m = re.match(r'([^\s{#]+)(?:\{(.*)\})?\s+(\S+)$', line)
+        if m and m.group(1) in vals:
+            vals[m.group(1)][m.group(2) or ""] = float(m.group(3))
+    return vals
+
+
 def sim_prefix_counters(port):
     """(hits, queries) from vLLM's counter names in /metrics."""
-    text = http_get(port, "/metrics")[1]
-    vals = {}
-    for line in text.splitlines():
-        for name in ("vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total"):
-            if line.startswith(name + "{") or line.startswith(name + " "):
-                vals[name] = float(line.rsplit(" ", 1)[1])
-    return vals.get("vllm:prefix_cache_hits_total", 0.0), vals.get("vllm:prefix_cache_queries_total", 0.0)
+    names = ("vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total")
+    vals = prom_samples(port, names)
+    return tuple(sum(vals[n].values()) for n in names)
+
+
+def stream_chat(client, url, body, headers=None):
+    """One streamed chat request on the httpx <client> to <url> (a base
+    URL), read to its end. Never raises for what the server or the network
+    does; returns a dict:
+      status      the HTTP status, None when no response head came
+      done        data: [DONE] was seen
+      error       the "error" object of an error event, if one came
+      exc         the name of the exception that ended it, if one did
+      ttft        s from the request to the first non-empty content delta
+      text        the content deltas, joined, as they came
+      deltas      content deltas; roles: deltas that carry a role
+      ids         the distinct "id"s of the chunks, in order
+      usage       the usage chunk's usage, if any
+      max_gap     longest wait between two content deltas, s
+      seconds     the whole request, s
+      node, request_id   llmux's X-Routed-Node and X-Request-Id, if any"""
+    t0 = time.monotonic()
+    r = {"status": None, "done": False, "error": None, "exc": None, "ttft": None, "text": "",
+         "deltas": 0, "roles": 0, "ids": [], "usage": None, "max_gap": 0.0, "seconds": None,
+         "node": None, "request_id": None}
+    parts, last = [], None
+    try:
+        with client.stream("POST", url + "/v1/chat/completions", json=body, headers=headers) as resp:
+            r.update(status=resp.status_code, node=resp.headers.get("x-routed-node"),
+                     request_id=resp.headers.get("x-request-id"))
+            if resp.status_code != 200:
+                resp.read()
+                return r
+            for line in resp.iter_lines():
+                line = line.rstrip("\r\n")   # httpx 0.23 keeps the line ends
+                if line == "data: [DONE]":
+                    r["done"] = True
+                elif line.startswith("data: {"):
+                    ev = json.loads(line[6:])
+                    if "error" in ev:
+                        r["error"] = ev["error"]
+                        continue
+                    if ev.get("id") and ev["id"] not in r["ids"]:
+                        r["ids"].append(ev["id"])
+                    if ev.get("usage"):
+                        r["usage"] = ev["usage"]
+                    choices = ev.get("choices")
+                    delta = choices[0].get("delta", {}) if choices else {}
+                    r["roles"] += "role" in delta
+                    if delta.get("content"):
+                        now = time.monotonic()
+                        if last is None:
+                            r["ttft"] = now - t0
+                        else:
+                            r["max_gap"] = max(r["max_gap"], now - last)
+                        last = now
+                        r["deltas"] += 1
+                        parts.append(delta["content"])
+    except Exception as e:  # noqa: BLE001 - a failure is a result
+        r["exc"] = type(e).__name__
+    r["text"] = "".join(parts)
+    r["seconds"] = time.monotonic() - t0
+    return r
 
 
 def chat_once(port, body, timeout=10.0, path="/v1/chat/completions"):
