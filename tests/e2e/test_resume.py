@@ -107,9 +107,10 @@ def test_streams_broken_by_a_node_are_resumed_whole(procs, path):
     assert resumes(lx) == {"resumed": n_broken, "failed": 0}
 
 
-def test_node_killed_mid_stream(procs):
-    """A node killed while it streams: its streams go on elsewhere, the
-    text byte for byte what an unbroken node says."""
+@pytest.mark.parametrize("path", [CHAT, COMPL], ids=["chat", "completions"])
+def test_node_killed_mid_stream(procs, path):
+    """A node killed while it streams (20 streams over 3 nodes): its streams
+    go on elsewhere, the text byte for byte what an unbroken node says."""
     sims = [procs.sim(decode_ms=20) for _ in range(3)]
     ref = procs.sim(fast=True)
     lx = procs.llmux(sims, args=["--strategy", "round_robin"])
@@ -117,7 +118,7 @@ def test_node_killed_mid_stream(procs):
 
     def client(i):
         with lx.new_client(timeout=T(30)) as c:
-            results[i] = stream(c, CHAT, body_for(CHAT, i, max_tokens=40))
+            results[i] = stream(c, path, body_for(path, i, max_tokens=40))
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(20)]
     for t in threads:
@@ -130,8 +131,8 @@ def test_node_killed_mid_stream(procs):
         t.join(T(60))
     assert len(results) == 20
     for i, (chunks, _, ndone, _) in results.items():
-        want, _, _, _ = stream(ref.client, CHAT, body_for(CHAT, i, max_tokens=40))
-        assert_one_stream(CHAT, chunks, ndone, want)
+        want, _, _, _ = stream(ref.client, path, body_for(path, i, max_tokens=40))
+        assert_one_stream(path, chunks, ndone, want)
     assert resumes(lx)["resumed"] >= 3
 
 
