@@ -13,6 +13,8 @@ GET /metrics on a fresh gateway and under hostile label values:
   exposition stays valid (promtool, when installed);
 - requests count by endpoint (llmux_endpoint_requests_total), over the fixed
   endpoint table, whatever answered them;
+- per node: time to first token and inter-token latency of streams, and the
+  node latency split by stream="true|false";
 - a node listed in two pools is one series per pool in the gauges (labels pool
   and node; healthy is 1 in each, never 2).
 """
@@ -369,3 +371,40 @@ def test_node_in_two_pools_is_one_series_per_pool(procs, tmp_path):
     states = [(l["pool"], l["state"]) for n, l, v in parse(lx.client.get("/metrics").text)
               if n == "llmux_node_state" and l["node"] == "shared" and v == 1]
     assert sorted(states) == [("a", "healthy"), ("b", "healthy")]
+
+
+def test_node_ttft_itl_and_latency_by_stream(procs, tmp_path):
+    """Per node: time to first token and inter-token latency of a stream,
+    and the node latency apart for streamed and whole answers."""
+    sim = procs.sim(model=None, decode_ms=20)
+    cfg = write_config(tmp_path, {"m": {"servers": [{"url": sim.url, "name": "gpu0"}]}})
+    lx = procs.llmux(args=["--config", str(cfg)])
+
+    def node_samples():
+        return {(n, l.get("stream")): v for n, l, v in parse(lx.client.get("/metrics").text)
+                if l.get("node") == "gpu0" and n.endswith(("_sum", "_count"))}
+    before = node_samples()
+    assert before[("llmux_node_time_to_first_token_seconds_count", None)] == 0
+    assert before[("llmux_node_inter_token_latency_seconds_count", None)] == 0
+    assert before[("llmux_node_latency_seconds_count", "true")] == 0
+    assert before[("llmux_node_latency_seconds_count", "false")] == 0
+    with lx.new_client() as c:
+        r = c.post(CHAT, json=chat_body(model="m", max_tokens=50, stream=True),
+                   headers={"x-sim": "ttft_ms=200,tokens=10"})
+        assert r.status_code == 200 and "[DONE]" in r.text, r.text
+        r = c.post(CHAT, json=chat_body(model="m", max_tokens=5))
+        assert r.status_code == 200, r.text
+    g = node_samples()
+    assert g[("llmux_node_latency_seconds_count", "true")] == 1
+    assert g[("llmux_node_latency_seconds_count", "false")] == 1
+    assert g[("llmux_node_time_to_first_token_seconds_count", None)] == 1
+    assert 0.2 <= g[("llmux_node_time_to_first_token_seconds_sum", None)] < 5
+    # The token events after the first, 20 ms of decode apart: their gaps add
+    # up to the ~0.2 s after the first token.
+    n_itl = g[("llmux_node_inter_token_latency_seconds_count", None)]
+    itl_sum = g[("llmux_node_inter_token_latency_seconds_sum", None)]
+    assert 9 <= n_itl <= 14, g
+    assert 0.1 <= itl_sum < 3, g
+    # A whole answer's head comes after its generation, a stream's before it.
+    assert g[("llmux_node_latency_seconds_sum", "true")] < \
+        g[("llmux_node_time_to_first_token_seconds_sum", None)]
