@@ -360,6 +360,7 @@ void lx_obs_stats(const struct lx_obs_view *v, struct lx_http_req *req, const ch
     struct lx_admit *a = v->admit;
     json_t *root = json_object(), *gw = json_object(), *models = json_array(),
            *nodes = json_array();
+    enum lx_pool_state worst = LX_POOL_OK;
     uint64_t now = lx_now_ms();
 
     json_object_set_new(root, "version", json_string(LX_VERSION));
@@ -379,9 +380,15 @@ void lx_obs_stats(const struct lx_obs_view *v, struct lx_http_req *req, const ch
     for (size_t i = 0; i < reg->n_pools; i++) {
         struct lx_pool *p = &reg->pools[i];
         json_t *m = json_object();
+        size_t up;
+        enum lx_pool_state ps = lx_pool_state(p, now, NULL, &up);
 
+        if (ps > worst)
+            worst = ps;
         json_object_set_new(m, "model", json_string(p->model));
         json_object_set_new(m, "strategy", json_string(p->strategy_name));
+        json_object_set_new(m, "status", json_string(lx_pool_state_name(ps)));
+        json_object_set_new(m, "healthy_nodes", json_integer((json_int_t)up));
         json_object_set_new(m, "requests_total",
                             json_integer((json_int_t)atomic_load(&p->requests_total)));
         json_object_set_new(m, "errors_total",
@@ -395,6 +402,8 @@ void lx_obs_stats(const struct lx_obs_view *v, struct lx_http_req *req, const ch
         for (size_t k = 0; k < p->n_nodes; k++)
             json_array_append_new(nodes, node_stats(p, p->nodes[k], now));
     }
+    /* As /health's, but /stats answers 200 whatever the state. */
+    json_object_set_new(root, "status", json_string(lx_pool_state_name(worst)));
     json_object_set_new(root, "models", models);
     json_object_set_new(root, "nodes", nodes);
     send_json(req, 200, root, rid);

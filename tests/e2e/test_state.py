@@ -1,6 +1,7 @@
 """
 A node's state reads the same everywhere: GET /health (node and pool, and
-its HTTP status), GET /stats (what the status page draws), the admin API,
+its HTTP status), GET /stats (node, pool and overall status: what the status
+page draws), the admin API,
 and /metrics (llmux_node_healthy and the one-hot llmux_node_state, both per
 pool and node) agree in every state, and routing agrees with them:
 
@@ -57,6 +58,10 @@ def views(lx, pool="*"):
             assert l["node"] not in state_m, "two states at 1 for %s" % l["node"]
             state_m[l["node"]] = l["state"]
     hp = [p for p in hj["pools"] if p["model"] == pool][0]
+    sp = [m for m in st["models"] if m["model"] == pool][0]
+    # /stats says what /health says of the pool and overall (with a 200).
+    hp["stats_status"], hp["stats_healthy_nodes"] = sp["status"], sp["healthy_nodes"]
+    hp["stats_overall"] = st["status"]
     out = {}
     for n in hp["nodes"]:
         out.setdefault(n["name"], {})["health"] = (n["state"], n["healthy"])
@@ -86,6 +91,9 @@ def agree(lx, want, pool="*"):
         up = sum(1 for n in got.values() if n["health"][0] in ELIGIBLE)
         expect = "down" if up == 0 else "ok" if up == len(got) else "degraded"
         assert hp["status"] == expect and hp["healthy_nodes"] == up, hp
+        if (hp["stats_status"], hp["stats_healthy_nodes"], hp["stats_overall"]) != \
+                (expect, up, expect):
+            return None
         assert (code == 503) == (expect == "down"), (code, hp)
         assert status == expect, status
         return got, expect
