@@ -264,7 +264,22 @@ void lx_node_set_healthy(struct lx_node *node, bool healthy, const char *why)
 
 void lx_node_note_probe(struct lx_node *node, int fail_run)
 {
-    atomic_store_explicit(&node->probe_failures, fail_run, memory_order_relaxed);
+    int was = atomic_exchange_explicit(&node->probe_failures, fail_run, memory_order_relaxed);
+    uint64_t now, until;
+
+    if (was == 0 || fail_run > 0 ||
+        atomic_load_explicit(&node->ejections, memory_order_relaxed) == 0)
+        return;
+    /* The first good probe ends an ejection that failed probes held past
+     * its cooldown: the node slow-starts from now, not from the cooldown's
+     * end (its ramp would be over already). */
+    now = lx_now_ms();
+    until = atomic_load_explicit(&node->ejected_until_ms, memory_order_relaxed);
+    if (until && until <= now) {
+        atomic_store_explicit(&node->up_since_ms, now, memory_order_relaxed);
+        atomic_store_explicit(&node->state_since_ms, wall_ms(), memory_order_relaxed);
+        lx_info("node %s answers its health check again after its ejection", node->name);
+    }
 }
 
 bool lx_node_is_eligible(const struct lx_node *node)

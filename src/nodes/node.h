@@ -205,7 +205,8 @@ void lx_node_report_failure(struct lx_node *node, const char *why);
 void lx_node_set_healthy(struct lx_node *node, bool healthy, const char *why);
 /* Every active probe's result, below the thresholds: <fail_run> failed
  * probes in a row (0 after a success). Holds an ejected node out past its
- * cooldown while its last probe failed (see enum lx_node_state). */
+ * cooldown while its last probe failed (see enum lx_node_state); the first
+ * good probe after such a hold starts its slow start. */
 void lx_node_note_probe(struct lx_node *node, int fail_run);
 
 #endif /* LX_NODE_H */

@@ -14,10 +14,11 @@
  * label sets (rejection reasons, hedge and resume outcomes, endpoints by
  * status class, the unlabelled counters and queue wait), and, from the
  * registry the scrape is given, every node (requests, failures, errors by
- * kind, latency streamed and not, TTFT, inter-token latency) and every configured model (requests by a fixed set of
- * statuses, tokens, latency, TTFT, tokens/s). They follow the registry: a
- * node added by a reload appears at 0, a removed one's zero series go
- * (series with counts stay: counters never reset while the process lives).
+ * kind, latency streamed and not, TTFT, inter-token latency) and every
+ * configured model (requests by a fixed set of statuses, tokens, latency,
+ * TTFT, tokens/s). They follow the registry: a node added by a reload
+ * appears at 0, a removed one's zero series go (series with counts stay:
+ * counters never reset while the process lives).
  *
  * Label values are bounded: node and model names come from the config,
  * endpoints from a fixed table (src/http/api.h), and a model name a client

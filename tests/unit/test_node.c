@@ -855,6 +855,36 @@ static void test_state_transitions(void **state)
     lx_node_unref(n);
 }
 
+/* An ejection held past its cooldown by a failed probe: the good probe
+ * that ends it starts the slow start then, not at the cooldown's end. */
+static void test_held_ejection_slow_starts_at_the_good_probe(void **state)
+{
+    struct lx_node *n = make_node();
+    uint64_t before, after, up;
+
+    lx_node_set_policy(10000, 1000, 8000, 3);
+    fail_until_ejected(n, 3, 1000);
+    lx_node_note_probe(n, 1);
+    atomic_store(&n->ejected_until_ms, 1); /* the cooldown is over */
+    atomic_store(&n->up_since_ms, 1);      /* so would the ramp be, from its end */
+    ASSERT_STATE(n, lx_now_ms(), LX_NODE_EJECTED);
+    assert_false(lx_node_is_eligible(n));
+    lx_node_note_probe(n, 2);
+    assert_int_equal(atomic_load(&n->up_since_ms), 1);
+    before = lx_now_ms();
+    lx_node_note_probe(n, 0);
+    after = lx_now_ms();
+    up = atomic_load(&n->up_since_ms);
+    assert_true(up >= before && up <= after);
+    ASSERT_STATE(n, up, LX_NODE_SLOW_START);
+    ASSERT_STATE(n, up + 10000, LX_NODE_HEALTHY);
+    assert_true(lx_node_is_eligible(n));
+    /* Good probes go on: nothing restarts the ramp. */
+    lx_node_note_probe(n, 0);
+    assert_int_equal(atomic_load(&n->up_since_ms), up);
+    lx_node_unref(n);
+}
+
 static void test_pool_state(void **state)
 {
     struct test_conf c;
@@ -904,6 +934,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_registry_build, setup, teardown),
         cmocka_unit_test_setup_teardown(test_state_names, setup, teardown),
         cmocka_unit_test_setup_teardown(test_state_transitions, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_held_ejection_slow_starts_at_the_good_probe, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_pool_state, setup, teardown),
         cmocka_unit_test_setup_teardown(test_registry_hedge_and_budget, setup, teardown),
         cmocka_unit_test_setup_teardown(test_registry_ipv6_host_header, setup, teardown),
