@@ -1423,7 +1423,7 @@ static void up_on_body(void *ctx, const char *data, size_t len)
 
         /* Whole events only, counted as they pass (see sse.h). */
         lx_sse_feed(&p->sse, data, len, is_continuing(p) ? relay_cont : relay_out, p);
-        if (p->stream && p->sse.events > events)
+        if (p->stream && x->node && p->sse.events > events)
             note_events(p, x, p->sse.events - events);
     } else {
         tail_keep(&p->tail, data, len);
