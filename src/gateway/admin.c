@@ -333,8 +333,10 @@ static json_t *pool_json(struct lx_gateway *gw, const struct lx_conf_pool *p)
         json_object_set_new(so, "max_concurrency", json_integer(s->max_concurrency));
         json_object_set_new(so, "api_key", s->api_key ? json_string("***") : json_null());
         if (n) {
-            json_object_set_new(so, "healthy", json_boolean(lx_node_is_up(n, now)));
-            json_object_set_new(so, "state", json_string(lx_node_state(n, now)));
+            enum lx_node_state ns = lx_node_state(n, now);
+
+            json_object_set_new(so, "healthy", json_boolean(lx_node_state_is_eligible(ns)));
+            json_object_set_new(so, "state", json_string(lx_node_state_name(ns)));
             json_object_set_new(so, "drained", json_boolean(atomic_load(&n->drained)));
             json_object_set_new(so, "in_flight", json_integer(atomic_load(&n->in_flight)));
             json_object_set_new(so, "requests_total",

@@ -128,12 +128,14 @@ static void probe_result(struct hnode *hn, bool ok, const char *why)
     if (ok) {
         hn->fail_run = 0;
         hn->ok_run++;
+        lx_node_note_probe(n, 0);
         if (!atomic_load(&n->healthy) && hn->ok_run >= conf->health_recovery_threshold)
             lx_node_set_healthy(n, true, NULL);
         return;
     }
     hn->ok_run = 0;
     hn->fail_run++;
+    lx_node_note_probe(n, hn->fail_run);
     lx_debug("health check of %s failed (%d in a row): %s", n->name, hn->fail_run, why);
     if (hn->fail_run >= conf->health_failure_threshold)
         lx_node_set_healthy(n, false, why);

@@ -98,24 +98,71 @@ static uint64_t wall_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-bool lx_node_is_up(const struct lx_node *node, uint64_t now_ms)
-{
-    return atomic_load_explicit(&node->healthy, memory_order_relaxed) &&
-           atomic_load_explicit(&node->ejected_until_ms, memory_order_relaxed) <= now_ms;
-}
+static const char *const node_state_names[LX_NODE__N] = {
+    [LX_NODE_HEALTHY] = "healthy",     [LX_NODE_SLOW_START] = "slow_start",
+    [LX_NODE_EJECTED] = "ejected",     [LX_NODE_UNHEALTHY] = "unhealthy",
+    [LX_NODE_DRAINED] = "drained",
+};
 
-const char *lx_node_state(const struct lx_node *node, uint64_t now_ms)
+enum lx_node_state lx_node_state(const struct lx_node *node, uint64_t now_ms)
 {
+    uint64_t until = atomic_load_explicit(&node->ejected_until_ms, memory_order_relaxed);
+
     if (!atomic_load_explicit(&node->healthy, memory_order_relaxed))
-        return "unhealthy";
-    if (atomic_load_explicit(&node->ejected_until_ms, memory_order_relaxed) > now_ms)
-        return "ejected";
+        return LX_NODE_UNHEALTHY;
+    if (until > now_ms)
+        return LX_NODE_EJECTED;
+    /* Past its cooldown an ejected node (ejections is reset by its next
+     * success) stays out while the active probe says it is still down:
+     * the cooldown is a guess, a failed probe is evidence. */
+    if (until && atomic_load_explicit(&node->ejections, memory_order_relaxed) > 0 &&
+        atomic_load_explicit(&node->probe_failures, memory_order_relaxed) > 0)
+        return LX_NODE_EJECTED;
     if (atomic_load_explicit(&node->drained, memory_order_relaxed))
-        return "drained";
+        return LX_NODE_DRAINED;
     if (atomic_load_explicit(&node->up_since_ms, memory_order_relaxed) &&
         lx_node_effective_weight(node, now_ms) < node->weight)
-        return "slow_start";
-    return "healthy";
+        return LX_NODE_SLOW_START;
+    return LX_NODE_HEALTHY;
+}
+
+const char *lx_node_state_name(enum lx_node_state state)
+{
+    return (unsigned)state < LX_NODE__N ? node_state_names[state] : "unknown";
+}
+
+bool lx_node_state_is_eligible(enum lx_node_state state)
+{
+    return state == LX_NODE_HEALTHY || state == LX_NODE_SLOW_START;
+}
+
+bool lx_node_is_up(const struct lx_node *node, uint64_t now_ms)
+{
+    return lx_node_state_is_eligible(lx_node_state(node, now_ms));
+}
+
+enum lx_pool_state lx_pool_state(const struct lx_pool *pool, uint64_t now_ms,
+                                 enum lx_node_state *states, size_t *n_up)
+{
+    size_t up = 0;
+
+    for (size_t i = 0; i < pool->n_nodes; i++) {
+        enum lx_node_state st = lx_node_state(pool->nodes[i], now_ms);
+
+        if (states)
+            states[i] = st;
+        up += lx_node_state_is_eligible(st);
+    }
+    if (n_up)
+        *n_up = up;
+    if (up == 0)
+        return LX_POOL_DOWN;
+    return up == pool->n_nodes ? LX_POOL_OK : LX_POOL_DEGRADED;
+}
+
+const char *lx_pool_state_name(enum lx_pool_state state)
+{
+    return state == LX_POOL_OK ? "ok" : state == LX_POOL_DEGRADED ? "degraded" : "down";
 }
 
 double lx_node_effective_weight(const struct lx_node *node, uint64_t now_ms)
@@ -203,6 +250,7 @@ void lx_node_set_healthy(struct lx_node *node, bool healthy, const char *why)
         atomic_store_explicit(&node->ejected_until_ms, 0, memory_order_relaxed);
         atomic_store_explicit(&node->consecutive_failures, 0, memory_order_relaxed);
         atomic_store_explicit(&node->ejections, 0, memory_order_relaxed);
+        atomic_store_explicit(&node->probe_failures, 0, memory_order_relaxed);
         atomic_store_explicit(&node->last_error, NULL, memory_order_relaxed);
         lx_info("node %s is healthy again", node->name);
     } else {
@@ -214,10 +262,29 @@ void lx_node_set_healthy(struct lx_node *node, bool healthy, const char *why)
     }
 }
 
+void lx_node_note_probe(struct lx_node *node, int fail_run)
+{
+    int was = atomic_exchange_explicit(&node->probe_failures, fail_run, memory_order_relaxed);
+    uint64_t now, until;
+
+    if (was == 0 || fail_run > 0 ||
+        atomic_load_explicit(&node->ejections, memory_order_relaxed) == 0)
+        return;
+    /* The first good probe ends an ejection that failed probes held past
+     * its cooldown: the node slow-starts from now, not from the cooldown's
+     * end (its ramp would be over already). */
+    now = lx_now_ms();
+    until = atomic_load_explicit(&node->ejected_until_ms, memory_order_relaxed);
+    if (until && until <= now) {
+        atomic_store_explicit(&node->up_since_ms, now, memory_order_relaxed);
+        atomic_store_explicit(&node->state_since_ms, wall_ms(), memory_order_relaxed);
+        lx_info("node %s answers its health check again after its ejection", node->name);
+    }
+}
+
 bool lx_node_is_eligible(const struct lx_node *node)
 {
-    if (!lx_node_is_up(node, lx_now_ms()) ||
-        atomic_load_explicit(&node->drained, memory_order_relaxed))
+    if (!lx_node_is_up(node, lx_now_ms()))
         return false;
     return node->max_concurrency == 0 ||
            atomic_load_explicit(&node->in_flight, memory_order_relaxed) < node->max_concurrency;

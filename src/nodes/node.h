@@ -64,6 +64,8 @@ struct lx_node {
     atomic_bool healthy;                  /* last probe verdict */
     atomic_bool drained;                  /* admin drain: no new requests */
     atomic_int consecutive_failures;      /* proxied failures in a row */
+    atomic_int probe_failures;            /* failed active probes in a row (below the
+                                             threshold that marks it unhealthy) */
     atomic_int ejections;                 /* ejections in a row (cooldown exponent) */
     atomic_uint_fast64_t ejected_until_ms;/* lx_now_ms() before which it gets no traffic */
     atomic_uint_fast64_t up_since_ms;     /* back in service since (slow start) */
@@ -126,15 +128,57 @@ uint32_t lx_node_id_limit(void);
 
 struct lx_node *lx_node_ref(struct lx_node *node);
 void lx_node_unref(struct lx_node *node);
-/* Healthy, not ejected, not drained and below max_concurrency. */
-bool lx_node_is_eligible(const struct lx_node *node);
-/* Healthy and not ejected (drain and capacity aside). */
+/*
+ * A node's state: the one verdict /health, /stats (and the status page built
+ * on it), the admin API, the metrics and routing all read. The first that
+ * applies, in this order:
+ *
+ *   unhealthy   active probes failed HEALTH_FAILURE_THRESHOLD times in a row
+ *   ejected     cooling down after proxied failures (passive ejection); also
+ *               after the cooldown while the last active probe failed, until
+ *               a probe succeeds (or enough fail to make it unhealthy)
+ *   drained     the admin API drained it
+ *   slow_start  back from unhealthy or ejected, its weight still ramping up
+ *   healthy     none of the above
+ *
+ * Only healthy and slow_start nodes are eligible (candidates for new
+ * requests, counted as up everywhere); max_concurrency is load, not state.
+ */
+enum lx_node_state {
+    LX_NODE_HEALTHY,
+    LX_NODE_SLOW_START,
+    LX_NODE_EJECTED,
+    LX_NODE_UNHEALTHY,
+    LX_NODE_DRAINED,
+    LX_NODE__N
+};
+
+/* A pool's state by its eligible nodes: every node eligible (ok), some
+ * (degraded), none (down: its requests fail with 503, and so does GET
+ * /health). */
+enum lx_pool_state {
+    LX_POOL_OK,
+    LX_POOL_DEGRADED,
+    LX_POOL_DOWN,
+};
+
+/* <node>'s state at <now_ms> (lx_now_ms()); reads its atomics, any thread. */
+enum lx_node_state lx_node_state(const struct lx_node *node, uint64_t now_ms);
+/* "healthy", "slow_start", "ejected", "unhealthy", "drained" (static). */
+const char *lx_node_state_name(enum lx_node_state state);
+/* Healthy or slow_start: the node takes new requests. */
+bool lx_node_state_is_eligible(enum lx_node_state state);
+/* lx_node_state_is_eligible(lx_node_state(node, now_ms)): capacity aside. */
 bool lx_node_is_up(const struct lx_node *node, uint64_t now_ms);
-/* A node's state in one word, the same in /health, /stats, /status and the
- * admin API: "unhealthy" (probes fail), "ejected" (cooling down after
- * failed requests), "drained", "slow_start" (back, ramping up) or
- * "healthy"; the first that applies, in that order. */
-const char *lx_node_state(const struct lx_node *node, uint64_t now_ms);
+/* Up (above) and below max_concurrency: a candidate for a request now. */
+bool lx_node_is_eligible(const struct lx_node *node);
+/* <pool>'s state at <now_ms>. <states> (may be NULL; pool->n_nodes
+ * entries) gets each node's state, the ones the verdict was made of;
+ * <n_up> (may be NULL) the number of eligible nodes. */
+enum lx_pool_state lx_pool_state(const struct lx_pool *pool, uint64_t now_ms,
+                                 enum lx_node_state *states, size_t *n_up);
+/* "ok", "degraded", "down" (static). */
+const char *lx_pool_state_name(enum lx_pool_state state);
 
 /* Where the upstream client connects for <node> (strings borrowed from it). */
 static inline struct lx_upstream_target lx_node_target(const struct lx_node *node)
@@ -157,7 +201,12 @@ void lx_node_report_success(struct lx_node *node, uint64_t ttfb_us);
 /* A proxied request failed (connect, timeout, 5xx): <why> is a static string.
  * After eject_threshold failures in a row the node is ejected for a cooldown. */
 void lx_node_report_failure(struct lx_node *node, const char *why);
-/* Active probe verdicts. */
+/* Active probe verdicts: the node is marked (un)healthy by the thresholds. */
 void lx_node_set_healthy(struct lx_node *node, bool healthy, const char *why);
+/* Every active probe's result, below the thresholds: <fail_run> failed
+ * probes in a row (0 after a success). Holds an ejected node out past its
+ * cooldown while its last probe failed (see enum lx_node_state); the first
+ * good probe after such a hold starts its slow start. */
+void lx_node_note_probe(struct lx_node *node, int fail_run);
 
 #endif /* LX_NODE_H */

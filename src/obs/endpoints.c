@@ -68,27 +68,27 @@ void lx_obs_health(const struct lx_obs_view *v, struct lx_http_req *req, const c
 {
     struct lx_registry *reg = v->reg;
     json_t *root = json_object(), *pools = json_array(), *nodes = json_array();
-    size_t pools_down = 0, nodes_down = 0, n_nodes = 0;
-    const char *status;
+    size_t n_nodes = 0, n_up_total = 0;
+    enum lx_pool_state worst = LX_POOL_OK;
     uint64_t now = lx_now_ms();
 
     for (size_t i = 0; i < reg->n_pools; i++) {
         const struct lx_pool *p = &reg->pools[i];
         json_t *jp = json_object(), *jn = json_array();
-        size_t up = 0;
+        enum lx_node_state *states = lx_calloc(p->n_nodes ? p->n_nodes : 1, sizeof(*states));
+        size_t up;
+        enum lx_pool_state ps = lx_pool_state(p, now, states, &up);
 
         for (size_t k = 0; k < p->n_nodes; k++) {
             struct lx_node *n = p->nodes[k];
-            bool healthy = lx_node_is_up(n, now);
-            const char *state = lx_node_state(n, now);
             const char *why = atomic_load(&n->last_error);
             json_t *o = json_object();
 
             json_object_set_new(o, "name", json_string(n->name));
             json_object_set_new(o, "url", json_string(n->url));
             json_object_set_new(o, "model", json_string(p->model));
-            json_object_set_new(o, "healthy", json_boolean(healthy));
-            json_object_set_new(o, "state", json_string(state));
+            json_object_set_new(o, "healthy", json_boolean(lx_node_state_is_eligible(states[k])));
+            json_object_set_new(o, "state", json_string(lx_node_state_name(states[k])));
             json_object_set_new(o, "since", iso_time(atomic_load(&n->state_since_ms)));
             json_object_set_new(o, "last_error", why ? json_string(why) : json_null());
             json_object_set_new(o, "drained", json_boolean(atomic_load(&n->drained)));
@@ -99,21 +99,24 @@ void lx_obs_health(const struct lx_obs_view *v, struct lx_http_req *req, const c
                                 json_integer((json_int_t)atomic_load(&n->failures_total)));
             json_array_append(jn, o);
             json_array_append_new(nodes, o);
-            up += healthy;
-            nodes_down += !healthy;
             n_nodes++;
         }
+        free(states);
         json_object_set_new(jp, "model", json_string(p->model));
         json_object_set_new(jp, "strategy", json_string(p->strategy_name));
         if (p->upstream_model)
             json_object_set_new(jp, "upstream_model", json_string(p->upstream_model));
+        json_object_set_new(jp, "status", json_string(lx_pool_state_name(ps)));
         json_object_set_new(jp, "healthy_nodes", json_integer((json_int_t)up));
         json_object_set_new(jp, "nodes", jn);
         json_array_append_new(pools, jp);
-        pools_down += up == 0;
+        n_up_total += up;
+        if (ps > worst)
+            worst = ps;
     }
-    status = pools_down ? "down" : nodes_down ? "degraded" : "ok";
-    json_object_set_new(root, "status", json_string(status));
+    /* The worst pool decides: down (503) when some pool cannot serve a
+     * request, as its requests would get 503 (no_healthy_node). */
+    json_object_set_new(root, "status", json_string(lx_pool_state_name(worst)));
     json_object_set_new(root, "version", json_string(LX_VERSION));
     json_object_set_new(root, "uptime_seconds",
                         json_real((double)(uv_hrtime() - v->start_hr_ns) / 1e9));
@@ -122,8 +125,8 @@ void lx_obs_health(const struct lx_obs_view *v, struct lx_http_req *req, const c
     json_object_set_new(root, "pools", pools);
     json_object_set_new(root, "nodes", nodes);
     json_object_set_new(root, "total_nodes", json_integer((json_int_t)n_nodes));
-    json_object_set_new(root, "healthy_nodes", json_integer((json_int_t)(n_nodes - nodes_down)));
-    send_json(req, pools_down ? 503 : 200, root, rid);
+    json_object_set_new(root, "healthy_nodes", json_integer((json_int_t)n_up_total));
+    send_json(req, worst == LX_POOL_DOWN ? 503 : 200, root, rid);
 }
 
 static json_t *model_object(const struct lx_obs_view *v, const char *id, size_t len)
@@ -201,45 +204,23 @@ void lx_obs_model(const struct lx_obs_view *v, struct lx_http_req *req, const ch
     send_json(req, 200, m, rid);
 }
 
-/* One gauge per distinct node name (a node listed in several pools is one
- * node, with one struct lx_node per pool): <get> reads the figure; values of
- * the same name are summed when <sum> (requests in flight: each pool's copy
- * counts its own), else the largest is taken (health, scraped figures: each
- * copy knows the same node). */
+/* One gauge sample per (pool, node): a node listed in two pools is two
+ * series (labels pool and node), each with its own in-flight count and
+ * state; <get> reads the figure, NaN = nothing known (no sample). */
 static void node_gauge(struct lx_buf *b, struct lx_registry *reg, const char *name,
                        const char *help, double (*get)(const struct lx_node *, uint64_t),
-                       bool sum, uint64_t now)
+                       uint64_t now)
 {
     lx_metrics_gauge_head(b, name, help);
     for (size_t i = 0; i < reg->n_pools; i++) {
         for (size_t k = 0; k < reg->pools[i].n_nodes; k++) {
             const struct lx_node *n = reg->pools[i].nodes[k];
-            double v;
-            bool seen = false;
+            double v = get(n, now);
 
-            for (size_t i2 = 0; i2 <= i && !seen; i2++)
-                for (size_t k2 = 0; k2 < reg->pools[i2].n_nodes; k2++) {
-                    if (i2 == i && k2 == k)
-                        break;
-                    seen |= strcmp(reg->pools[i2].nodes[k2]->name, n->name) == 0;
-                }
-            if (seen)
-                continue;
-            v = get(n, now);
-            for (size_t i2 = i; i2 < reg->n_pools; i2++)
-                for (size_t k2 = i2 == i ? k + 1 : 0; k2 < reg->pools[i2].n_nodes; k2++) {
-                    const struct lx_node *n2 = reg->pools[i2].nodes[k2];
-                    double v2;
-
-                    if (strcmp(n2->name, n->name) != 0)
-                        continue;
-                    v2 = get(n2, now);
-                    /* NaN (never scraped) loses to any figure. */
-                    v = sum ? v + v2 : (v2 > v || v != v ? v2 : v);
-                }
-            /* NaN: nothing known (never scraped); no sample beats a false 0. */
+            /* NaN: never scraped; no sample beats a false 0. */
             if (v == v)
-                lx_metrics_sample(b, name, "node", n->name, v);
+                lx_metrics_sample_labels(b, name, "pool", reg->pools[i].model, "node", n->name,
+                                         NULL, NULL, v);
         }
     }
 }
@@ -252,6 +233,26 @@ static double get_active(const struct lx_node *n, uint64_t now)
 static double get_healthy(const struct lx_node *n, uint64_t now)
 {
     return lx_node_is_up(n, now) ? 1 : 0;
+}
+
+/* llmux_node_state{pool,node,state}: 1 for the node's state, 0 for the
+ * others, every state listed so that a query by state always has data. */
+static void node_state_gauge(struct lx_buf *b, struct lx_registry *reg, uint64_t now)
+{
+    lx_metrics_gauge_head(b, "llmux_node_state",
+                          "1 for the node's state (healthy, slow_start, ejected, unhealthy, "
+                          "drained) in the pool, 0 for the others.");
+    for (size_t i = 0; i < reg->n_pools; i++) {
+        for (size_t k = 0; k < reg->pools[i].n_nodes; k++) {
+            const struct lx_node *n = reg->pools[i].nodes[k];
+            enum lx_node_state st = lx_node_state(n, now);
+
+            for (int s = 0; s < LX_NODE__N; s++)
+                lx_metrics_sample_labels(b, "llmux_node_state", "pool", reg->pools[i].model,
+                                         "node", n->name, "state",
+                                         lx_node_state_name((enum lx_node_state)s), s == (int)st);
+        }
+    }
 }
 
 static double get_kv(const struct lx_node *n, uint64_t now)
@@ -281,16 +282,17 @@ void lx_obs_metrics(const struct lx_obs_view *v, struct lx_http_req *req, const 
     lx_metrics_sample(&b, "llmux_queue_capacity", NULL, NULL, a->max_queue);
     lx_metrics_gauge_head(&b, "llmux_max_concurrent_requests", "MAX_CONCURRENT_REQUESTS.");
     lx_metrics_sample(&b, "llmux_max_concurrent_requests", NULL, NULL, a->max_in_flight);
-    node_gauge(&b, v->reg, "llmux_node_active_requests", "Requests in flight to each node.",
-               get_active, true, now);
-    node_gauge(&b, v->reg, "llmux_node_healthy", "1 when the node takes traffic, else 0.",
-               get_healthy, false, now);
+    node_gauge(&b, v->reg, "llmux_node_active_requests",
+               "Requests in flight to each node of each pool.", get_active, now);
+    node_gauge(&b, v->reg, "llmux_node_healthy",
+               "1 when the node takes new requests of the pool (healthy or slow_start), else 0.",
+               get_healthy, now);
+    node_state_gauge(&b, v->reg, now);
     node_gauge(&b, v->reg, "llmux_node_kv_cache_usage",
-               "KV-cache usage scraped from the node's vLLM /metrics, 0..1.", get_kv, false,
-               now);
+               "KV-cache usage scraped from the node's vLLM /metrics, 0..1.", get_kv, now);
     node_gauge(&b, v->reg, "llmux_node_requests_waiting",
                "Requests waiting inside the node, scraped from its vLLM /metrics.", get_waiting,
-               false, now);
+               now);
     lx_metrics_gauge_head(&b, "llmux_uptime_seconds", "Seconds since llmux started.");
     lx_metrics_sample(&b, "llmux_uptime_seconds", NULL, NULL,
                       (double)(uv_hrtime() - v->start_hr_ns) / 1e9);
@@ -311,13 +313,13 @@ static json_t *node_stats(const struct lx_pool *p, const struct lx_node *n, uint
     json_t *o = json_object(), *errs = json_object();
     const char *why = atomic_load(&n->last_error);
     uint64_t at = atomic_load(&n->scraped_at_ms);
-    bool up = lx_node_is_up(n, now);
+    enum lx_node_state st = lx_node_state(n, now);
 
     json_object_set_new(o, "name", json_string(n->name));
     json_object_set_new(o, "url", json_string(n->url));
     json_object_set_new(o, "model", json_string(p->model));
-    json_object_set_new(o, "state", json_string(lx_node_state(n, now)));
-    json_object_set_new(o, "healthy", json_boolean(up));
+    json_object_set_new(o, "state", json_string(lx_node_state_name(st)));
+    json_object_set_new(o, "healthy", json_boolean(lx_node_state_is_eligible(st)));
     json_object_set_new(o, "drained", json_boolean(atomic_load(&n->drained)));
     json_object_set_new(o, "last_error", why ? json_string(why) : json_null());
     json_object_set_new(o, "since", iso_time(atomic_load(&n->state_since_ms)));
@@ -358,6 +360,7 @@ void lx_obs_stats(const struct lx_obs_view *v, struct lx_http_req *req, const ch
     struct lx_admit *a = v->admit;
     json_t *root = json_object(), *gw = json_object(), *models = json_array(),
            *nodes = json_array();
+    enum lx_pool_state worst = LX_POOL_OK;
     uint64_t now = lx_now_ms();
 
     json_object_set_new(root, "version", json_string(LX_VERSION));
@@ -377,9 +380,15 @@ void lx_obs_stats(const struct lx_obs_view *v, struct lx_http_req *req, const ch
     for (size_t i = 0; i < reg->n_pools; i++) {
         struct lx_pool *p = &reg->pools[i];
         json_t *m = json_object();
+        size_t up;
+        enum lx_pool_state ps = lx_pool_state(p, now, NULL, &up);
 
+        if (ps > worst)
+            worst = ps;
         json_object_set_new(m, "model", json_string(p->model));
         json_object_set_new(m, "strategy", json_string(p->strategy_name));
+        json_object_set_new(m, "status", json_string(lx_pool_state_name(ps)));
+        json_object_set_new(m, "healthy_nodes", json_integer((json_int_t)up));
         json_object_set_new(m, "requests_total",
                             json_integer((json_int_t)atomic_load(&p->requests_total)));
         json_object_set_new(m, "errors_total",
@@ -393,6 +402,8 @@ void lx_obs_stats(const struct lx_obs_view *v, struct lx_http_req *req, const ch
         for (size_t k = 0; k < p->n_nodes; k++)
             json_array_append_new(nodes, node_stats(p, p->nodes[k], now));
     }
+    /* As /health's, but /stats answers 200 whatever the state. */
+    json_object_set_new(root, "status", json_string(lx_pool_state_name(worst)));
     json_object_set_new(root, "models", models);
     json_object_set_new(root, "nodes", nodes);
     send_json(req, 200, root, rid);

@@ -32,8 +32,10 @@ struct lx_obs_view {
  * gone. */
 void lx_obs_account(struct lx_metrics *m, struct lx_http_req *req, const char *rid, int status);
 
-/* GET /health: gateway status, version, uptime, strategy, pools and nodes.
- * 200 when every pool has a healthy node, else 503 (load balancers use it). */
+/* GET /health: gateway status, version, uptime, strategy, pools and nodes,
+ * every state from lx_node_state / lx_pool_state. 200 when every pool has
+ * an eligible node (healthy or slow_start), else 503, as that pool's
+ * requests get (load balancers use it). */
 void lx_obs_health(const struct lx_obs_view *v, struct lx_http_req *req, const char *rid);
 /* GET /stats: a JSON snapshot per node (in flight, totals, errors by kind,
  * EWMA latency and TTFT, scraped vLLM load, health), the admission queue, and

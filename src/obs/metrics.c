@@ -36,7 +36,9 @@ enum family {
     F_LATENCY,           /* histogram {model} */
     F_QUEUE_WAIT,        /* histogram */
     F_TTFT,              /* histogram {model} */
-    F_NODE_LATENCY,      /* histogram {node} */
+    F_NODE_LATENCY,      /* histogram {node,stream} */
+    F_NODE_TTFT,         /* histogram {node} */
+    F_NODE_ITL,          /* histogram {node} */
     F_TOKENS_PER_S,      /* histogram {model} */
     F_ENDPOINT,          /* counter {endpoint,status_class} */
     F__N
@@ -84,8 +86,18 @@ static const struct {
     [F_TTFT] = {"llmux_time_to_first_token_seconds",
                 "Time from arrival to the first streamed token.", "model", NULL, B_SECONDS},
     [F_NODE_LATENCY] = {"llmux_node_latency_seconds",
-                        "Time from sending to a node to its first response byte.", "node", NULL,
-                        B_SECONDS},
+                        "Time from sending to a node to its response head, by whether the "
+                        "client asked for a stream (a whole answer's head comes after the "
+                        "generation, a stream's before it).",
+                        "node", "stream", B_SECONDS},
+    [F_NODE_TTFT] = {"llmux_node_time_to_first_token_seconds",
+                     "Streamed requests: time from sending to a node to its first SSE event.",
+                     "node", NULL, B_SECONDS},
+    [F_NODE_ITL] = {"llmux_node_inter_token_latency_seconds",
+                    "Streamed requests: gaps between a node's SSE events, measured per read "
+                    "from the node (k events in one read: k gaps of 1/k of the time since the "
+                    "previous read with events).",
+                    "node", NULL, B_SECONDS},
     [F_TOKENS_PER_S] = {"llmux_tokens_per_second",
                         "Completion tokens per second of generation, per request.", "model", NULL,
                         B_TOKENS},
@@ -318,24 +330,34 @@ static void count(struct lx_metrics *m, int family, const char *l1, const char *
         atomic_fetch_add_explicit(&s->count, n, memory_order_relaxed);
 }
 
-static void observe(struct lx_metrics *m, int family, const char *l1, double v)
+/* Records <n> observations of <v> into the series (<l1>, <l2>). */
+static void observe_n(struct lx_metrics *m, int family, const char *l1, const char *l2, double v,
+                      uint64_t n)
 {
-    struct series *s = series_get(m, family, l1, NULL);
+    struct series *s;
     const double *le = families[family].buckets == B_TOKENS ? tokens_le : seconds_le;
     size_t nb = families[family].buckets == B_TOKENS ? ARRAY_SIZE(tokens_le)
                                                      : ARRAY_SIZE(seconds_le);
 
-    if (!s || v < 0)
+    if (v < 0 || n == 0)
         return;
-    atomic_fetch_add_explicit(&s->count, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&s->sum_us, (uint64_t)(v * 1e6), memory_order_relaxed);
+    s = series_get(m, family, l1, l2);
+    if (!s)
+        return;
+    atomic_fetch_add_explicit(&s->count, n, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->sum_us, (uint64_t)(v * 1e6) * n, memory_order_relaxed);
     /* Cumulative buckets are made at render time: store per-bucket counts. */
     for (size_t b = 0; b < nb; b++) {
         if (v <= le[b]) {
-            atomic_fetch_add_explicit(&s->bucket[b], 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&s->bucket[b], n, memory_order_relaxed);
             break;
         }
     }
+}
+
+static void observe(struct lx_metrics *m, int family, const char *l1, double v)
+{
+    observe_n(m, family, l1, NULL, v, 1);
 }
 
 void lx_metrics_request(struct lx_metrics *m, const struct lx_request_record *r)
@@ -401,9 +423,21 @@ void lx_metrics_node_request(struct lx_metrics *m, const char *node)
     count(m, F_PER_NODE, node, NULL, 1);
 }
 
-void lx_metrics_node_latency(struct lx_metrics *m, const char *node, double seconds)
+void lx_metrics_node_latency(struct lx_metrics *m, const char *node, bool stream, double seconds)
 {
-    observe(m, F_NODE_LATENCY, node, seconds);
+    observe_n(m, F_NODE_LATENCY, node, stream ? "true" : "false", seconds, 1);
+}
+
+void lx_metrics_node_ttft(struct lx_metrics *m, const char *node, double seconds)
+{
+    observe(m, F_NODE_TTFT, node, seconds);
+}
+
+void lx_metrics_node_itl(struct lx_metrics *m, const char *node, double seconds,
+                         uint64_t n_events)
+{
+    if (n_events)
+        observe_n(m, F_NODE_ITL, node, NULL, seconds / (double)n_events, n_events);
 }
 
 void lx_metrics_node_failure(struct lx_metrics *m, const char *node)
@@ -447,6 +481,23 @@ void lx_metrics_sample(struct lx_buf *out, const char *name, const char *label,
         lx_metrics_escape(out, value ? value : "");
         lx_buf_append(out, "\"}", 2);
     }
+    lx_buf_appendf(out, " %.17g\n", v);
+}
+
+void lx_metrics_sample_labels(struct lx_buf *out, const char *name, const char *l1,
+                              const char *v1, const char *l2, const char *v2, const char *l3,
+                              const char *v3, double v)
+{
+    const char *l[3] = {l1, l2, l3}, *vals[3] = {v1, v2, v3};
+
+    lx_buf_append(out, name, strlen(name));
+    for (int i = 0; i < 3 && l[i]; i++) {
+        lx_buf_appendf(out, "%c%s=\"", i ? ',' : '{', l[i]);
+        lx_metrics_escape(out, vals[i] ? vals[i] : "");
+        lx_buf_append(out, "\"", 1);
+    }
+    if (l1)
+        lx_buf_append(out, "}", 1);
     lx_buf_appendf(out, " %.17g\n", v);
 }
 
@@ -535,7 +586,10 @@ static void known_keys(struct keys *ks, const struct lx_registry *reg)
             key_add(ks, F_NODE_FAILURES, node, NULL);
             for (int f = 0; f < LX_FAIL__N; f++)
                 key_add(ks, F_UPSTREAM_ERRORS, node, lx_fail_kinds[f].label);
-            key_add(ks, F_NODE_LATENCY, node, NULL);
+            key_add(ks, F_NODE_LATENCY, node, "false");
+            key_add(ks, F_NODE_LATENCY, node, "true");
+            key_add(ks, F_NODE_TTFT, node, NULL);
+            key_add(ks, F_NODE_ITL, node, NULL);
         }
         if (strcmp(p->model, "*") == 0)
             continue;

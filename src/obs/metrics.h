@@ -14,10 +14,11 @@
  * label sets (rejection reasons, hedge and resume outcomes, endpoints by
  * status class, the unlabelled counters and queue wait), and, from the
  * registry the scrape is given, every node (requests, failures, errors by
- * kind, latency) and every configured model (requests by a fixed set of
- * statuses, tokens, latency, TTFT, tokens/s). They follow the registry: a
- * node added by a reload appears at 0, a removed one's zero series go
- * (series with counts stay: counters never reset while the process lives).
+ * kind, latency streamed and not, TTFT, inter-token latency) and every
+ * configured model (requests by a fixed set of statuses, tokens, latency,
+ * TTFT, tokens/s). They follow the registry: a node added by a reload
+ * appears at 0, a removed one's zero series go (series with counts stay:
+ * counters never reset while the process lives).
  *
  * Label values are bounded: node and model names come from the config,
  * endpoints from a fixed table (src/http/api.h), and a model name a client
@@ -103,7 +104,17 @@ void lx_metrics_hedge(struct lx_metrics *m, enum lx_hedge_outcome outcome);
 void lx_metrics_resume(struct lx_metrics *m, bool ok);
 void lx_metrics_queue_wait(struct lx_metrics *m, double seconds);
 void lx_metrics_node_request(struct lx_metrics *m, const char *node);
-void lx_metrics_node_latency(struct lx_metrics *m, const char *node, double seconds);
+/* A node's response head came <seconds> after the request was sent to it;
+ * <stream>: the client asked for a stream (llmux_node_latency_seconds{node,stream}). */
+void lx_metrics_node_latency(struct lx_metrics *m, const char *node, bool stream, double seconds);
+/* A streamed request's first SSE event from <node>, <seconds> after sending. */
+void lx_metrics_node_ttft(struct lx_metrics *m, const char *node, double seconds);
+/* <n_events> SSE events of a stream came from <node> in one read, <seconds>
+ * after the previous read that brought events: <n_events> gaps of
+ * <seconds> / <n_events> each (the histogram's sum stays exact, one clock
+ * read per node read). */
+void lx_metrics_node_itl(struct lx_metrics *m, const char *node, double seconds,
+                         uint64_t n_events);
 void lx_metrics_node_failure(struct lx_metrics *m, const char *node);
 void lx_metrics_upstream_error(struct lx_metrics *m, const char *node, enum lx_fail kind);
 
@@ -117,6 +128,11 @@ void lx_metrics_gauge_head(struct lx_buf *out, const char *name, const char *hel
 /* Appends `name{label="value"} v` with the value escaped. */
 void lx_metrics_sample(struct lx_buf *out, const char *name, const char *label,
                        const char *value, double v);
+/* Appends `name{l1="v1",l2="v2",l3="v3"} v`, values escaped; a NULL label
+ * name ends the list (l1 NULL = no labels). */
+void lx_metrics_sample_labels(struct lx_buf *out, const char *name, const char *l1,
+                              const char *v1, const char *l2, const char *v2, const char *l3,
+                              const char *v3, double v);
 /* Appends <s> escaped as a label value (backslash, quote, newline). */
 void lx_metrics_escape(struct lx_buf *out, const char *s);
 

@@ -121,6 +121,8 @@ struct px_exchange {
     struct px_held_head *held;      /* a hedge's head while it races, else NULL */
     uint64_t t_send_ns;
     uint64_t t_send_ms;             /* the same, lx_now_ms() based */
+    uint64_t t_event_ns;            /* a stream: the last read from the node that
+                                       completed SSE events, 0 = none yet */
 };
 
 struct lx_proxy {
@@ -548,7 +550,7 @@ static void proxy_give_up(struct lx_proxy *p)
 
 /* ---- picking a node ------------------------------------------------------ */
 
-/* Some node that is up, not drained and not yet tried is at its
+/* Some node that is up (healthy or slow start) and not yet tried is at its
  * max_concurrency: worth waiting for. */
 static bool pool_is_full(struct lx_proxy *p)
 {
@@ -561,7 +563,6 @@ static bool pool_is_full(struct lx_proxy *p)
         for (size_t k = 0; k < p->pick.n_tried; k++)
             tried |= p->pick.tried[k] == n;
         if (!tried && n->max_concurrency > 0 && lx_node_is_up(n, now) &&
-            !atomic_load_explicit(&n->drained, memory_order_relaxed) &&
             atomic_load_explicit(&n->in_flight, memory_order_relaxed) >= n->max_concurrency)
             return true;
     }
@@ -696,6 +697,7 @@ static void exchange_start(struct lx_proxy *p, struct px_exchange *x)
     x->up.timeouts.idle_ms = (uint64_t)(conf->stream_idle_timeout_s * 1000);
     x->t_send_ns = now_ns();
     x->t_send_ms = lx_now_ms();
+    x->t_event_ns = 0;
     lx_upstream_send(p->env->up, &target, &x->up);
 }
 
@@ -1258,7 +1260,7 @@ static void up_on_head(void *ctx, int status, const struct lx_http_header *hdrs,
     uint64_t ttfb_us = (now_ns() - x->t_send_ns) / 1000;
 
     /* 429 is the node protecting itself, not a fault; 5xx is a fault. */
-    lx_metrics_node_latency(p->env->metrics, x->node->name, (double)ttfb_us / 1e6);
+    lx_metrics_node_latency(p->env->metrics, x->node->name, p->stream, (double)ttfb_us / 1e6);
     if (status >= 500) {
         lx_node_report_failure(x->node, "answered 5xx");
         lx_metrics_node_failure(p->env->metrics, x->node->name);
@@ -1372,6 +1374,26 @@ static void err_send(struct lx_proxy *p)
     head_free(hh);
 }
 
+/*
+ * A read from <x>'s node completed <n> SSE events of a stream: the node's
+ * TTFT (its first event) or inter-token latency. One clock read per node
+ * read, not per event: k events in one read count as k gaps of 1/k of the
+ * time since the previous read that brought events (the sum stays exact;
+ * events the node sent together arrived together anyway). The events of the
+ * read that brought the first one are not gaps.
+ */
+static void note_events(struct lx_proxy *p, struct px_exchange *x, uint64_t n)
+{
+    uint64_t t = now_ns();
+
+    if (!x->t_event_ns)
+        lx_metrics_node_ttft(p->env->metrics, x->node->name, (double)(t - x->t_send_ns) / 1e9);
+    else
+        lx_metrics_node_itl(p->env->metrics, x->node->name, (double)(t - x->t_event_ns) / 1e9,
+                            n);
+    x->t_event_ns = t;
+}
+
 static void up_on_body(void *ctx, const char *data, size_t len)
 {
     struct px_exchange *x = ctx;
@@ -1397,8 +1419,12 @@ static void up_on_body(void *ctx, const char *data, size_t len)
     /* One write per node read: up_on_read_end or the end flushes. */
     lx_http_resp_cork(p->client);
     if (p->is_sse) {
+        uint64_t events = p->sse.events;
+
         /* Whole events only, counted as they pass (see sse.h). */
         lx_sse_feed(&p->sse, data, len, is_continuing(p) ? relay_cont : relay_out, p);
+        if (p->stream && x->node && p->sse.events > events)
+            note_events(p, x, p->sse.events - events);
     } else {
         tail_keep(&p->tail, data, len);
         relay_out(p, data, len);

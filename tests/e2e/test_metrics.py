@@ -13,7 +13,10 @@ GET /metrics on a fresh gateway and under hostile label values:
   exposition stays valid (promtool, when installed);
 - requests count by endpoint (llmux_endpoint_requests_total), over the fixed
   endpoint table, whatever answered them;
-- a node listed in two pools is one node in the gauges (healthy is 1, not 2).
+- per node: time to first token and inter-token latency of streams, and the
+  node latency split by stream="true|false";
+- a node listed in two pools is one series per pool in the gauges (labels pool
+  and node; healthy is 1 in each, never 2).
 """
 import json
 import re
@@ -347,20 +350,61 @@ def test_requests_by_endpoint(procs, tmp_path):
                      ("other", "4xx"): 1, emb_key: 1}, delta
 
 
-def test_node_in_two_pools_is_one_node(procs, tmp_path):
-    """The gauges of a node listed in two pools: healthy is 1 (not one per
-    pool), in-flight requests add up."""
+def test_node_in_two_pools_is_one_series_per_pool(procs, tmp_path):
+    """The gauges of a node listed in two pools: one series per (pool, node),
+    healthy 1 in each (never 2), its state one-hot in each."""
     s1 = procs.sim(model=None)
     cfg = write_config(tmp_path, {"a": {"servers": [{"url": s1.url, "name": "shared"}]},
                                   "b": {"servers": [{"url": s1.url, "name": "shared"}]}})
     lx = procs.llmux(args=["--config", str(cfg), "--metrics-update-interval", "0.5"])
 
     def gauges():
-        return {n: v for n, l, v in parse(lx.client.get("/metrics").text)
+        return {(n, l.get("pool")): v for n, l, v in parse(lx.client.get("/metrics").text)
                 if l.get("node") == "shared" and n in ("llmux_node_healthy",
                                                        "llmux_node_requests_waiting",
                                                        "llmux_node_kv_cache_usage")}
-    g = wait_for(lambda: (lambda g: g if len(g) == 3 else None)(gauges()), T(10), interval=0.1,
+    g = wait_for(lambda: (lambda g: g if len(g) == 6 else None)(gauges()), T(10), interval=0.1,
                  what="the shared node's gauges")
-    assert g["llmux_node_healthy"] == 1
-    assert 0 <= g["llmux_node_kv_cache_usage"] <= 1
+    for pool in ("a", "b"):
+        assert g[("llmux_node_healthy", pool)] == 1
+        assert 0 <= g[("llmux_node_kv_cache_usage", pool)] <= 1
+    states = [(l["pool"], l["state"]) for n, l, v in parse(lx.client.get("/metrics").text)
+              if n == "llmux_node_state" and l["node"] == "shared" and v == 1]
+    assert sorted(states) == [("a", "healthy"), ("b", "healthy")]
+
+
+def test_node_ttft_itl_and_latency_by_stream(procs, tmp_path):
+    """Per node: time to first token and inter-token latency of a stream,
+    and the node latency apart for streamed and whole answers."""
+    sim = procs.sim(model=None, decode_ms=20)
+    cfg = write_config(tmp_path, {"m": {"servers": [{"url": sim.url, "name": "gpu0"}]}})
+    lx = procs.llmux(args=["--config", str(cfg)])
+
+    def node_samples():
+        return {(n, l.get("stream")): v for n, l, v in parse(lx.client.get("/metrics").text)
+                if l.get("node") == "gpu0" and n.endswith(("_sum", "_count"))}
+    before = node_samples()
+    assert before[("llmux_node_time_to_first_token_seconds_count", None)] == 0
+    assert before[("llmux_node_inter_token_latency_seconds_count", None)] == 0
+    assert before[("llmux_node_latency_seconds_count", "true")] == 0
+    assert before[("llmux_node_latency_seconds_count", "false")] == 0
+    with lx.new_client() as c:
+        r = c.post(CHAT, json=chat_body(model="m", max_tokens=50, stream=True),
+                   headers={"x-sim": "ttft_ms=200,tokens=10"})
+        assert r.status_code == 200 and "[DONE]" in r.text, r.text
+        r = c.post(CHAT, json=chat_body(model="m", max_tokens=5))
+        assert r.status_code == 200, r.text
+    g = node_samples()
+    assert g[("llmux_node_latency_seconds_count", "true")] == 1
+    assert g[("llmux_node_latency_seconds_count", "false")] == 1
+    assert g[("llmux_node_time_to_first_token_seconds_count", None)] == 1
+    assert 0.2 <= g[("llmux_node_time_to_first_token_seconds_sum", None)] < 5
+    # The token events after the first, 20 ms of decode apart: their gaps add
+    # up to the ~0.2 s after the first token.
+    n_itl = g[("llmux_node_inter_token_latency_seconds_count", None)]
+    itl_sum = g[("llmux_node_inter_token_latency_seconds_sum", None)]
+    assert 9 <= n_itl <= 14, g
+    assert 0.1 <= itl_sum < 3, g
+    # A whole answer's head comes after its generation, a stream's before it.
+    assert g[("llmux_node_latency_seconds_sum", "true")] < \
+        g[("llmux_node_time_to_first_token_seconds_sum", None)]

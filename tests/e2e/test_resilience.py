@@ -207,7 +207,8 @@ def test_dead_node_goes_unhealthy_and_returns_with_slow_start(procs):
         node_state(lx, dead.url)), T(5), interval=0.05, what="the dead node to go unhealthy")
     assert st["last_error"], st
     assert st["healthy"] is False
-    assert metric(lx, "llmux_node_healthy", node=dead.url) == 0
+    assert metric(lx, "llmux_node_healthy", pool="*", node=dead.url) == 0
+    assert metric(lx, "llmux_node_state", pool="*", node=dead.url, state="unhealthy") == 1
     with lx.new_client() as c:
         for i in range(30):
             r = c.post(CHAT, content=BODY)

@@ -260,8 +260,9 @@ LOADED_METRICS = (
 
 
 def sample(text, name, node):
-    """The value of <name>{node="<node>"} in a Prometheus text, or None."""
-    m = re.search(r'^%s\{node="%s"\} (\S+)$' % (re.escape(name), re.escape(node)), text, re.M)
+    """The value of <name>{pool="...",node="<node>"} in a Prometheus text, or None."""
+    m = re.search(r'^%s\{pool="[^"]*",node="%s"\} (\S+)$' % (re.escape(name), re.escape(node)),
+                  text, re.M)
     return float(m.group(1)) if m else None
 
 

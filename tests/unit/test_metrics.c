@@ -274,7 +274,16 @@ static void test_known_series_at_zero(void **state)
                      *node, kinds[k]);
             expect_line(text, line);
         }
-        snprintf(line, sizeof(line), "llmux_node_latency_seconds_bucket{node=\"%s\",le=\"+Inf\"} 0",
+        for (const char *const *sv = (const char *const[]){"false", "true", NULL}; *sv; sv++) {
+            snprintf(line, sizeof(line),
+                     "llmux_node_latency_seconds_bucket{node=\"%s\",stream=\"%s\",le=\"+Inf\"} 0",
+                     *node, *sv);
+            expect_line(text, line);
+        }
+        snprintf(line, sizeof(line), "llmux_node_time_to_first_token_seconds_count{node=\"%s\"} 0",
+                 *node);
+        expect_line(text, line);
+        snprintf(line, sizeof(line), "llmux_node_inter_token_latency_seconds_count{node=\"%s\"} 0",
                  *node);
         expect_line(text, line);
     }

@@ -3,8 +3,9 @@
  * config, carrying nodes over to a new snapshot only when unchanged,
  * refcounts, the EWMA of time to first byte, passive ejection with a
  * cooldown that doubles and resets, active health transitions, eligibility,
- * the slow-start ramp of the effective weight, and each pool's hedge delay
- * and retry budget.
+ * the slow-start ramp of the effective weight, each pool's hedge delay
+ * and retry budget, and lx_node_state / lx_pool_state: every state, every
+ * transition between them, and the precedence when several apply.
  *
  * Times: functions that read the clock themselves are checked against
  * lx_now_ms() taken just before and just after the call (a bracket, never
@@ -685,8 +686,9 @@ static void test_is_eligible(void **state)
     assert_true(lx_node_is_eligible(n));
     atomic_store(&n->drained, true);
     assert_false(lx_node_is_eligible(n));
-    /* Drained is still up (for health reporting). */
-    assert_true(lx_node_is_up(n, lx_now_ms()));
+    /* Drained is not up: the same verdict in /health, /stats and routing. */
+    assert_false(lx_node_is_up(n, lx_now_ms()));
+    assert_int_equal(lx_node_state(n, lx_now_ms()), LX_NODE_DRAINED);
     atomic_store(&n->drained, false);
     n->max_concurrency = 2;
     atomic_store(&n->in_flight, 1);
@@ -755,10 +757,186 @@ static void test_recovery_starts_slow_start(void **state)
     lx_node_unref(n);
 }
 
+
+/* ---- state ------------------------------------------------------------ */
+
+#define ASSERT_STATE(n, now, want)                                                             \
+    do {                                                                                       \
+        enum lx_node_state got_ = lx_node_state((n), (now));                                   \
+        if (got_ != (want))                                                                    \
+            fail_msg("state %s, want %s", lx_node_state_name(got_), lx_node_state_name(want)); \
+        assert_int_equal(lx_node_is_up((n), (now)), lx_node_state_is_eligible(want));          \
+    } while (0)
+
+static void test_state_names(void **state)
+{
+    assert_string_equal(lx_node_state_name(LX_NODE_HEALTHY), "healthy");
+    assert_string_equal(lx_node_state_name(LX_NODE_SLOW_START), "slow_start");
+    assert_string_equal(lx_node_state_name(LX_NODE_EJECTED), "ejected");
+    assert_string_equal(lx_node_state_name(LX_NODE_UNHEALTHY), "unhealthy");
+    assert_string_equal(lx_node_state_name(LX_NODE_DRAINED), "drained");
+    assert_string_equal(lx_node_state_name(LX_NODE__N), "unknown");
+    assert_true(lx_node_state_is_eligible(LX_NODE_HEALTHY));
+    assert_true(lx_node_state_is_eligible(LX_NODE_SLOW_START));
+    assert_false(lx_node_state_is_eligible(LX_NODE_EJECTED));
+    assert_false(lx_node_state_is_eligible(LX_NODE_UNHEALTHY));
+    assert_false(lx_node_state_is_eligible(LX_NODE_DRAINED));
+    assert_string_equal(lx_pool_state_name(LX_POOL_OK), "ok");
+    assert_string_equal(lx_pool_state_name(LX_POOL_DEGRADED), "degraded");
+    assert_string_equal(lx_pool_state_name(LX_POOL_DOWN), "down");
+}
+
+/* Every transition of the state table, driven by the functions the rest of
+ * llmux calls (failures, probes, drain), with <now> chosen per check. */
+static void test_state_transitions(void **state)
+{
+    struct lx_node *n = make_node();
+    uint64_t now = lx_now_ms(), until, up;
+
+    lx_node_set_policy(10000, 1000, 8000, 3);
+    ASSERT_STATE(n, now, LX_NODE_HEALTHY);
+    /* healthy -> drained -> healthy */
+    atomic_store(&n->drained, true);
+    ASSERT_STATE(n, now, LX_NODE_DRAINED);
+    atomic_store(&n->drained, false);
+    ASSERT_STATE(n, now, LX_NODE_HEALTHY);
+    /* healthy -> ejected (passive) -> slow_start (cooldown over, probes fine)
+     * -> healthy (ramp done) */
+    fail_until_ejected(n, 3, 1000);
+    until = atomic_load(&n->ejected_until_ms);
+    ASSERT_STATE(n, until - 1, LX_NODE_EJECTED);
+    ASSERT_STATE(n, until, LX_NODE_SLOW_START);
+    ASSERT_STATE(n, until + 9999, LX_NODE_SLOW_START);
+    ASSERT_STATE(n, until + 10000, LX_NODE_HEALTHY);
+    /* ejected and drained: ejected (it would not take traffic undrained) */
+    atomic_store(&n->drained, true);
+    ASSERT_STATE(n, until - 1, LX_NODE_EJECTED);
+    /* drained in slow start: drained */
+    ASSERT_STATE(n, until, LX_NODE_DRAINED);
+    atomic_store(&n->drained, false);
+    /* ejected, then a probe fails below the threshold: still ejected past
+     * the cooldown, until a probe succeeds */
+    lx_node_note_probe(n, 1);
+    ASSERT_STATE(n, until, LX_NODE_EJECTED);
+    ASSERT_STATE(n, until + 60000, LX_NODE_EJECTED);
+    lx_node_note_probe(n, 2);
+    ASSERT_STATE(n, until + 60000, LX_NODE_EJECTED);
+    lx_node_note_probe(n, 0);
+    ASSERT_STATE(n, until, LX_NODE_SLOW_START);
+    /* a probe failure without an ejection behind it changes nothing (the
+     * threshold decides) */
+    lx_node_report_success(n, 1000);
+    lx_node_note_probe(n, 1);
+    ASSERT_STATE(n, until + 10000, LX_NODE_HEALTHY);
+    /* ejected -> unhealthy (probes reached the threshold): unhealthy wins */
+    fail_until_ejected(n, 3, 1000);
+    until = atomic_load(&n->ejected_until_ms);
+    lx_node_set_healthy(n, false, "probe: refused");
+    ASSERT_STATE(n, until - 1, LX_NODE_UNHEALTHY);
+    ASSERT_STATE(n, UINT64_MAX, LX_NODE_UNHEALTHY);
+    /* unhealthy and drained: unhealthy */
+    atomic_store(&n->drained, true);
+    ASSERT_STATE(n, now, LX_NODE_UNHEALTHY);
+    atomic_store(&n->drained, false);
+    /* unhealthy -> slow_start (probe back; the ejection is forgotten) ->
+     * healthy */
+    lx_node_set_healthy(n, true, NULL);
+    up = atomic_load(&n->up_since_ms);
+    assert_int_equal(atomic_load(&n->probe_failures), 0);
+    ASSERT_STATE(n, up, LX_NODE_SLOW_START);
+    ASSERT_STATE(n, up + 10000, LX_NODE_HEALTHY);
+    /* healthy -> unhealthy directly */
+    lx_node_set_healthy(n, false, "probe: timeout");
+    ASSERT_STATE(n, up + 10000, LX_NODE_UNHEALTHY);
+    /* Slow start off: back means healthy at once. */
+    lx_node_set_policy(0, 1000, 8000, 3);
+    lx_node_set_healthy(n, true, NULL);
+    ASSERT_STATE(n, atomic_load(&n->up_since_ms), LX_NODE_HEALTHY);
+    lx_node_unref(n);
+}
+
+/* An ejection held past its cooldown by a failed probe: the good probe
+ * that ends it starts the slow start then, not at the cooldown's end. */
+static void test_held_ejection_slow_starts_at_the_good_probe(void **state)
+{
+    struct lx_node *n = make_node();
+    uint64_t before, after, up;
+
+    lx_node_set_policy(10000, 1000, 8000, 3);
+    fail_until_ejected(n, 3, 1000);
+    lx_node_note_probe(n, 1);
+    atomic_store(&n->ejected_until_ms, 1); /* the cooldown is over */
+    atomic_store(&n->up_since_ms, 1);      /* so would the ramp be, from its end */
+    ASSERT_STATE(n, lx_now_ms(), LX_NODE_EJECTED);
+    assert_false(lx_node_is_eligible(n));
+    lx_node_note_probe(n, 2);
+    assert_int_equal(atomic_load(&n->up_since_ms), 1);
+    before = lx_now_ms();
+    lx_node_note_probe(n, 0);
+    after = lx_now_ms();
+    up = atomic_load(&n->up_since_ms);
+    assert_true(up >= before && up <= after);
+    ASSERT_STATE(n, up, LX_NODE_SLOW_START);
+    ASSERT_STATE(n, up + 10000, LX_NODE_HEALTHY);
+    assert_true(lx_node_is_eligible(n));
+    /* Good probes go on: nothing restarts the ramp. */
+    lx_node_note_probe(n, 0);
+    assert_int_equal(atomic_load(&n->up_since_ms), up);
+    lx_node_unref(n);
+}
+
+static void test_pool_state(void **state)
+{
+    struct test_conf c;
+    struct lx_registry *reg;
+    struct lx_pool *p;
+    enum lx_node_state st[3];
+    size_t up = 99;
+    uint64_t now = lx_now_ms();
+
+    lx_node_set_policy(0, 1000, 8000, 3);
+    conf_init(&c, false);
+    reg = build(&c, NULL);
+    p = &reg->pools[0];
+    assert_true(p->n_nodes >= 2 && p->n_nodes <= 3);
+    assert_int_equal(lx_pool_state(p, now, st, &up), LX_POOL_OK);
+    assert_int_equal(up, p->n_nodes);
+    assert_int_equal(st[0], LX_NODE_HEALTHY);
+    atomic_store(&p->nodes[0]->drained, true);
+    assert_int_equal(lx_pool_state(p, now, st, &up), LX_POOL_DEGRADED);
+    assert_int_equal(up, p->n_nodes - 1);
+    assert_int_equal(st[0], LX_NODE_DRAINED);
+    /* Every node drained, ejected or unhealthy: down. */
+    for (size_t i = 1; i < p->n_nodes; i++)
+        atomic_store(&p->nodes[i]->healthy, false);
+    assert_int_equal(lx_pool_state(p, now, NULL, NULL), LX_POOL_DOWN);
+    atomic_store(&p->nodes[1]->healthy, true);
+    atomic_store(&p->nodes[1]->ejected_until_ms, now + 1000);
+    assert_int_equal(lx_pool_state(p, now, st, &up), LX_POOL_DOWN);
+    assert_int_equal(up, 0);
+    assert_int_equal(st[1], LX_NODE_EJECTED);
+    /* ... and the router agrees: no candidate. */
+    assert_false(lx_node_is_eligible(p->nodes[0]));
+    assert_false(lx_node_is_eligible(p->nodes[1]));
+    /* Slow start counts as up. */
+    atomic_store(&p->nodes[1]->ejected_until_ms, 0);
+    lx_node_set_policy(10000, 1000, 8000, 3);
+    atomic_store(&p->nodes[1]->up_since_ms, now);
+    assert_int_equal(lx_pool_state(p, now, st, &up), LX_POOL_DEGRADED);
+    assert_int_equal(st[1], LX_NODE_SLOW_START);
+    assert_int_equal(up, 1);
+    drop(reg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_registry_build, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_state_names, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_state_transitions, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_held_ejection_slow_starts_at_the_good_probe, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_pool_state, setup, teardown),
         cmocka_unit_test_setup_teardown(test_registry_hedge_and_budget, setup, teardown),
         cmocka_unit_test_setup_teardown(test_registry_ipv6_host_header, setup, teardown),
         cmocka_unit_test_setup_teardown(test_registry_unknown_strategy, setup, teardown),
