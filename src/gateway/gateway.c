@@ -460,6 +460,16 @@ int lx_gateway_init(struct lx_gateway *gw, const struct lx_conf *conf, struct lx
     gw->start_unix = (uint64_t)time(NULL);
     gw->start_hr_ns = uv_hrtime();
     gw->n_workers = conf->workers;
+    /* The workers share the port with SO_REUSEPORT, and so would a process
+     * that set it too (another llmux): the kernel would split the traffic
+     * between two configurations. Only our own workers may share it. */
+    if (port != 0 && lx_http_listen_probe(conf->listen_host, port) == -EADDRINUSE) {
+        snprintf(err, errlen,
+                 "cannot listen on %s:%d: another process already listens on it (another "
+                 "llmux?); stop it or choose another port",
+                 conf->listen_host, port);
+        return -EADDRINUSE;
+    }
     lx_admit_init(&gw->admit, conf->max_concurrent_requests, conf->max_queue_size);
     gw->workers = lx_calloc((size_t)conf->workers, sizeof(*gw->workers));
     for (int i = 0; i < conf->workers; i++) {

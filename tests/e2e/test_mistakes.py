@@ -1,0 +1,66 @@
+"""
+Mistakes an operator makes, and the message each one gets (issue 13):
+a second llmux on a port that is taken, a node URL written as vLLM's base
+URL (with /v1), a misspelt variable, a node that refuses connections.
+"""
+import re
+import socket
+
+import httpx
+
+from conftest import T
+
+CHAT = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+
+def exit_output(lx, timeout=None):
+    """Waits for <lx> to exit on its own; returns (exit code, its output)."""
+    rc = lx.wait(T(15) if timeout is None else timeout)
+    assert rc is not None, "llmux did not exit\n" + lx.describe()
+    lx.stopped = True
+    return rc, lx.output_bytes().decode("utf-8", "replace")
+
+
+def test_second_instance_on_the_same_port_is_refused(procs):
+    sim = procs.sim(fast=True)
+    first = procs.llmux([sim])
+    second = procs.llmux([sim], listen="127.0.0.1:%d" % first.port, ready=False)
+    rc, out = exit_output(second)
+    assert rc == 1, out
+    assert out.strip() == ("llmux: cannot listen on 127.0.0.1:%d: another process already "
+                           "listens on it (another llmux?); stop it or choose another port"
+                           % first.port), out
+    # The first one still has the port to itself.
+    for _ in range(6):
+        assert first.client.post("/v1/chat/completions", json=CHAT).status_code == 200
+
+
+def test_foreign_reuseport_listener_is_refused(procs):
+    # A process that set SO_REUSEPORT itself (as llmux's workers do) would
+    # otherwise share the port with llmux, the kernel splitting the traffic.
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+        port = s.getsockname()[1]
+        lx = procs.llmux(["http://127.0.0.1:9"], listen="127.0.0.1:%d" % port, ready=False)
+        rc, out = exit_output(lx)
+        assert rc == 1, out
+        assert "cannot listen on 127.0.0.1:%d: another process already listens on it" % port \
+            in out, out
+    finally:
+        s.close()
+
+
+def test_port_free_again_after_a_stop(procs):
+    # A stopped llmux leaves connections in TIME_WAIT: the port is free.
+    sim = procs.sim(fast=True)
+    first = procs.llmux([sim])
+    port = first.port
+    assert first.client.post("/v1/chat/completions", json=CHAT).status_code == 200
+    first.close_client()
+    first.stop()
+    again = procs.llmux([sim], listen="127.0.0.1:%d" % port)
+    assert again.port == port
+    assert again.client.post("/v1/chat/completions", json=CHAT).status_code == 200
