@@ -64,3 +64,36 @@ def test_port_free_again_after_a_stop(procs):
     again = procs.llmux([sim], listen="127.0.0.1:%d" % port)
     assert again.port == port
     assert again.client.post("/v1/chat/completions", json=CHAT).status_code == 200
+
+
+def test_misspelt_variable_warns_with_the_likely_name(procs):
+    sim = procs.sim(fast=True)
+    lx = procs.llmux([sim], env={"ROUTING_STRATEGEY": "least_loaded", "LLMUX_WORKERS": "3",
+                                 "LLMUX_SOMETHING": "1", "UNRELATED_SETTING": "x"},
+                     dotenv="# other programs' keys are fine\nDATABASE_URL=x\n"
+                            "MAX_RETRYS=5\n")
+    out = lx.output_bytes().decode()
+    assert "warn environment variable ROUTING_STRATEGEY is not an llmux setting and is " \
+           "ignored (did you mean ROUTING_STRATEGY?)" in out, out
+    assert "warn environment variable LLMUX_WORKERS is not an llmux setting and is ignored " \
+           "(did you mean WORKERS?)" in out, out
+    assert "warn environment variable LLMUX_SOMETHING is not an llmux setting and is ignored " \
+           "(llmux --help lists them)" in out, out
+    assert ".env:3: MAX_RETRYS is not an llmux setting and is ignored (did you mean " \
+           "MAX_RETRIES?)" in out, out
+    assert "UNRELATED_SETTING" not in out and "DATABASE_URL" not in out, out
+    # The ready line shows what is in force: the misspelt strategy was not.
+    assert re.search(r"listening on http://127\.0\.0\.1:%d \(2 workers\): pool \* \(any model, "
+                     r"round_robin, 1 node\)\n" % lx.port, out), out
+
+
+def test_ready_line_lists_the_pools(procs, tmp_path):
+    a, b = procs.sim(fast=True), procs.sim(fast=True, model="embed-m")
+    cfg = tmp_path / "pools.json"
+    cfg.write_text('{"models": {"chat-m": {"servers": ["%s", "%s/v1"]}, "embed-m": '
+                   '{"servers": ["%s"], "strategy": "least_connection"}}}'
+                   % (a.url, b.url, b.url))
+    lx = procs.llmux(args=["--config", cfg], workers=1)
+    out = lx.output_bytes().decode()
+    assert ("listening on http://127.0.0.1:%d (1 worker): pools chat-m (round_robin, 2 nodes), "
+            "embed-m (least_loaded, 1 node)\n" % lx.port) in out, out
