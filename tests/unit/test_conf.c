@@ -476,7 +476,7 @@ static void test_json_full(void **state)
     assert_string_equal(s->name, "n4");
     assert_string_equal(s->host, "node4");
     assert_int_equal(s->port, 8000);
-    assert_string_equal(s->base_path, "/v1");
+    assert_string_equal(s->base_path, ""); /* vLLM's base URL: llmux adds /v1 itself */
     assert_int_equal(s->weight, 2);
     assert_int_equal(s->max_concurrency, 64);
     assert_string_equal(s->api_key, "k4");
@@ -625,7 +625,13 @@ static void test_good_urls(void **state)
         int port;
         const char *base_path;
     } cases[] = {
-        {"http://[::1]:8000/v1", "http://[::1]:8000/v1", "::1", 8000, "/v1"},
+        {"http://[::1]:8000/v1", "http://[::1]:8000/v1", "::1", 8000, ""},
+        /* A trailing /v1 is vLLM's base URL, not a prefix; other paths are. */
+        {"http://h/v1/", "http://h/v1", "h", 80, ""},
+        {"http://h/vllm-a/v1", "http://h/vllm-a/v1", "h", 80, "/vllm-a"},
+        {"http://h/vllm-a", "http://h/vllm-a", "h", 80, "/vllm-a"},
+        {"http://h/v10", "http://h/v10", "h", 80, "/v10"},
+        {"http://h/v1/x", "http://h/v1/x", "h", 80, "/v1/x"},
         {"http://host", "http://host", "host", 80, ""},
         {"http://HOST:65535//x//", "http://HOST:65535//x", "HOST", 65535, "//x"},
         {"HTTP://a_b.c-d:00080/p@q:r", "HTTP://a_b.c-d:00080/p@q:r", "a_b.c-d", 80, "/p@q:r"},
@@ -712,7 +718,7 @@ static void test_vllm_nodes_pool(void **state)
     assert_string_equal(c.pools[0].strategy, "latency_based");
     assert_int_equal(c.pools[0].n_servers, 2);
     assert_string_equal(c.pools[0].servers[1].url, "http://b:2/v1");
-    assert_string_equal(c.pools[0].servers[1].base_path, "/v1");
+    assert_string_equal(c.pools[0].servers[1].base_path, "");
     assert_non_null(lx_conf_pool_find(&c, "m", 1));
     assert_null(lx_conf_pool_find(&c, "other", 5));
     lx_conf_free(&c);
