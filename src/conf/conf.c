@@ -319,13 +319,22 @@ bool lx_conf_env_is_suspect(const char *name, const char **hint)
     return near != NULL;
 }
 
-/* Warns about each variable of the environment and key of <dotenv> that
- * looks meant for llmux but is none of its settings: it would be ignored
- * without a word otherwise. */
-static void warn_unknown_env(char **envp, const struct lx_conf_dotenv *dotenv)
+/* Warns about <name> (<where> it was set, then <name>) when it looks meant
+ * for llmux but is none of its settings: ignored without a word otherwise. */
+static void warn_if_suspect(const char *where, const char *name)
 {
     const char *hint;
-    char name[128];
+
+    if (!lx_conf_env_is_suspect(name, &hint))
+        return;
+    lx_warn("%s%s is not an llmux setting and is ignored (%s%s%s)", where, name,
+            hint ? "did you mean " : "llmux --help lists them", hint ? hint : "", hint ? "?" : "");
+}
+
+/* Each variable of the environment and each key of <dotenv>. */
+static void warn_unknown_env(char **envp, const struct lx_conf_dotenv *dotenv)
+{
+    char name[128], where[512];
 
     for (char **e = envp; e && *e; e++) {
         size_t n = strcspn(*e, "=");
@@ -334,26 +343,11 @@ static void warn_unknown_env(char **envp, const struct lx_conf_dotenv *dotenv)
             continue;
         memcpy(name, *e, n);
         name[n] = '\0';
-        if (!lx_conf_env_is_suspect(name, &hint))
-            continue;
-        if (hint)
-            lx_warn("environment variable %s is not an llmux setting and is ignored (did you "
-                    "mean %s?)", name, hint);
-        else
-            lx_warn("environment variable %s is not an llmux setting and is ignored (llmux "
-                    "--help lists them)", name);
+        warn_if_suspect("environment variable ", name);
     }
     for (size_t i = 0; i < dotenv->n; i++) {
-        const struct lx_conf_dotenv_entry *d = &dotenv->v[i];
-
-        if (!lx_conf_env_is_suspect(d->key, &hint))
-            continue;
-        if (hint)
-            lx_warn("%s:%d: %s is not an llmux setting and is ignored (did you mean %s?)",
-                    dotenv->path, d->line, d->key, hint);
-        else
-            lx_warn("%s:%d: %s is not an llmux setting and is ignored (llmux --help lists "
-                    "them)", dotenv->path, d->line, d->key);
+        snprintf(where, sizeof(where), "%s:%d: ", dotenv->path, dotenv->v[i].line);
+        warn_if_suspect(where, dotenv->v[i].key);
     }
 }
 
