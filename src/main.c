@@ -140,6 +140,9 @@ int main(int argc, char **argv)
     }
     if (lx_gateway_init(&gw, &conf, reg, err, sizeof(err)) < 0) {
         fprintf(stderr, "llmux: %s\n", err);
+        lx_registry_unref(reg);
+        lx_conf_free(&conf);
+        lx_access_log_close();
         return 1;
     }
     m.gw = &gw;

@@ -454,12 +454,6 @@ int lx_gateway_init(struct lx_gateway *gw, const struct lx_conf *conf, struct lx
     };
     int port = conf->listen_port;
 
-    memset(gw, 0, sizeof(*gw));
-    gw->conf = conf;
-    gw->reg = lx_registry_ref(reg);
-    gw->start_unix = (uint64_t)time(NULL);
-    gw->start_hr_ns = uv_hrtime();
-    gw->n_workers = conf->workers;
     /* The workers share the port with SO_REUSEPORT, and so would a process
      * that set it too (another llmux): the kernel would split the traffic
      * between two configurations. Only our own workers may share it. */
@@ -470,6 +464,12 @@ int lx_gateway_init(struct lx_gateway *gw, const struct lx_conf *conf, struct lx
                  conf->listen_host, port);
         return -EADDRINUSE;
     }
+    memset(gw, 0, sizeof(*gw));
+    gw->conf = conf;
+    gw->reg = lx_registry_ref(reg);
+    gw->start_unix = (uint64_t)time(NULL);
+    gw->start_hr_ns = uv_hrtime();
+    gw->n_workers = conf->workers;
     lx_admit_init(&gw->admit, conf->max_concurrent_requests, conf->max_queue_size);
     gw->workers = lx_calloc((size_t)conf->workers, sizeof(*gw->workers));
     for (int i = 0; i < conf->workers; i++) {
