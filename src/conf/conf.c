@@ -214,15 +214,15 @@ const struct lx_conf_setting *lx_conf_setting_by_json(const char *key)
     return NULL;
 }
 
-/* Edit distance of two short names, capped at 9, for "did you mean":
- * insertions, deletions, substitutions and swaps of two neighbours
- * (optimal string alignment), so "STRATEGEY" and "stratgey" are one edit
- * from their setting. <fold>: compare ASCII letters in any case. */
 static char fold_char(char c, bool fold)
 {
     return fold ? (char)toupper((unsigned char)c) : c;
 }
 
+/* Edit distance of two short names, capped at 9, for "did you mean":
+ * insertions, deletions, substitutions and swaps of two neighbours
+ * (optimal string alignment), so "STRATEGEY" and "stratgey" are one edit
+ * from their setting. <fold>: compare ASCII letters in any case. */
 static int distance(const char *a, const char *b, bool fold)
 {
     size_t la = strlen(a), lb = strlen(b);
