@@ -35,8 +35,7 @@ static void on_sighup(uv_signal_t *s, int signum)
     struct main_ctx *m = s->data;
     struct lx_conf next;
     struct lx_registry *reg;
-    char err[512];
-    size_t n_nodes = 0;
+    char err[512], pools[1536];
 
     /* The admin API replaces gw->reg too: one change at a time. */
     lx_admin_lock();
@@ -55,11 +54,8 @@ static void on_sighup(uv_signal_t *s, int signum)
     lx_gateway_install(m->gw, reg, NULL, NULL);
     lx_admin_reloaded(&next);
     lx_admin_unlock();
-    for (size_t i = 0; i < reg->n_pools; i++)
-        n_nodes += reg->pools[i].n_nodes;
-    lx_info("configuration reloaded: %zu pools, %zu nodes (pools apply now; other settings "
-            "at restart)",
-            reg->n_pools, n_nodes);
+    lx_conf_pools_describe(&next, pools, sizeof(pools));
+    lx_info("configuration reloaded: %s (pools apply now; other settings at restart)", pools);
     lx_registry_unref(reg);
     lx_conf_free(&next);
 }
@@ -103,8 +99,7 @@ int main(int argc, char **argv)
     struct main_ctx m = {0};
     struct lx_health *health;
     uv_loop_t *loop = uv_default_loop();
-    char err[512];
-    size_t n_nodes = 0;
+    char err[512], pools[1536];
 
     signal(SIGPIPE, SIG_IGN);
     raise_fd_limit();
@@ -145,6 +140,9 @@ int main(int argc, char **argv)
     }
     if (lx_gateway_init(&gw, &conf, reg, err, sizeof(err)) < 0) {
         fprintf(stderr, "llmux: %s\n", err);
+        lx_registry_unref(reg);
+        lx_conf_free(&conf);
+        lx_access_log_close();
         return 1;
     }
     m.gw = &gw;
@@ -164,10 +162,9 @@ int main(int argc, char **argv)
     health = lx_health_start(&conf, reg);
     m.health = health;
     lx_admin_set_health(&gw, health);
-    for (size_t i = 0; i < reg->n_pools; i++)
-        n_nodes += reg->pools[i].n_nodes;
-    lx_log_ready("llmux %s listening on http://%s:%d (%d workers, %zu pools, %zu nodes)", LX_VERSION,
-            conf.listen_host, gw.port, gw.n_workers, reg->n_pools, n_nodes);
+    lx_conf_pools_describe(&conf, pools, sizeof(pools));
+    lx_log_ready("llmux %s listening on http://%s:%d (%d worker%s): %s", LX_VERSION,
+                 conf.listen_host, gw.port, gw.n_workers, gw.n_workers == 1 ? "" : "s", pools);
     uv_run(loop, UV_RUN_DEFAULT);
     lx_gateway_join(&gw);
     lx_health_stop(health);

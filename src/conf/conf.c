@@ -19,12 +19,14 @@
  */
 #include "conf_internal.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "../core/log.h"
@@ -212,31 +214,45 @@ const struct lx_conf_setting *lx_conf_setting_by_json(const char *key)
     return NULL;
 }
 
-/* Edit distance of two short names, capped at 9; for "did you mean". */
-static int distance(const char *a, const char *b)
+static char fold_char(char c, bool fold)
+{
+    return fold ? (char)toupper((unsigned char)c) : c;
+}
+
+/* Edit distance of two short names, capped at 9, for "did you mean":
+ * insertions, deletions, substitutions and swaps of two neighbours
+ * (optimal string alignment), so "STRATEGEY" and "stratgey" are one edit
+ * from their setting. <fold>: compare ASCII letters in any case. */
+static int distance(const char *a, const char *b, bool fold)
 {
     size_t la = strlen(a), lb = strlen(b);
-    int row[64];
+    int rows[3][64], *prev2 = rows[0], *prev = rows[1], *row = rows[2];
 
-    if (la >= ARRAY_SIZE(row) || lb >= ARRAY_SIZE(row))
+    if (la >= ARRAY_SIZE(rows[0]) || lb >= ARRAY_SIZE(rows[0]))
         return 9;
     for (size_t j = 0; j <= lb; j++)
-        row[j] = (int)j;
+        prev[j] = (int)j;
     for (size_t i = 1; i <= la; i++) {
-        int diag = row[0];
+        int *t;
 
         row[0] = (int)i;
         for (size_t j = 1; j <= lb; j++) {
-            int up = row[j];
-            int best = diag + (a[i - 1] != b[j - 1]);
+            char ca = fold_char(a[i - 1], fold), cb = fold_char(b[j - 1], fold);
+            int best = prev[j - 1] + (ca != cb);
 
-            best = LX_MIN(best, up + 1);
+            best = LX_MIN(best, prev[j] + 1);
             best = LX_MIN(best, row[j - 1] + 1);
+            if (i > 1 && j > 1 && ca == fold_char(b[j - 2], fold) &&
+                fold_char(a[i - 2], fold) == cb)
+                best = LX_MIN(best, prev2[j - 2] + 1);
             row[j] = best;
-            diag = up;
         }
+        t = prev2;
+        prev2 = prev;
+        prev = row;
+        row = t;
     }
-    return LX_MIN(row[lb], 9);
+    return LX_MIN(prev[lb], 9);
 }
 
 const char *lx_conf_suggest(const char *name, bool flag)
@@ -250,7 +266,7 @@ const char *lx_conf_suggest(const char *name, bool flag)
         const char *cand[2] = {flag ? s->flag : s->json, flag ? NULL : s->json_alias};
 
         for (size_t k = 0; k < 2; k++) {
-            int d = cand[k] ? distance(name, cand[k]) : 9;
+            int d = cand[k] ? distance(name, cand[k], false) : 9;
 
             if (d < best_d) {
                 best = cand[k];
@@ -258,9 +274,81 @@ const char *lx_conf_suggest(const char *name, bool flag)
             }
         }
     }
-    if (!flag && !best && distance(name, "models") < 3)
+    if (!flag && !best && distance(name, "models", false) < 3)
         best = "models";
     return best;
+}
+
+/* The known variable nearest to <name> (letters in any case), if it is at
+ * most two edits away and <name> is long enough for that to mean a typo. */
+static const char *env_nearest(const char *name)
+{
+    const char *best = NULL;
+    int best_d = 3;
+
+    if (strlen(name) < 6)
+        return NULL;
+    for (size_t i = 0; i < lx_conf_n_settings; i++) {
+        const char *env = lx_conf_settings[i].env;
+        int d = env ? distance(name, env, true) : 9;
+
+        if (d < best_d) {
+            best = env;
+            best_d = d;
+        }
+    }
+    return best;
+}
+
+bool lx_conf_env_is_suspect(const char *name, const char **hint)
+{
+    const char *near;
+
+    *hint = NULL;
+    for (size_t i = 0; i < lx_conf_n_settings; i++)
+        if (lx_conf_settings[i].env && strcmp(lx_conf_settings[i].env, name) == 0)
+            return false;
+    if (strncasecmp(name, "LLMUX_", 6) == 0) {
+        /* LLMUX_WORKERS: the prefix is the mistake. */
+        near = env_nearest(name + 6);
+        *hint = near ? near : env_nearest(name);
+        return true;
+    }
+    near = env_nearest(name);
+    *hint = near;
+    return near != NULL;
+}
+
+/* Warns about <name> (<where> it was set, then <name>) when it looks meant
+ * for llmux but is none of its settings: ignored without a word otherwise. */
+static void warn_if_suspect(const char *where, const char *name)
+{
+    const char *hint;
+
+    if (!lx_conf_env_is_suspect(name, &hint))
+        return;
+    lx_warn("%s%s is not an llmux setting and is ignored (%s%s%s)", where, name,
+            hint ? "did you mean " : "llmux --help lists them", hint ? hint : "", hint ? "?" : "");
+}
+
+/* Each variable of the environment and each key of <dotenv>. */
+static void warn_unknown_env(char **envp, const struct lx_conf_dotenv *dotenv)
+{
+    char name[128], where[512];
+
+    for (char **e = envp; e && *e; e++) {
+        size_t n = strcspn(*e, "=");
+
+        if (n == 0 || n >= sizeof(name))
+            continue;
+        memcpy(name, *e, n);
+        name[n] = '\0';
+        warn_if_suspect("environment variable ", name);
+    }
+    for (size_t i = 0; i < dotenv->n; i++) {
+        snprintf(where, sizeof(where), "%s:%d: ", dotenv->path, dotenv->v[i].line);
+        warn_if_suspect(where, dotenv->v[i].key);
+    }
 }
 
 /* ---- storing values: range checks shared by the layers ---- */
@@ -671,6 +759,7 @@ enum lx_conf_result lx_conf_load(struct lx_conf *out, int argc, char **argv, cha
         goto out_args;
     if (lx_conf_dotenv_read(&dotenv, dotenv_path ? dotenv_path : ".env", err, errlen) < 0)
         goto out_args;
+    warn_unknown_env(envp, &dotenv);
 
     build_init(&b);
     config = a.config;
@@ -750,6 +839,30 @@ const struct lx_conf_pool *lx_conf_pool_find(const struct lx_conf *conf, const c
             any = p;
     }
     return any;
+}
+
+void lx_conf_pools_describe(const struct lx_conf *conf, char *buf, size_t len)
+{
+    size_t n = 0;
+
+    LX_ASSERT(len >= 64);
+    n = (size_t)snprintf(buf, len, conf->n_pools == 1 ? "pool" : "pools");
+    for (size_t i = 0; i < conf->n_pools; i++) {
+        const struct lx_conf_pool *p = &conf->pools[i];
+        bool any = strcmp(p->model, "*") == 0;
+        char one[512];
+        int k = snprintf(one, sizeof(one), "%s %s (%s%s, %zu node%s)", i ? "," : "", p->model,
+                         any ? "any model, " : "", p->strategy, p->n_servers,
+                         p->n_servers == 1 ? "" : "s");
+
+        /* Room for this one and for ", and 999999 more" after it. */
+        if (k < 0 || (size_t)k >= sizeof(one) || n + (size_t)k + 24 >= len) {
+            snprintf(buf + n, len - n, ", and %zu more", conf->n_pools - i);
+            return;
+        }
+        memcpy(buf + n, one, (size_t)k + 1);
+        n += (size_t)k;
+    }
 }
 
 char *lx_conf_dump(const struct lx_conf *conf)

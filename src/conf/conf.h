@@ -127,6 +127,12 @@ enum lx_conf_result {
 enum lx_conf_result lx_conf_load(struct lx_conf *out, int argc, char **argv, char **envp,
                                  const char *dotenv_path, char *err, size_t errlen);
 void lx_conf_free(struct lx_conf *conf);
+/*
+ * Writes the pools of <conf> for the ready line into <buf> (<len> >= 64):
+ * "pools chat-m (round_robin, 2 nodes), * (any model, least_loaded, 1 node)";
+ * pools that do not fit are counted (", and 3 more").
+ */
+void lx_conf_pools_describe(const struct lx_conf *conf, char *buf, size_t len);
 /* The effective config as pretty JSON, secrets masked; caller frees. */
 char *lx_conf_dump(const struct lx_conf *conf);
 /* Canonical strategy name for <name> (aliases resolved), NULL if unknown. */

@@ -758,6 +758,10 @@ int lx_conf_url_parse(struct lx_conf_server *s, const char *url, char *why, size
     s->url = lx_strndup(url, len);
     s->host = host;
     s->port = (int)port;
+    /* vLLM's base URL ends in /v1 and llmux's paths start with it (and
+     * /health, /metrics, /tokenize are at the root): "/v1" is not a prefix. */
+    if (end - path >= 3 && memcmp(end - 3, "/v1", 3) == 0)
+        end -= 3;
     s->base_path = lx_strndup(path, (size_t)(end - path));
     return 0;
 }

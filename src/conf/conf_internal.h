@@ -114,6 +114,11 @@ void lx_conf_store_nodes(struct lx_conf_build *b, struct lx_conf_server *v, size
 /* The JSON key (or, with <flag>, the flag) closest to the unknown <name>,
  * when it is a few edits away; NULL otherwise. */
 const char *lx_conf_suggest(const char *name, bool flag);
+/* Whether the variable <name> looks meant for llmux but is none of its
+ * settings: "LLMUX_" and anything after it, or a name of six characters or
+ * more at most two edits (letters in any case) from a known one. *hint: the
+ * likely known name, or NULL. */
+bool lx_conf_env_is_suspect(const char *name, const char **hint);
 /* "round_robin, least_loaded (least_connection), ...", for error messages. */
 const char *lx_conf_strategy_list(void);
 void lx_conf_servers_free(struct lx_conf_server *v, size_t n);

@@ -1,10 +1,13 @@
 /*
  * alloc.c - allocation helpers that abort on OOM, for small fixed-size
- * objects, and a constant-time comparison for secrets.
+ * objects, interned strings, and a constant-time comparison for secrets.
  */
 #include "lx.h"
 
+#include <pthread.h>
 #include <string.h>
+
+#define INTERN_MAX 1024 /* distinct strings; a bound, not a working size */
 
 static void oom(size_t n)
 {
@@ -51,6 +54,23 @@ char *lx_strndup(const char *s, size_t n)
 char *lx_strdup(const char *s)
 {
     return lx_strndup(s, strlen(s));
+}
+
+const char *lx_intern(const char *s)
+{
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    static const char *strings[INTERN_MAX];
+    static size_t n;
+    const char *found = NULL;
+
+    pthread_mutex_lock(&lock);
+    for (size_t i = 0; i < n && !found; i++)
+        if (strcmp(strings[i], s) == 0)
+            found = strings[i];
+    if (!found && n < INTERN_MAX)
+        found = strings[n++] = lx_strdup(s);
+    pthread_mutex_unlock(&lock);
+    return found;
 }
 
 bool lx_secure_equal(const char *a, size_t alen, const char *b, size_t blen)

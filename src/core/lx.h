@@ -50,6 +50,11 @@ void *lx_calloc(size_t nmemb, size_t n);
 void *lx_realloc(void *p, size_t n);
 char *lx_strdup(const char *s);
 char *lx_strndup(const char *s, size_t n);
+/* A copy of <s> that lives as long as the process, the same pointer for
+ * equal strings: for messages kept where readers on other threads expect a
+ * static string (a node's last error). NULL once 1024 distinct strings are
+ * held. Any thread. */
+const char *lx_intern(const char *s);
 
 /* xorshift64*: fast, good enough for ids and random picks; <state> != 0. */
 static inline uint64_t lx_rand_next(uint64_t *state)

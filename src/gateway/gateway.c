@@ -454,6 +454,16 @@ int lx_gateway_init(struct lx_gateway *gw, const struct lx_conf *conf, struct lx
     };
     int port = conf->listen_port;
 
+    /* The workers share the port with SO_REUSEPORT, and so would a process
+     * that set it too (another llmux): the kernel would split the traffic
+     * between two configurations. Only our own workers may share it. */
+    if (port != 0 && lx_http_listen_probe(conf->listen_host, port) == -EADDRINUSE) {
+        snprintf(err, errlen,
+                 "cannot listen on %s:%d: another process already listens on it (another "
+                 "llmux?); stop it or choose another port",
+                 conf->listen_host, port);
+        return -EADDRINUSE;
+    }
     memset(gw, 0, sizeof(*gw));
     gw->conf = conf;
     gw->reg = lx_registry_ref(reg);

@@ -51,7 +51,8 @@ struct lx_worker {
     bool stopping;
 };
 
-/* Binds every worker's listener (so errors show before anything runs);
+/* Binds every worker's listener (so errors show before anything runs), after
+ * checking that no other process listens on the address (-EADDRINUSE);
  * 0 or -errno with <err> filled. */
 int lx_gateway_init(struct lx_gateway *gw, const struct lx_conf *conf, struct lx_registry *reg,
                     char *err, size_t errlen);

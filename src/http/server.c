@@ -964,7 +964,10 @@ static void on_acceptable(uv_poll_t *h, int status, int events)
     }
 }
 
-static int bind_reuseport(const char *host, int port, struct sockaddr_storage *ss, int *fd_out)
+/* Binds a new socket to <host>:<port>, with SO_REUSEPORT when <reuseport>
+ * (SO_REUSEADDR always: a port in TIME_WAIT is free). 0 or -errno. */
+static int bind_addr(const char *host, int port, bool reuseport, struct sockaddr_storage *ss,
+                     int *fd_out)
 {
     struct addrinfo hints = {0}, *res = NULL;
     char portstr[16];
@@ -983,7 +986,7 @@ static int bind_reuseport(const char *host, int port, struct sockaddr_storage *s
         goto out_free;
     }
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
+    if ((reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) ||
         bind(fd, res->ai_addr, res->ai_addrlen) < 0) {
         rc = -errno;
         close(fd);
@@ -997,6 +1000,19 @@ out_free:
     return rc;
 }
 
+int lx_http_listen_probe(const char *host, int port)
+{
+    struct sockaddr_storage ss;
+    int fd = -1, rc;
+
+    /* Without SO_REUSEPORT the bind conflicts with any listener on the
+     * address, whether or not that one set SO_REUSEPORT. */
+    rc = bind_addr(host, port, false, &ss, &fd);
+    if (rc == 0)
+        close(fd);
+    return rc;
+}
+
 int lx_http_server_new(uv_loop_t *loop, const char *host, int port,
                        const struct lx_http_limits *limits, lx_http_handler_cb handler,
                        void *ctx, struct lx_http_server **out)
@@ -1007,7 +1023,7 @@ int lx_http_server_new(uv_loop_t *loop, const char *host, int port,
     int fd = -1, rc;
 
     uv_once(&settings_once, settings_init);
-    rc = bind_reuseport(host, port, &ss, &fd);
+    rc = bind_addr(host, port, true, &ss, &fd);
     if (rc < 0)
         return rc;
     srv = lx_calloc(1, sizeof(*srv));

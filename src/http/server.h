@@ -93,6 +93,15 @@ struct lx_http_req {
 struct lx_http_server;
 
 /*
+ * Whether <host>:<port> is free for a new listener: binds a socket there
+ * without SO_REUSEPORT and closes it again. Returns 0 when free,
+ * -EADDRINUSE when another socket listens there (also one that set
+ * SO_REUSEPORT, which lx_http_server_new() would otherwise share the port
+ * with), or another -errno. <port> must not be 0.
+ */
+int lx_http_listen_probe(const char *host, int port);
+
+/*
  * Creates a server on <loop> listening on <host>:<port> with SO_REUSEPORT (so
  * each worker can bind the same port). <port> 0 binds an ephemeral port;
  * lx_http_server_port() tells which. Returns 0 or -errno; on success *out is

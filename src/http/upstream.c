@@ -52,6 +52,7 @@ struct up_conn {
     bool done;                     /* message complete */
     bool in_parse;
     enum lx_upstream_err pending_err; /* reported from the timer, 0 = none */
+    int uv_err;                    /* libuv error behind the failure, 0 = none */
     struct lx_upstream_req *req;   /* current exchange, NULL when idle/cancelled */
     http_parser parser;
     struct lx_headers hd;          /* the response's header fields */
@@ -91,6 +92,32 @@ const char *lx_upstream_strerror(enum lx_upstream_err kind)
         return "out of local resources";
     }
     return "error";
+}
+
+const char *lx_upstream_cause(enum lx_upstream_err kind, int uv_err)
+{
+    switch (uv_err) {
+    case UV_ECONNREFUSED:
+        return "connection refused";
+    case UV_ETIMEDOUT:
+        return kind == LX_UP_CONNECT ? "connect timed out" : "connection timed out";
+    case UV_ECONNRESET:
+    case UV_EPIPE:
+        return "connection reset";
+    case UV_EHOSTUNREACH:
+        return "host unreachable";
+    case UV_ENETUNREACH:
+        return "network unreachable";
+    case UV_EAI_NONAME:
+    case UV_EAI_NODATA:
+        return "DNS lookup failed (unknown host)";
+    case UV_EAI_AGAIN:
+        return "DNS lookup failed (temporary failure)";
+    default:
+        if (uv_err <= UV_EAI_ADDRFAMILY && uv_err >= UV_EAI_PROTOCOL)
+            return "DNS lookup failed";
+        return lx_upstream_strerror(kind);
+    }
 }
 
 /* ---- pool --------------------------------------------------------------- */
@@ -209,6 +236,7 @@ static void conn_fail(struct up_conn *c, enum lx_upstream_err kind)
     conn_close(c);
     if (ur) {
         ur->conn = NULL;
+        ur->uv_err = c->uv_err;
         ur->cbs->on_error(ur->ctx, kind, got_head);
     }
 }
@@ -225,6 +253,7 @@ static void on_timer(uv_timer_t *t)
     }
     switch (c->state) {
     case UP_CONNECT:
+        c->uv_err = UV_ETIMEDOUT;
         conn_fail(c, LX_UP_CONNECT);
         break;
     case UP_ACTIVE:
@@ -393,6 +422,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
                 return;
             }
         }
+        c->uv_err = nread == UV_EOF ? 0 : (int)nread;
         conn_fail(c, LX_UP_CLOSED);
         return;
     }
@@ -430,8 +460,10 @@ static void on_written(uv_write_t *w, int status)
     c->writing = false;
     if (c->state != UP_ACTIVE || !c->req)
         return;
-    if (status < 0)
+    if (status < 0) {
+        c->uv_err = status;
         conn_fail(c, c->got_byte ? LX_UP_CLOSED : (c->reused ? LX_UP_CLOSED : LX_UP_CONNECT));
+    }
 }
 
 /* Sends the exchange's bytes on a connected <c>. */
@@ -442,6 +474,7 @@ static void conn_send(struct up_conn *c)
 
     c->state = UP_ACTIVE;
     c->pending_err = 0;
+    c->uv_err = 0;
     c->got_byte = c->got_head = c->done = false;
     lx_headers_reset(&c->hd, UP_HEAD_MAX);
     http_parser_init(&c->parser, HTTP_RESPONSE);
@@ -491,6 +524,7 @@ out_fail:
         c->writing = false;
         /* Report from the timer, never from inside lx_upstream_send(). */
         c->pending_err = LX_UP_CLOSED;
+        c->uv_err = rc;
         timer_set(c, 1);
     }
 }
@@ -509,6 +543,7 @@ static void on_connected(uv_connect_t *cr, int status)
         return;
     if (status < 0) {
         lx_debug("connect to %s failed: %s", c->name, uv_strerror(status));
+        c->uv_err = status;
         conn_fail(c, is_local_error(status) ? LX_UP_LOCAL : LX_UP_CONNECT);
         return;
     }
@@ -531,6 +566,7 @@ static void conn_connect(struct up_conn *c, const struct sockaddr *sa)
         lx_debug("connect to %s failed: %s", c->name, uv_strerror(rc));
         /* Fail from the timer so the callback does not run inside send. */
         c->pending_err = is_local_error(rc) ? LX_UP_LOCAL : LX_UP_CONNECT;
+        c->uv_err = rc;
         timer_set(c, 1);
         return;
     }
@@ -548,9 +584,10 @@ static void on_resolved(uv_getaddrinfo_t *gai, int status, struct addrinfo *res)
         return;
     }
     if (status < 0 || !res) {
-        lx_warn("cannot resolve node %s: %s", c->name, uv_strerror(status));
+        lx_debug("cannot resolve node %s: %s", c->name, uv_strerror(status));
         uv_freeaddrinfo(res);
         c->state = UP_CONNECT;
+        c->uv_err = status < 0 ? status : UV_EAI_NONAME;
         conn_fail(c, LX_UP_CONNECT);
         return;
     }
@@ -604,15 +641,19 @@ static void conn_start(struct lx_upstream_pool *pool, struct lx_upstream_req *ur
     {
         struct addrinfo hints = {0};
         char port[16];
+        int rc;
 
         hints.ai_family = AF_UNSPEC;
         hints.ai_socktype = SOCK_STREAM;
         snprintf(port, sizeof(port), "%d", t->port);
         c->state = UP_RESOLVE;
         c->gai.data = c;
-        if (uv_getaddrinfo(pool->loop, &c->gai, on_resolved, t->host, port, &hints) < 0) {
+        rc = uv_getaddrinfo(pool->loop, &c->gai, on_resolved, t->host, port, &hints);
+
+        if (rc < 0) {
             c->state = UP_CONNECT;
             c->pending_err = LX_UP_CONNECT;
+            c->uv_err = rc;
             timer_set(c, 1);
         }
     }
@@ -626,6 +667,7 @@ int lx_upstream_send(struct lx_upstream_pool *pool, const struct lx_upstream_tar
     ur->conn = NULL;
     ur->fresh_retry_done = false;
     ur->paused = false;
+    ur->uv_err = 0;
     conn_start(pool, ur, true);
     return 0;
 }

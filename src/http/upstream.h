@@ -32,6 +32,11 @@ enum lx_upstream_err {
 /* What went wrong, in a few words for logs and a node's last error:
  * "connect error", "timeout before the response head", ... */
 const char *lx_upstream_strerror(enum lx_upstream_err kind);
+/* The same, naming the cause when the libuv error <uv_err> (an exchange's
+ * uv_err) tells it: "connection refused", "connect timed out", "connection
+ * reset", "host unreachable", "DNS lookup failed (unknown host)"... A static
+ * string. */
+const char *lx_upstream_cause(enum lx_upstream_err kind, int uv_err);
 
 struct lx_upstream_cbs {
     /* The response head; <hdrs> valid during the call only. <content_length>
@@ -76,6 +81,11 @@ struct lx_upstream_req {
     uv_buf_t bufs[4];        /* request bytes: head, body... */
     unsigned int nbufs;
     struct lx_upstream_timeouts timeouts;
+
+    /* Set before on_error runs: the libuv error behind it (UV_ECONNREFUSED,
+     * UV_ECONNRESET, UV_EAI_NONAME...; UV_ETIMEDOUT for a connect that timed
+     * out), 0 when there is none (a response timeout, a malformed response). */
+    int uv_err;
 
     /* Private. */
     struct up_conn *conn;

@@ -31,6 +31,7 @@ struct hx {                          /* one exchange: a probe or a scrape */
     struct lx_upstream_req ur;
     struct lx_buf head;              /* request head */
     struct lx_buf body;              /* response body (scrapes) */
+    char *url;                       /* what is requested, for messages */
     bool busy;
     bool is_scrape;
     int status;                      /* response status, 0 = none yet */
@@ -69,6 +70,8 @@ static void hx_init(struct hx *x, struct hnode *hn, bool is_scrape, const char *
     x->is_scrape = is_scrape;
     lx_buf_init(&x->head, 0);
     lx_buf_init(&x->body, SCRAPE_MAX_BYTES);
+    x->url = lx_malloc(strlen(n->host_header) + strlen(n->base_path) + strlen(path) + 8);
+    sprintf(x->url, "http://%s%s%s", n->host_header, n->base_path, path);
     lx_buf_appendf(&x->head, "GET %s%s HTTP/1.1\r\nHost: %s\r\nUser-Agent: llmux/%s\r\n",
                    n->base_path, path, n->host_header, LX_VERSION);
     if (n->auth_header)
@@ -97,6 +100,8 @@ static void hnode_free(struct hnode *hn)
     lx_buf_deinit(&hn->probe.body);
     lx_buf_deinit(&hn->scrape.head);
     lx_buf_deinit(&hn->scrape.body);
+    free(hn->probe.url);
+    free(hn->scrape.url);
     lx_node_unref(hn->node);
     free(hn);
 }
@@ -120,6 +125,8 @@ static void hx_start(struct hx *x)
     lx_upstream_send(x->hn->h->pool, &target, &x->ur);
 }
 
+/* <why>: what failed, naming the URL and the status or the cause; kept as
+ * the node's last error (interned: other threads read it). */
 static void probe_result(struct hnode *hn, bool ok, const char *why)
 {
     const struct lx_conf *conf = hn->h->conf;
@@ -136,7 +143,10 @@ static void probe_result(struct hnode *hn, bool ok, const char *why)
     hn->ok_run = 0;
     hn->fail_run++;
     lx_node_note_probe(n, hn->fail_run);
-    lx_debug("health check of %s failed (%d in a row): %s", n->name, hn->fail_run, why);
+    why = lx_intern(why);
+    if (!why)
+        why = "health check failed";
+    lx_debug("node %s: %s (%d in a row)", n->name, why, hn->fail_run);
     if (hn->fail_run >= conf->health_failure_threshold)
         lx_node_set_healthy(n, false, why);
 }
@@ -147,7 +157,7 @@ static void scrape_result(struct hnode *hn, struct hx *x)
     struct lx_node *n = hn->node;
 
     if (x->status != 200 || lx_prom_scan_vllm(x->body.data, x->body.len, &load) < 0) {
-        lx_debug("scrape of %s/metrics gave no vLLM figures (status %d)", n->name, x->status);
+        lx_debug("scrape of %s gave no vLLM figures (status %d)", x->url, x->status);
         return;
     }
     atomic_store(&n->scraped_waiting, (int)load.waiting);
@@ -165,18 +175,27 @@ static void scrape_result(struct hnode *hn, struct hx *x)
     atomic_store(&n->scraped_at_ms, lx_now_ms());
 }
 
+/* <why>: the failure when not <ok> ("connection refused"). */
 static void hx_finish(struct hx *x, bool ok, const char *why)
 {
     struct hnode *hn = x->hn;
+    char msg[1024];
 
     x->busy = false;
     if (x->is_scrape) {
         if (ok)
             scrape_result(hn, x);
-    } else {
-        probe_result(hn, ok && x->status >= 200 && x->status < 300,
-                     ok ? "health check answered an error status" : why);
+        return;
     }
+    if (ok && x->status >= 200 && x->status < 300) {
+        probe_result(hn, true, NULL);
+        return;
+    }
+    if (ok)
+        snprintf(msg, sizeof(msg), "health check of %s answered %d", x->url, x->status);
+    else
+        snprintf(msg, sizeof(msg), "health check of %s failed: %s", x->url, why);
+    probe_result(hn, false, msg);
 }
 
 static void hx_on_head(void *ctx, int status, const struct lx_http_header *hdrs, size_t n,
@@ -204,9 +223,12 @@ static void hx_on_done(void *ctx)
 
 static void hx_on_error(void *ctx, enum lx_upstream_err kind, bool got_head)
 {
-    hx_finish(ctx, false, kind == LX_UP_CONNECT   ? "health check: connect error"
-                          : kind == LX_UP_TIMEOUT ? "health check timed out"
-                                                  : "health check: bad response");
+    struct hx *x = ctx;
+
+    hx_finish(x, false,
+              kind == LX_UP_TIMEOUT || kind == LX_UP_IDLE
+                  ? "timed out (HEALTH_CHECK_TIMEOUT_SECONDS)"
+                  : lx_upstream_cause(kind, x->ur.uv_err));
 }
 
 static const struct lx_upstream_cbs hx_cbs = {

@@ -1545,10 +1545,10 @@ static void up_on_error(void *ctx, enum lx_upstream_err kind, bool got_head)
             proxy_answer(p, ANS_OVERLOADED); /* only at connect: nothing was relayed */
         return;
     }
-    lx_warn("[%s] node %s: %s%s", p->request_id, x->node->name, lx_upstream_strerror(kind),
-            got_head ? " mid-response" : "");
+    lx_warn("[%s] node %s: %s%s", p->request_id, x->node->name,
+            lx_upstream_cause(kind, x->up.uv_err), got_head ? " mid-response" : "");
     if (!node_alive) {
-        lx_node_report_failure(x->node, lx_upstream_strerror(kind));
+        lx_node_report_failure(x->node, lx_upstream_cause(kind, x->up.uv_err));
         lx_metrics_node_failure(p->env->metrics, x->node->name);
     }
     if (x == p->hedge) {

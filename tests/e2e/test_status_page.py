@@ -424,7 +424,7 @@ def test_page_renders_every_node_with_its_state_and_updates(procs, tmp_path, chr
         assert rows[name][0] == "healthy"
     assert rows["dead-node"][0] == "unhealthy"
     dead = dom.find("tr", data_node="dead-node")
-    assert "error" in dead.find("div", **{"class": "err"}).text()
+    assert "connection refused" in dead.find("div", **{"class": "err"}).text()
     # A name that looks like markup stays text.
     assert dom.by_id("pwned") is None and not dom.find_all("em")
     # The gateway summary and the pool's header.

@@ -476,7 +476,7 @@ static void test_json_full(void **state)
     assert_string_equal(s->name, "n4");
     assert_string_equal(s->host, "node4");
     assert_int_equal(s->port, 8000);
-    assert_string_equal(s->base_path, "/v1");
+    assert_string_equal(s->base_path, ""); /* vLLM's base URL: llmux adds /v1 itself */
     assert_int_equal(s->weight, 2);
     assert_int_equal(s->max_concurrency, 64);
     assert_string_equal(s->api_key, "k4");
@@ -625,7 +625,13 @@ static void test_good_urls(void **state)
         int port;
         const char *base_path;
     } cases[] = {
-        {"http://[::1]:8000/v1", "http://[::1]:8000/v1", "::1", 8000, "/v1"},
+        {"http://[::1]:8000/v1", "http://[::1]:8000/v1", "::1", 8000, ""},
+        /* A trailing /v1 is vLLM's base URL, not a prefix; other paths are. */
+        {"http://h/v1/", "http://h/v1", "h", 80, ""},
+        {"http://h/vllm-a/v1", "http://h/vllm-a/v1", "h", 80, "/vllm-a"},
+        {"http://h/vllm-a", "http://h/vllm-a", "h", 80, "/vllm-a"},
+        {"http://h/v10", "http://h/v10", "h", 80, "/v10"},
+        {"http://h/v1/x", "http://h/v1/x", "h", 80, "/v1/x"},
         {"http://host", "http://host", "host", 80, ""},
         {"http://HOST:65535//x//", "http://HOST:65535//x", "HOST", 65535, "//x"},
         {"HTTP://a_b.c-d:00080/p@q:r", "HTTP://a_b.c-d:00080/p@q:r", "a_b.c-d", 80, "/p@q:r"},
@@ -712,7 +718,7 @@ static void test_vllm_nodes_pool(void **state)
     assert_string_equal(c.pools[0].strategy, "latency_based");
     assert_int_equal(c.pools[0].n_servers, 2);
     assert_string_equal(c.pools[0].servers[1].url, "http://b:2/v1");
-    assert_string_equal(c.pools[0].servers[1].base_path, "/v1");
+    assert_string_equal(c.pools[0].servers[1].base_path, "");
     assert_non_null(lx_conf_pool_find(&c, "m", 1));
     assert_null(lx_conf_pool_find(&c, "other", 5));
     lx_conf_free(&c);
@@ -1317,10 +1323,86 @@ static void test_dump_retry_settings(void **state)
     lx_conf_free(&d);
 }
 
+/* Variables that look meant for llmux, and the name each likely meant. */
+static void test_env_suspects(void **state)
+{
+    static const struct {
+        const char *name, *hint; /* hint "-": not suspect; NULL: suspect, no hint */
+    } cases[] = {
+        {"ROUTING_STRATEGY", "-"},
+        {"LLMUX_CONFIG", "-"},
+        {"ROUTING_STRATEGEY", "ROUTING_STRATEGY"},
+        {"ROUTNIG_STRATEGY", "ROUTING_STRATEGY"}, /* a swap is one edit */
+        {"MAX_RETRYS", "MAX_RETRIES"},
+        {"VLLM_NODE", "VLLM_NODES"},
+        {"routing_strategy", "ROUTING_STRATEGY"},
+        {"LLMUX_WORKERS", "WORKERS"},
+        {"LLMUX_ROUTING_STRATEGY", "ROUTING_STRATEGY"},
+        {"LLMUX_CONFG", "LLMUX_CONFIG"},
+        {"LLMUX_FOO", NULL},
+        {"llmux_foo", NULL},
+        /* Other programs' variables, and short names, are left alone. */
+        {"HOME", "-"},
+        {"PATH", "-"},
+        {"WORKER", "WORKERS"},
+        {"PWD", "-"},
+        {"OLDPWD", "-"},
+        {"HF_TOKEN", "-"},
+        {"VLLM_PORT", "-"},
+        {"VLLM_HOST", "-"},
+        {"LOG_LEVELS", "LOG_LEVEL"},
+        {"SHLVL", "-"},
+        {"COLUMNS", "-"},
+    };
+
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        const char *hint = "x";
+        bool suspect = lx_conf_env_is_suspect(cases[i].name, &hint);
+
+        if (cases[i].hint && strcmp(cases[i].hint, "-") == 0) {
+            if (suspect)
+                fail_msg("%s: suspect (hint %s)", cases[i].name, hint ? hint : "none");
+            continue;
+        }
+        if (!suspect)
+            fail_msg("%s: not suspect", cases[i].name);
+        if (!cases[i].hint)
+            assert_null(hint);
+        else if (!hint || strcmp(hint, cases[i].hint) != 0)
+            fail_msg("%s: hint %s, expected %s", cases[i].name, hint ? hint : "none",
+                     cases[i].hint);
+    }
+    /* "did you mean" in the JSON file takes swaps as one edit too. */
+    assert_string_equal(lx_conf_suggest("max_rertries", false), "max_retries");
+}
+
+static void test_pools_describe(void **state)
+{
+    const char *file = tmp_file(".json", "{\"models\": {\"chat-m\": {\"servers\": [\"http://a\", "
+                                         "\"http://b\"]}, \"embed-m\": {\"servers\": "
+                                         "[\"http://c\"], \"strategy\": \"least_loaded\"}}}");
+    struct lx_conf c;
+    char buf[1536], small[80];
+
+    expect_ok(&c, (const char *[]){"--config", file, "--nodes", "http://d", NULL}, NULL, NULL);
+    lx_conf_pools_describe(&c, buf, sizeof(buf));
+    assert_string_equal(buf, "pools chat-m (round_robin, 2 nodes), embed-m (least_loaded, "
+                             "1 node), * (any model, round_robin, 1 node)");
+    lx_conf_pools_describe(&c, small, sizeof(small));
+    assert_string_equal(small, "pools chat-m (round_robin, 2 nodes), and 2 more");
+    lx_conf_free(&c);
+    expect_ok(&c, (const char *[]){"--nodes", "http://d", "--model", "m", NULL}, NULL, NULL);
+    lx_conf_pools_describe(&c, buf, sizeof(buf));
+    assert_string_equal(buf, "pool m (round_robin, 1 node)");
+    lx_conf_free(&c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_defaults, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_env_suspects, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pools_describe, setup, teardown),
         cmocka_unit_test_setup_teardown(test_defaults_roundtrip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_nodes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_admin_token_differs, setup, teardown),

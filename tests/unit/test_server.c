@@ -15,6 +15,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -314,6 +316,27 @@ static void test_send_timeout_aborts_an_unread_answer(void **state)
     fixture_free(f);
 }
 
+/* The probe finds the port of a listener, even one that shares it with
+ * SO_REUSEPORT, and a free port free (and leaves it so). */
+static void test_listen_probe(void **state)
+{
+    struct lx_http_limits limits = {.head_max = 8192, .body_max = 1 << 20};
+    struct fixture *f = fixture_new(&limits, 0);
+    int port = lx_http_server_port(f->srv);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(sa);
+    int fd;
+
+    assert_int_equal(lx_http_listen_probe("127.0.0.1", port), -EADDRINUSE);
+    fixture_free(f);
+    fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+    close(fd);
+    assert_int_equal(lx_http_listen_probe("127.0.0.1", ntohs(sa.sin_port)), 0);
+    assert_int_equal(lx_http_listen_probe("127.0.0.1", ntohs(sa.sin_port)), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -322,6 +345,7 @@ int main(void)
         cmocka_unit_test(test_refused_head_answered_without_body),
         cmocka_unit_test(test_output_watermark_holds_pipelined_requests),
         cmocka_unit_test(test_strict_request_line),
+        cmocka_unit_test(test_listen_probe),
         cmocka_unit_test(test_send_timeout_aborts_an_unread_answer),
     };
 

@@ -894,6 +894,8 @@ static void test_connect_fails(void **state)
         assert_int_equal(ex->errors, 0);
         RUN_UNTIL(f, ex_ended(ex));
         assert_failed(ex, LX_UP_CONNECT, false);
+        if (i == 0)
+            assert_string_equal(lx_upstream_cause(ex->err, ex->ur.uv_err), "connection refused");
         fixture_free(f);
     }
 }
@@ -918,6 +920,7 @@ static void test_connect_timeout(void **state)
     ex_send(f, ex);
     RUN_UNTIL(f, ex_ended(ex));
     assert_failed(ex, LX_UP_CONNECT, false);
+    assert_string_equal(lx_upstream_cause(ex->err, ex->ur.uv_err), "connect timed out");
     assert_true(uv_hrtime() - t0 >= (SHORT_MS - 5) * 1000000);
     close(filler);
     f->n.lfd = lfd;
@@ -1126,6 +1129,23 @@ static void test_pool_close_while_closing(void **state)
     fixture_free(f);
 }
 
+/* Each cause in words; without one, the kind's own words. */
+static void test_cause_words(void **state)
+{
+    assert_string_equal(lx_upstream_cause(LX_UP_CONNECT, UV_ECONNREFUSED), "connection refused");
+    assert_string_equal(lx_upstream_cause(LX_UP_CONNECT, UV_ETIMEDOUT), "connect timed out");
+    assert_string_equal(lx_upstream_cause(LX_UP_CLOSED, UV_ECONNRESET), "connection reset");
+    assert_string_equal(lx_upstream_cause(LX_UP_CONNECT, UV_EAI_NONAME),
+                        "DNS lookup failed (unknown host)");
+    assert_string_equal(lx_upstream_cause(LX_UP_CONNECT, UV_EAI_AGAIN),
+                        "DNS lookup failed (temporary failure)");
+    assert_string_equal(lx_upstream_cause(LX_UP_CONNECT, UV_EAI_FAIL), "DNS lookup failed");
+    assert_string_equal(lx_upstream_cause(LX_UP_CONNECT, UV_EHOSTUNREACH), "host unreachable");
+    assert_string_equal(lx_upstream_cause(LX_UP_CONNECT, 0), "connect error");
+    assert_string_equal(lx_upstream_cause(LX_UP_CLOSED, 0), "connection closed");
+    assert_string_equal(lx_upstream_cause(LX_UP_TIMEOUT, 0), "timeout before the response head");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1142,6 +1162,7 @@ int main(void)
         cmocka_unit_test(test_failures),
         cmocka_unit_test(test_head_over_limits),
         cmocka_unit_test(test_connect_fails),
+        cmocka_unit_test(test_cause_words),
         cmocka_unit_test(test_connect_timeout),
         cmocka_unit_test(test_resolved_host),
         cmocka_unit_test(test_cancel_in_head),
