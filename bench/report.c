@@ -14,6 +14,7 @@
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -468,14 +469,33 @@ void bench_report_sweep_table(const struct bench_result *rows, unsigned n)
     }
 }
 
-/* ---- SVG ---------------------------------------------------------------- */
+/* ---- SVG ----------------------------------------------------------------
+ *
+ * Two panels over one concurrency axis: throughput (left axis) with p95
+ * latency and, with --stream, p95 TTFT (right axis, ms) on top; the error
+ * rate (%) in a strip below, so that errors are a line, not a footnote.
+ * Values are not written next to the points, where they collide with each
+ * other and with the lines, but in a table under the x axis, one row per
+ * series and one column per level; when levels are closer than a cell is
+ * wide, every k-th column is shown (the JSON and CSV have them all).
+ */
 
 #define SVG_W 860
-#define SVG_H 520
-#define PAD_L 96
+#define PAD_L 110
 #define PAD_R 96
 #define PAD_T 92
-#define PAD_B 78
+#define MAIN_H 250
+#define ERR_GAP 22 /* between the panels */
+#define ERR_H 70
+#define ROW_H 16      /* a row of the value table */
+#define CHAR_W_11 6.4 /* px per character at font-size 11, a little over Helvetica's digits */
+#define CHAR_W_12 7.0 /* the same at 12 */
+#define MAX_LEVELS 256
+
+#define C_TP "#1f5fa8"
+#define C_LAT "#c2410c"
+#define C_TTFT "#7c3aed"
+#define C_ERR "#b91c1c"
 
 /* A 1-2-2.5-5 step giving about <ticks> intervals up to <max>. */
 static double nice_step(double max, int ticks)
@@ -530,75 +550,318 @@ struct axis {
     double max, step;
 };
 
-static struct axis make_axis(double vmax)
+static struct axis make_axis(double vmax, int ticks)
 {
     struct axis a;
 
-    a.step = nice_step(vmax > 0 ? vmax : 1, 5);
+    a.step = nice_step(vmax > 0 ? vmax : 1, ticks);
     a.max = ceil((vmax > 0 ? vmax : 1) / a.step) * a.step;
     if (a.max <= 0)
         a.max = a.step;
     return a;
 }
 
-int bench_report_sweep_svg(const char *path, const struct bench_conf *c,
-                           const struct bench_result *rows, unsigned n)
-{
-    const double pw = SVG_W - PAD_L - PAD_R, plot_h = SVG_H - PAD_T - PAD_B;
-    double xs[256], ty[256], ly[256], tmax = 0, lmax = 0, cmin = 1e18, cmax = 0;
-    bool by_tokens = false, logx;
-    struct axis ta, la;
-    const char *tp_label;
-    char num[32];
-    FILE *f;
-    int rc = 0;
+/* One series of the chart: its values per level (NAN = none) and looks. */
+struct series {
+    const char *id;     /* class="series-<id>", for tests and styling */
+    const char *legend; /* legend text */
+    const char *row;    /* value table row title */
+    const char *color;
+    const char *dash; /* stroke-dasharray, NULL = solid */
+    int marker;       /* 0 circle, 1 square, 2 diamond */
+    double v[MAX_LEVELS];
+};
 
-    n = LX_MIN(n, 256u);
+/* Everything the drawing needs, computed once. */
+struct sweep_plot {
+    unsigned n;
+    double xs[MAX_LEVELS];
+    bool logx;
+    unsigned stride; /* label every stride-th level */
+    bool show[MAX_LEVELS];
+    struct axis left, right, err;
+    struct series tp, lat, ttft, err_rate;
+    bool has_ttft;
+    double main_b, err_t, err_b; /* y of the main panel's bottom, the strip's top and bottom */
+    double height;               /* of the whole image */
+};
+
+static double y_of(double v, double max, double top, double h)
+{
+    return top + h - (isfinite(v) ? v : 0) / max * h;
+}
+
+static void marker(FILE *f, int kind, double x, double y, const char *color)
+{
+    if (kind == 1)
+        fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"8\" height=\"8\" fill=\"%s\"/>\n", x - 4,
+                y - 4, color);
+    else if (kind == 2)
+        fprintf(f, "<path d=\"M%.1f %.1fl5 5l-5 5l-5 -5z\" fill=\"%s\"/>\n", x, y - 5, color);
+    else
+        fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"4.5\" fill=\"%s\"/>\n", x, y, color);
+}
+
+static void draw_series(FILE *f, const struct sweep_plot *sp, const struct series *s, double max,
+                        double top, double h)
+{
+    fprintf(f,
+            "<polyline class=\"series-%s\" fill=\"none\" stroke=\"%s\" stroke-width=\"2.5\"%s%s%s "
+            "points=\"",
+            s->id, s->color, s->dash ? " stroke-dasharray=\"" : "", s->dash ? s->dash : "",
+            s->dash ? "\"" : "");
+    for (unsigned i = 0; i < sp->n; i++)
+        if (isfinite(s->v[i]))
+            fprintf(f, "%.1f,%.1f ", sp->xs[i], y_of(s->v[i], max, top, h));
+    fprintf(f, "\"/>\n");
+    for (unsigned i = 0; i < sp->n; i++)
+        if (isfinite(s->v[i]))
+            marker(f, s->marker, sp->xs[i], y_of(s->v[i], max, top, h), s->color);
+}
+
+/* Which levels get a label: the widest cell decides the stride. */
+static void choose_labels(struct sweep_plot *sp)
+{
+    const struct series *all[] = {&sp->tp, &sp->lat, &sp->ttft, &sp->err_rate};
+    double width = 0, gap = 1e18;
+    char num[32];
+    unsigned last = 0;
+
+    for (unsigned i = 0; i < sp->n; i++) {
+        for (size_t k = 0; k < ARRAY_SIZE(all); k++) {
+            if (!isfinite(all[k]->v[i]))
+                continue;
+            fmt_num(num, sizeof(num), all[k]->v[i]);
+            width = LX_MAX(width, (double)strlen(num) * CHAR_W_11 + 10);
+        }
+        if (i)
+            gap = LX_MIN(gap, sp->xs[i] - sp->xs[i - 1]);
+    }
+    sp->stride = sp->n > 1 && gap < width ? (unsigned)ceil(width / LX_MAX(gap, 0.1)) : 1;
+    for (unsigned i = 0; i < sp->n; i++) {
+        sp->show[i] = i % sp->stride == 0;
+        if (sp->show[i])
+            last = i;
+    }
+    /* The last level is the one people look for: shown too, or in place of
+     * the one before it when they would touch (but the first stays). Shown
+     * levels before <last> are at least stride gaps, so a cell's width, away. */
+    if (sp->n > 1 && last != sp->n - 1) {
+        if (sp->xs[sp->n - 1] - sp->xs[last] >= width) {
+            sp->show[sp->n - 1] = true;
+        } else if (last) {
+            sp->show[last] = false;
+            sp->show[sp->n - 1] = true;
+        }
+    }
+    sp->height = sp->err_b + 64 + (sp->has_ttft ? 3 : 2) * ROW_H + 14;
+}
+
+static void plan(struct sweep_plot *sp, const struct bench_conf *c, const struct bench_result *rows,
+                 unsigned n)
+{
+    const double pw = SVG_W - PAD_L - PAD_R;
+    double tmax = 0, rmax = 0, emax = 0, cmin = 1e18, cmax = 0;
+    bool by_tokens = false;
+
+    sp->n = n;
     for (unsigned i = 0; i < n; i++)
         if (rows[i].completion_tokens > 0)
             by_tokens = true;
+    sp->tp = (struct series){"throughput",
+                             by_tokens ? "tokens/s (left axis)" : "requests/s (left axis)",
+                             by_tokens ? "tokens/s" : "requests/s",
+                             C_TP,
+                             NULL,
+                             0,
+                             {0}};
+    sp->lat = (struct series){
+        "latency", "p95 latency ms (right)", "p95 latency ms", C_LAT, "7 4", 1, {0}};
+    sp->ttft = (struct series){"ttft", "p95 TTFT ms (right)", "p95 TTFT ms", C_TTFT, "2 3", 2, {0}};
+    sp->err_rate =
+        (struct series){"errors", "errors % (lower panel)", "errors %", C_ERR, NULL, 0, {0}};
+    sp->has_ttft = false;
     for (unsigned i = 0; i < n; i++) {
         struct bench_summary lat, ttft, itl, tps;
 
         summaries(&rows[i], &lat, &ttft, &itl, &tps);
-        ty[i] = by_tokens ? bench_result_tps(&rows[i]) : bench_result_rps(&rows[i]);
-        ly[i] = lat.p95;
-        tmax = LX_MAX(tmax, ty[i]);
-        lmax = LX_MAX(lmax, ly[i]);
+        sp->tp.v[i] = by_tokens ? bench_result_tps(&rows[i]) : bench_result_rps(&rows[i]);
+        sp->lat.v[i] = lat.n ? lat.p95 : NAN;
+        sp->ttft.v[i] = c->stream && ttft.n ? ttft.p95 : NAN;
+        sp->has_ttft |= isfinite(sp->ttft.v[i]);
+        sp->err_rate.v[i] = error_rate(&rows[i]);
+        tmax = LX_MAX(tmax, sp->tp.v[i]);
+        rmax = LX_MAX(rmax, isfinite(sp->lat.v[i]) ? sp->lat.v[i] : 0);
+        rmax = LX_MAX(rmax, isfinite(sp->ttft.v[i]) ? sp->ttft.v[i] : 0);
+        emax = LX_MAX(emax, sp->err_rate.v[i]);
         cmin = LX_MIN(cmin, (double)rows[i].concurrency);
         cmax = LX_MAX(cmax, (double)rows[i].concurrency);
     }
-    ta = make_axis(tmax * 1.05);
-    la = make_axis(lmax * 1.05);
+    sp->left = make_axis(tmax * 1.05, 5);
+    sp->right = make_axis(rmax * 1.05, 5);
+    /* 0..1 % at least: a run without errors shows a flat line on the floor. */
+    sp->err = make_axis(LX_MAX(emax * 1.05, 1), 2);
     /* Concurrency levels usually double: a log scale spaces them evenly. */
-    logx = n > 2 && cmin >= 1 && cmax / cmin >= 8;
+    sp->logx = n > 2 && cmin >= 1 && cmax / cmin >= 8;
     for (unsigned i = 0; i < n; i++) {
         double cval = rows[i].concurrency, frac;
 
         if (cmax == cmin)
             frac = 0.5;
-        else if (logx)
+        else if (sp->logx)
             frac = (log(cval) - log(cmin)) / (log(cmax) - log(cmin));
         else
             frac = (cval - cmin) / (cmax - cmin);
-        xs[i] = PAD_L + 30 + frac * (pw - 60);
+        sp->xs[i] = PAD_L + 30 + frac * (pw - 60);
     }
-    tp_label = by_tokens ? "throughput (completion tokens/s)" : "throughput (requests/s)";
+    sp->main_b = PAD_T + MAIN_H;
+    sp->err_t = sp->main_b + ERR_GAP;
+    sp->err_b = sp->err_t + ERR_H;
+    choose_labels(sp);
+}
 
+static void draw_axes(FILE *f, const struct sweep_plot *sp, const struct bench_result *rows)
+{
+    const double pw = SVG_W - PAD_L - PAD_R;
+    char num[32];
+
+    for (double v = 0; v <= sp->left.max + sp->left.step / 2; v += sp->left.step) {
+        double y = y_of(v, sp->left.max, PAD_T, MAIN_H);
+
+        fprintf(f, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#e5e5e5\"/>\n",
+                PAD_L, y, PAD_L + pw, y);
+        fmt_num(num, sizeof(num), v);
+        fprintf(f, "<text x=\"%d\" y=\"%.1f\" text-anchor=\"end\" fill=\"%s\">%s</text>\n",
+                PAD_L - 8, y + 4, C_TP, num);
+    }
+    for (double v = 0; v <= sp->right.max + sp->right.step / 2; v += sp->right.step) {
+        fmt_num(num, sizeof(num), v);
+        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" fill=\"%s\">%s</text>\n", PAD_L + pw + 8,
+                y_of(v, sp->right.max, PAD_T, MAIN_H) + 4, sp->has_ttft ? "#555555" : C_LAT, num);
+    }
+    for (double v = 0; v <= sp->err.max + sp->err.step / 2; v += sp->err.step) {
+        double y = y_of(v, sp->err.max, sp->err_t, ERR_H);
+
+        fprintf(f, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#f0e0e0\"/>\n",
+                PAD_L, y, PAD_L + pw, y);
+        fmt_num(num, sizeof(num), v);
+        fprintf(f, "<text x=\"%d\" y=\"%.1f\" text-anchor=\"end\" fill=\"%s\">%s</text>\n",
+                PAD_L - 8, y + 4, C_ERR, num);
+    }
+    fprintf(f, "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%.1f\" stroke=\"%s\"/>\n", PAD_L, PAD_T,
+            PAD_L, sp->main_b, C_TP);
+    fprintf(f, "<line x1=\"%.1f\" y1=\"%d\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\"/>\n", PAD_L + pw,
+            PAD_T, PAD_L + pw, sp->main_b, sp->has_ttft ? "#555555" : C_LAT);
+    fprintf(f, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" stroke=\"%s\"/>\n", PAD_L,
+            sp->err_t, PAD_L, sp->err_b, C_ERR);
+    fprintf(f, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#333333\"/>\n", PAD_L,
+            sp->err_b, PAD_L + pw, sp->err_b);
+    for (unsigned i = 0; i < sp->n; i++) {
+        fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#333333\"/>\n",
+                sp->xs[i], sp->err_b, sp->xs[i], sp->err_b + 5);
+        if (sp->show[i])
+            fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%u</text>\n", sp->xs[i],
+                    sp->err_b + 19, rows[i].concurrency);
+    }
+    fprintf(f,
+            "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-size=\"13\">"
+            "client concurrency (requests in flight)%s</text>\n",
+            PAD_L + pw / 2, sp->err_b + 38, sp->logx ? ", log scale" : "");
+    fprintf(f,
+            "<text transform=\"translate(24 %.1f) rotate(-90)\" text-anchor=\"middle\" "
+            "font-size=\"13\" fill=\"%s\">throughput (%s)</text>\n",
+            PAD_T + MAIN_H / 2.0, C_TP,
+            strcmp(sp->tp.row, "tokens/s") ? "requests/s" : "completion tokens/s");
+    fprintf(f,
+            "<text transform=\"translate(%d %.1f) rotate(90)\" text-anchor=\"middle\" "
+            "font-size=\"13\" fill=\"%s\">%s</text>\n",
+            SVG_W - 24, PAD_T + MAIN_H / 2.0, sp->has_ttft ? "#555555" : C_LAT,
+            sp->has_ttft ? "p95 latency, p95 TTFT (ms)" : "p95 latency (ms)");
+    fprintf(f,
+            "<text transform=\"translate(24 %.1f) rotate(-90)\" text-anchor=\"middle\" "
+            "font-size=\"13\" fill=\"%s\">errors %%</text>\n",
+            sp->err_t + ERR_H / 2.0, C_ERR);
+}
+
+/* The values, one row per series under the x axis, right of their titles. */
+static void draw_table(FILE *f, const struct sweep_plot *sp)
+{
+    const struct series *all[] = {&sp->tp, &sp->lat, &sp->ttft, &sp->err_rate};
+    double y = sp->err_b + 64;
+    char num[32];
+
+    for (size_t k = 0; k < ARRAY_SIZE(all); k++) {
+        if (all[k] == &sp->ttft && !sp->has_ttft)
+            continue;
+        fprintf(f,
+                "<text x=\"%d\" y=\"%.1f\" text-anchor=\"end\" font-size=\"11\" "
+                "fill=\"%s\">%s</text>\n",
+                PAD_L - 8, y, all[k]->color, all[k]->row);
+        for (unsigned i = 0; i < sp->n; i++) {
+            if (!sp->show[i] || !isfinite(all[k]->v[i]))
+                continue;
+            fmt_num(num, sizeof(num), all[k]->v[i]);
+            fprintf(f,
+                    "<text class=\"value-%s\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" "
+                    "font-size=\"11\" fill=\"%s\">%s</text>\n",
+                    all[k]->id, sp->xs[i], y, all[k]->color, num);
+        }
+        y += ROW_H;
+    }
+}
+
+/* One legend row between the subtitle and the plot, items laid end to end. */
+static void draw_legend(FILE *f, const struct sweep_plot *sp)
+{
+    const struct series *all[] = {&sp->tp, &sp->lat, &sp->ttft, &sp->err_rate};
+    double total = 0, x;
+
+    for (size_t k = 0; k < ARRAY_SIZE(all); k++)
+        if (all[k] != &sp->ttft || sp->has_ttft)
+            total += 38 + strlen(all[k]->legend) * CHAR_W_12 + 18;
+    x = (SVG_W - total) / 2;
+    for (size_t k = 0; k < ARRAY_SIZE(all); k++) {
+        const struct series *s = all[k];
+
+        if (s == &sp->ttft && !sp->has_ttft)
+            continue;
+        fprintf(f,
+                "<line x1=\"%.1f\" y1=\"66\" x2=\"%.1f\" y2=\"66\" stroke=\"%s\" "
+                "stroke-width=\"2.5\"%s%s%s/>\n",
+                x, x + 30, s->color, s->dash ? " stroke-dasharray=\"" : "", s->dash ? s->dash : "",
+                s->dash ? "\"" : "");
+        marker(f, s->marker, x + 15, 66, s->color);
+        fprintf(f, "<text x=\"%.1f\" y=\"70\">%s</text>\n", x + 38, s->legend);
+        x += 38 + strlen(s->legend) * CHAR_W_12 + 18;
+    }
+}
+
+int bench_report_sweep_svg(const char *path, const struct bench_conf *c,
+                           const struct bench_result *rows, unsigned n)
+{
+    struct sweep_plot *sp = calloc(1, sizeof(*sp));
+    FILE *f;
+    int rc = 0;
+
+    if (!sp)
+        return -ENOMEM;
+    plan(sp, c, rows, LX_MIN(n, (unsigned)MAX_LEVELS));
     f = fopen(path, "w");
-    if (!f)
-        return -errno;
+    if (!f) {
+        rc = -errno;
+        goto out_free;
+    }
     fprintf(f,
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" "
-            "viewBox=\"0 0 %d %d\" font-family=\"Helvetica, Arial, sans-serif\" "
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%.0f\" "
+            "viewBox=\"0 0 %d %.0f\" font-family=\"Helvetica, Arial, sans-serif\" "
             "font-size=\"12\">\n",
-            SVG_W, SVG_H, SVG_W, SVG_H);
-    fprintf(f, "<title>llmux-bench sweep: throughput and p95 latency vs concurrency</title>\n");
+            SVG_W, sp->height, SVG_W, sp->height);
+    fprintf(f, "<title>llmux-bench sweep: throughput, latency and errors vs concurrency</title>\n");
     fprintf(f, "<rect width=\"100%%\" height=\"100%%\" fill=\"#ffffff\"/>\n");
     fprintf(f,
             "<text x=\"%d\" y=\"28\" text-anchor=\"middle\" font-size=\"17\" "
-            "font-weight=\"bold\">Throughput and p95 latency vs concurrency</text>\n",
+            "font-weight=\"bold\">Throughput, latency and errors vs concurrency</text>\n",
             SVG_W / 2);
     fprintf(f, "<text x=\"%d\" y=\"48\" text-anchor=\"middle\" fill=\"#555555\">", SVG_W / 2);
     xml_text(f, c->model);
@@ -610,101 +873,20 @@ int bench_report_sweep_svg(const char *path, const struct bench_conf *c,
         fprintf(f, "%g s per level</text>\n", c->duration_s);
     else
         fprintf(f, "%llu requests per level</text>\n", (unsigned long long)c->num_requests);
-
-    /* Grid and left axis (throughput). */
-    for (double v = 0; v <= ta.max + ta.step / 2; v += ta.step) {
-        double y = PAD_T + plot_h - v / ta.max * plot_h;
-
-        fprintf(f, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#e5e5e5\"/>\n",
-                PAD_L, y, PAD_L + pw, y);
-        fmt_num(num, sizeof(num), v);
-        fprintf(f, "<text x=\"%d\" y=\"%.1f\" text-anchor=\"end\" fill=\"#1f5fa8\">%s</text>\n",
-                PAD_L - 8, y + 4, num);
-    }
-    /* Right axis (latency). */
-    for (double v = 0; v <= la.max + la.step / 2; v += la.step) {
-        double y = PAD_T + plot_h - v / la.max * plot_h;
-
-        fmt_num(num, sizeof(num), v);
-        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" fill=\"#c2410c\">%s</text>\n", PAD_L + pw + 8,
-                y + 4, num);
-    }
-    fprintf(f, "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%.1f\" stroke=\"#1f5fa8\"/>\n", PAD_L,
-            PAD_T, PAD_L, PAD_T + plot_h);
-    fprintf(f, "<line x1=\"%.1f\" y1=\"%d\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#c2410c\"/>\n",
-            PAD_L + pw, PAD_T, PAD_L + pw, PAD_T + plot_h);
-    fprintf(f, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#333333\"/>\n", PAD_L,
-            PAD_T + plot_h, PAD_L + pw, PAD_T + plot_h);
-    /* X ticks: one per level. */
-    for (unsigned i = 0; i < n; i++) {
-        fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#333333\"/>\n",
-                xs[i], PAD_T + plot_h, xs[i], PAD_T + plot_h + 5);
-        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%u</text>\n", xs[i],
-                PAD_T + plot_h + 20, rows[i].concurrency);
-    }
-    /* Axis titles. */
-    fprintf(f,
-            "<text x=\"%.1f\" y=\"%d\" text-anchor=\"middle\" font-size=\"13\">"
-            "client concurrency (requests in flight)%s</text>\n",
-            PAD_L + pw / 2, SVG_H - 22, logx ? ", log scale" : "");
-    fprintf(f,
-            "<text transform=\"translate(24 %.1f) rotate(-90)\" text-anchor=\"middle\" "
-            "font-size=\"13\" fill=\"#1f5fa8\">%s</text>\n",
-            PAD_T + plot_h / 2, tp_label);
-    fprintf(f,
-            "<text transform=\"translate(%d %.1f) rotate(90)\" text-anchor=\"middle\" "
-            "font-size=\"13\" fill=\"#c2410c\">p95 latency (ms)</text>\n",
-            SVG_W - 24, PAD_T + plot_h / 2);
-
-    /* Series: throughput (solid, circles), p95 latency (dashed, squares). */
-    fprintf(f, "<polyline fill=\"none\" stroke=\"#1f5fa8\" stroke-width=\"2.5\" points=\"");
-    for (unsigned i = 0; i < n; i++)
-        fprintf(f, "%.1f,%.1f ", xs[i], PAD_T + plot_h - ty[i] / ta.max * plot_h);
-    fprintf(f, "\"/>\n<polyline fill=\"none\" stroke=\"#c2410c\" stroke-width=\"2.5\" "
-               "stroke-dasharray=\"7 4\" points=\"");
-    for (unsigned i = 0; i < n; i++)
-        fprintf(f, "%.1f,%.1f ", xs[i], PAD_T + plot_h - ly[i] / la.max * plot_h);
-    fprintf(f, "\"/>\n");
-    for (unsigned i = 0; i < n; i++) {
-        double y1 = PAD_T + plot_h - ty[i] / ta.max * plot_h;
-        double y2 = PAD_T + plot_h - ly[i] / la.max * plot_h;
-
-        fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"4.5\" fill=\"#1f5fa8\"/>\n", xs[i], y1);
-        fmt_num(num, sizeof(num), ty[i]);
-        fprintf(f,
-                "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\" font-size=\"11\" "
-                "fill=\"#1f5fa8\">%s</text>\n",
-                xs[i] - 5, y1 - 8, num);
-        fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"8\" height=\"8\" fill=\"#c2410c\"/>\n",
-                xs[i] - 4, y2 - 4);
-        fmt_num(num, sizeof(num), ly[i]);
-        fprintf(f,
-                "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"start\" font-size=\"11\" "
-                "fill=\"#c2410c\">%s</text>\n",
-                xs[i] + 6, y2 + 16, num);
-        if (rows[i].errors)
-            fprintf(f,
-                    "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-size=\"11\" "
-                    "fill=\"#b91c1c\">%.1f%% errors</text>\n",
-                    xs[i], PAD_T + plot_h - 8, error_rate(&rows[i]));
-    }
-    /* Legend: one row between the subtitle and the plot, never over a line. */
-    fprintf(f,
-            "<line x1=\"%d\" y1=\"66\" x2=\"%d\" y2=\"66\" stroke=\"#1f5fa8\" "
-            "stroke-width=\"2.5\"/><circle cx=\"%d\" cy=\"66\" r=\"4.5\" fill=\"#1f5fa8\"/>\n",
-            SVG_W / 2 - 250, SVG_W / 2 - 220, SVG_W / 2 - 235);
-    fprintf(f, "<text x=\"%d\" y=\"70\">%s (left axis)</text>\n", SVG_W / 2 - 212,
-            by_tokens ? "completion tokens/s" : "requests/s");
-    fprintf(f,
-            "<line x1=\"%d\" y1=\"66\" x2=\"%d\" y2=\"66\" stroke=\"#c2410c\" "
-            "stroke-width=\"2.5\" stroke-dasharray=\"7 4\"/>"
-            "<rect x=\"%d\" y=\"62\" width=\"8\" height=\"8\" fill=\"#c2410c\"/>\n",
-            SVG_W / 2 + 40, SVG_W / 2 + 70, SVG_W / 2 + 51);
-    fprintf(f, "<text x=\"%d\" y=\"70\">p95 latency, ms (right axis)</text>\n", SVG_W / 2 + 78);
+    draw_axes(f, sp, rows);
+    draw_series(f, sp, &sp->tp, sp->left.max, PAD_T, MAIN_H);
+    draw_series(f, sp, &sp->lat, sp->right.max, PAD_T, MAIN_H);
+    if (sp->has_ttft)
+        draw_series(f, sp, &sp->ttft, sp->right.max, PAD_T, MAIN_H);
+    draw_series(f, sp, &sp->err_rate, sp->err.max, sp->err_t, ERR_H);
+    draw_table(f, sp);
+    draw_legend(f, sp);
     fprintf(f, "</svg>\n");
     if (ferror(f))
         rc = -EIO;
     if (fclose(f) && !rc)
         rc = -errno;
+out_free:
+    free(sp);
     return rc;
 }

@@ -312,4 +312,63 @@ def test_sweep_outputs(procs, tmp_path):
     assert root.tag == "{http://www.w3.org/2000/svg}svg"
     text = " ".join(t.text or "" for t in root.iter("{http://www.w3.org/2000/svg}text"))
     assert "p95 latency (ms)" in text and "throughput" in text and "concurrency" in text
-    assert len(list(root.iter("{http://www.w3.org/2000/svg}polyline"))) == 2
+    # Without --stream: no TTFT line; the error rate is a line even at 0 %.
+    assert svg_series(root) == {"throughput": 3, "latency": 3, "errors": 3}
+
+
+SVG_NS = "{http://www.w3.org/2000/svg}"
+
+
+def svg_series(root):
+    """{series id: number of points} of the chart's lines."""
+    return {p.get("class")[len("series-"):]: len(p.get("points").split())
+            for p in root.iter(SVG_NS + "polyline")}
+
+
+def text_boxes(root):
+    """(x0, y0, x1, y1, text) of every unrotated label, a little wider than
+    Helvetica draws it."""
+    out = []
+    for t in root.iter(SVG_NS + "text"):
+        if t.get("transform") or not t.text:
+            continue
+        size = float(t.get("font-size") or root.get("font-size") or 12)
+        w = len(t.text) * size * 0.55
+        x, y = float(t.get("x")), float(t.get("y"))
+        x0 = {"middle": x - w / 2, "end": x - w}.get(t.get("text-anchor"), x)
+        out.append((x0, y - size * 0.75, x0 + w, y + size * 0.2, t.text))
+    return out
+
+
+def test_sweep_chart_errors_ttft_and_labels_apart(procs, tmp_path):
+    """--stream against a node that fails 1 request in 5: the chart has a TTFT
+    line and an error-rate line (points above its floor), and with 14 levels
+    packed on a log axis no two labels overlap, and none leaves the image."""
+    url = procs.sim("--decode-ms", "1", "--error-rate", "0.2", "--seed", "7")
+    svg = tmp_path / "s.svg"
+    levels = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128]
+    r = bench("sweep", "--concurrencies", ",".join(map(str, levels)), "--num-requests", 30,
+              "--max-tokens", 4, "--stream", "--base-url", url, "--plot", svg, check=False)
+    assert r.returncode in (0, 1), r.stderr
+    root = ET.parse(svg).getroot()
+    series = svg_series(root)
+    assert series == {k: len(levels) for k in ("throughput", "latency", "ttft", "errors")}
+    width, height = float(root.get("width")), float(root.get("height"))
+    assert root.get("viewBox") == "0 0 %g %g" % (width, height)
+    err = next(p for p in root.iter(SVG_NS + "polyline") if p.get("class") == "series-errors")
+    ys = [float(xy.split(",")[1]) for xy in err.get("points").split()]
+    assert len(set(ys)) > 1 and min(ys) < max(ys) - 5, ys
+    text = " ".join(t.text or "" for t in root.iter(SVG_NS + "text"))
+    assert "p95 TTFT" in text and "errors %" in text
+    # Values are in the table under the axis, some levels thinned, the last shown.
+    tp = [t.text for t in root.iter(SVG_NS + "text") if t.get("class") == "value-throughput"]
+    assert 3 <= len(tp) < len(levels), tp
+    ticks = [t.text for t in root.iter(SVG_NS + "text")
+             if t.get("text-anchor") == "middle" and t.text in map(str, levels)]
+    assert ticks[0] == "1" and ticks[-1] == "128", ticks
+    boxes = text_boxes(root)
+    for i, a in enumerate(boxes):
+        assert a[0] >= 0 and a[2] <= width and a[1] >= 0 and a[3] <= height, a
+        for b in boxes[i + 1:]:
+            overlap = a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+            assert not overlap, (a, b)

@@ -1,6 +1,8 @@
 """Command line, environment, .env and JSON config file: what a user types."""
 import json
+import re
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +26,54 @@ def test_help_lists_the_spec_flags(tmp_path):
         assert flag in out, "--help does not mention %s:\n%s" % (flag, out)
     for var in ("VLLM_NODES", "AUTH_TOKEN", "MAX_RETRIES", "NODE_TIMEOUT_SECONDS"):
         assert var in out, "--help does not mention %s" % var
+
+
+def help_settings(text):
+    """[(flag or None, env var or None, default or None)] from `llmux --help`."""
+    out, cur = [], None
+    for line in text.splitlines():
+        m = re.match(r"  (?:-\w, )?(--[a-z][a-z0-9-]*)\b", line)
+        if m:
+            cur = [m.group(1), None, None]
+            out.append(cur)
+            continue
+        m = re.match(r"  ([A-Z][A-Z0-9_]+)\s{2,}", line)
+        if m:
+            cur = [None, m.group(1), None]
+            out.append(cur)
+            continue
+        m = re.match(r"\s{20,}(?:env ([A-Z][A-Z0-9_]+), )?default: (.*)$", line)
+        if m and cur is not None:
+            cur[1] = cur[1] or m.group(1)
+            cur[2] = m.group(2).strip()
+        elif not line.startswith(" " * 20):
+            cur = None
+    return out
+
+
+def test_config_md_lists_every_setting_of_help(tmp_path):
+    """Each flag and variable --help names has a row in docs/CONFIG.md's settings
+    table, the flag and its variable on the same row, with the same default."""
+    r = run_llmux(["--help"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    settings = help_settings(r.stdout.decode())
+    assert len(settings) > 40, settings
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "CONFIG.md").read_text()
+    rows = [line for line in doc.splitlines() if line.startswith("| ")]
+    missing = []
+    for flag, env, default in settings:
+        want = [w for w in (flag and "`%s" % flag, env and "`%s`" % env) if w]
+        row = [line for line in rows
+               if all(re.search(re.escape(w) + r"[ `=]", line) for w in want)]
+        if not row:
+            missing.append("%s: no row naming %s" % (flag or env, " and ".join(want)))
+            continue
+        cells = [c.strip() for c in row[0].strip("|").split("|")]
+        num = re.match(r"-?[0-9.]+$", default or "")
+        if num and len(cells) > 3 and not cells[3].startswith("`%s`" % default):
+            missing.append("%s: --help says default %s, CONFIG.md %s"
+                           % (flag or env, default, cells[3]))
+    assert not missing, "docs/CONFIG.md disagrees with --help:\n" + "\n".join(missing)
 
 
 @pytest.mark.parametrize("flag", ["--version", "-V"])

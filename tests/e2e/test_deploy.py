@@ -20,6 +20,7 @@ import threading
 import time
 import httpx
 import pytest
+import yaml
 
 from conftest import REPO, T, bin_path, clean_env
 from e2e_util import wait_for
@@ -84,10 +85,11 @@ def panel_exprs(dash):
     return out
 
 
-def substitute(expr, model=".*", node=".*"):
+def substitute(expr, model=".*", node=".*", instance=".*"):
     """Replaces the dashboard's template variables as Grafana would."""
     for k, v in (("$__rate_interval", RATE_WINDOW), ("$__interval", "5s"),
-                 ("${model}", model), ("$model", model), ("${node}", node), ("$node", node)):
+                 ("${model}", model), ("$model", model), ("${node}", node), ("$node", node),
+                 ("${instance}", instance), ("$instance", instance)):
         expr = expr.replace(k, v)
     return expr
 
@@ -102,7 +104,11 @@ def test_dashboard_structure():
     variables = {v["name"]: v for v in dash["templating"]["list"]}
     ds = variables["DS_PROMETHEUS"]
     assert ds["type"] == "datasource" and ds["query"] == "prometheus"
-    for name, metric in (("model", "llmux_requests_total"), ("node", "llmux_node_healthy")):
+    # One llmux or several: the instance variable, and model and node offer
+    # the values of the chosen instances.
+    for name, metric in (("instance", "llmux_build_info"),
+                         ("model", 'llmux_requests_total{instance=~"$instance"}'),
+                         ("node", 'llmux_node_healthy{instance=~"$instance"}')):
         v = variables[name]
         assert v["type"] == "query"
         assert v["query"]["query"] == "label_values(%s, %s)" % (metric, name)
@@ -135,6 +141,33 @@ def test_dashboard_structure():
             assert not left, "unknown variable %s in %r" % (left, p["title"])
         g = p["gridPos"]
         assert g["x"] + g["w"] <= 24, p["title"]
+
+    # Every llmux series a panel reads is filtered by the instance variable.
+    for title, ref, expr in panel_exprs(dash):
+        for m in re.finditer(r"\b(llmux_\w+)(\{[^}]*\})?", expr):
+            assert 'instance=~"$instance"' in (m.group(2) or ""), (title, ref, m.group(0))
+    # Token rates read as tokens/s.
+    for p in panels:
+        if p["type"] != "row" and "llmux_tok" in json.dumps(p["targets"]):
+            assert p["fieldConfig"]["defaults"]["unit"] == "suffix: tok/s", p["title"]
+
+    # The error-ratio panel counts what the LlmuxHighErrorRate alert counts:
+    # the same series in the numerator and the denominator (the panel adds
+    # its variables' filters) and the alert's threshold as the panel's red.
+    def selectors(expr):
+        out = []
+        for m in re.finditer(r"\b(llmux_\w+)(\{[^}]*\})?", expr):
+            found = re.findall(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"', m.group(2) or "")
+            out.append((m.group(1), sorted(f for f in found if f[0] not in ("model", "instance"))))
+        return out
+    ratio = next(p for p in panels if p["title"] == "Error ratio")
+    rule = next(r for g in yaml.safe_load(PROM_RULES.read_text())["groups"] for r in g["rules"]
+                if r.get("alert") == "LlmuxHighErrorRate")
+    assert selectors(ratio["targets"][0]["expr"]) == selectors(rule["expr"]), (
+        ratio["targets"][0]["expr"], rule["expr"])
+    threshold = float(re.search(r"\)\s*>\s*([0-9.]+)\s*$", rule["expr"].strip()).group(1))
+    steps = ratio["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert steps[-1]["color"] == "red" and steps[-1]["value"] == threshold, steps
 
     # The latency panel keeps the seed's p95, next to p50 and p99.
     lat = next(p for p in panels if p["title"] == SEED_LATENCY_PANEL)

@@ -82,7 +82,10 @@ def families(text):
 def selectors(expr):
     """[(metric, [(label, op, value)])] of every llmux_* selector of a PromQL
     expression, with the dashboard's variables set to All."""
-    for k, v in (("${model}", ".*"), ("$model", ".*"), ("${node}", ".*"), ("$node", ".*")):
+    # $instance is Prometheus's target label, absent from llmux's own
+    # exposition: ".*" matches the empty value, as Prometheus does.
+    for k, v in (("${model}", ".*"), ("$model", ".*"), ("${node}", ".*"), ("$node", ".*"),
+                 ("${instance}", ".*"), ("$instance", ".*")):
         expr = expr.replace(k, v)
     out = []
     for m in SELECTOR.finditer(expr):

@@ -28,8 +28,10 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 
+import httpx
 import pytest
 
 from conftest import T
@@ -369,7 +371,9 @@ def test_status_is_one_self_contained_page_with_strict_headers(procs):
     for href in re.findall(r"\shref\s*=\s*\"([^\"]*)\"", page, re.I):
         assert href.startswith("data:"), href
     assert "@import" not in page and "url(" not in page
-    assert not re.search(r"https?://", page), "the page names an external URL"
+    # The SVG namespace is a name, not an address the page loads.
+    assert not re.search(r"https?://", page.replace("'http://www.w3.org/2000/svg'", "")), \
+        "the page names an external URL"
 
     csp = {d.split()[0]: d.split()[1:] for d in
            (p.strip() for p in r.headers["content-security-policy"].split(";")) if d}
@@ -522,9 +526,6 @@ def test_token_form_session_storage_and_rates_in_a_live_page(procs, tmp_path, br
     browser.eval("document.getElementById('logout').click(); true")
     browser.wait_js(view + " === 'auth'", T(5), "the prompt after forgetting the token")
     assert browser.eval("sessionStorage.getItem('llmux.status.token')") is None
-    shot = os.environ.get("LLMUX_STATUS_SCREENSHOT")
-    if shot:
-        browser.screenshot(shot)
 
 
 def test_page_survives_the_gateway_going_away(procs, tmp_path, browser):
@@ -536,3 +537,90 @@ def test_page_survives_the_gateway_going_away(procs, tmp_path, browser):
     assert "Cannot read /stats" in browser.eval("document.getElementById('banner').textContent")
     # The last good figures stay on the page.
     assert browser.eval("document.querySelectorAll('tr[data-node]').length") == 1
+
+
+def _chart_points(browser, chart):
+    """{series: [(x, y), ...]} of one chart, read from its SVG paths (y down, 0..80)."""
+    got = browser.eval("[...document.querySelectorAll('[data-chart=%s] path')]"
+                       ".map(p => [p.dataset.series, p.getAttribute('d') || ''])" % chart)
+    return {name: [tuple(float(v) for v in xy.split())
+                   for xy in re.findall(r"[ML]([-\d.]+ [-\d.]+)", d)] for name, d in got}
+
+
+def test_charts_keep_what_the_page_saw_and_draw_it(procs, tmp_path, chromium, closed_port):
+    """The page's history: ~12 s of mixed traffic (streamed, some refused with
+    500, enough at once to queue) polled every 200 ms (/status?interval=200,
+    ~60 samples, what a minute is at the default's scale) is drawn in the five
+    charts, each with a line that has points and leaves the zero line; TTFT has
+    one line per node with its p50 and p95; the vLLM gauges say how old they are."""
+    names = ["gpu-a1", "gpu-a2", "gpu-a3"]
+    sims, lx = start_gateway(procs, tmp_path, names, dead_port=closed_port,
+                             env={"HEALTH_CHECK_INTERVAL_SECONDS": "0.5", "MAX_RETRIES": "0",
+                                  "EJECT_COOLDOWN_SECONDS": "0",
+                                  "MAX_CONCURRENT_REQUESTS": "3",
+                                  "METRICS_UPDATE_INTERVAL_SECONDS": "1"})
+    b = Cdp(chromium, height=960)
+    stop = threading.Event()
+    sent = {"ok": 0, "err": 0}
+
+    def client(seed):
+        with httpx.Client(base_url=lx.url, timeout=T(30)) as c:
+            i = seed
+            while not stop.is_set():
+                i += 1
+                sim = "ttft_ms=%d" % (5 + (i * 37) % 60)
+                if i % 7 == 0:
+                    sim += ",status=500"
+                r = c.post(CHAT, json=chat_body(content="chart %d" % i, stream=True,
+                                                max_tokens=8), headers={"x-sim": sim})
+                sent["ok" if r.status_code == 200 else "err"] += 1
+
+    threads = [threading.Thread(target=client, args=(k * 1000,), daemon=True) for k in range(6)]
+    try:
+        b.navigate(lx.url + "/status?interval=200")
+        b.wait_js("document.querySelectorAll('tr[data-node]').length", T(15), "the rows")
+        assert b.eval("document.getElementById('poll-every').textContent") == "200 ms"
+        for t in threads:
+            t.start()
+        time.sleep(12)
+        shot = os.environ.get("LLMUX_STATUS_SCREENSHOT")
+        if shot:
+            b.screenshot(shot)
+        stop.set()
+        for t in threads:
+            t.join(T(30))
+        assert sent["ok"] > 50 and sent["err"] > 5, sent
+        # A few more samples after the traffic, so the lines come back down.
+        time.sleep(1)
+
+        charts = b.eval("[...document.querySelectorAll('[data-chart]')].map(c => c.dataset.chart)")
+        assert charts == ["requests", "errors", "ttft", "queue", "tokens"], charts
+        samples = int(b.eval("document.querySelector('[data-chart=requests]').dataset.samples"))
+        assert samples >= 40, samples
+        expect = {"requests": ["requests/s"], "errors": ["errors to clients"],
+                  "tokens": ["completion tokens/s"], "queue": ["waiting", "active"],
+                  "ttft": names}
+        for chart, series in expect.items():
+            pts = _chart_points(b, chart)
+            for name in series:
+                assert name in pts, (chart, name, list(pts))
+                xs = [x for x, _ in pts[name]]
+                assert len(xs) >= 10, (chart, name, pts[name])
+                assert xs == sorted(xs) and 0 <= xs[0] and xs[-1] <= 300.01, (chart, name, xs)
+                # Some point above the zero line (y = 80): the chart saw data.
+                assert min(y for _, y in pts[name]) < 79, (chart, name, pts[name])
+        # The node that never answered has no TTFT line.
+        assert "dead-node" not in _chart_points(b, "ttft")
+        legend = b.eval("[...document.querySelectorAll('[data-chart=ttft] .legend span')]"
+                        ".map(e => [e.dataset.p50, e.dataset.p95, e.textContent])")
+        assert len(legend) == 3, legend
+        for p50, p95, text in legend:
+            assert 0 < float(p50) <= float(p95), legend
+            assert re.search(r"p50 [\d.]+ ms \u00b7 p95 [\d.]+ ms", text), text
+        assert b.eval("document.querySelectorAll('[data-chart] .none:not([hidden])').length") == 0
+        ages = b.eval("[...document.querySelectorAll('tr[data-node] [data-field=scrape_age]')]"
+                      ".filter(e => !e.hidden).map(e => e.textContent)")
+        assert len(ages) == 3 and all(re.fullmatch(r"scraped \d+s ago", a) for a in ages), ages
+    finally:
+        stop.set()
+        b.close()
