@@ -167,7 +167,10 @@ def test_selectors_are_read():
                  "llmux_tokens_per_second_bucket", "llmux_node_failures_total",
                  "llmux_upstream_errors_total", "llmux_requests_rejected_total",
                  "llmux_endpoint_requests_total", "llmux_retries_refused_total",
-                 "llmux_hedges_total", "llmux_stream_resumes_total", "llmux_node_healthy"):
+                 "llmux_hedges_total", "llmux_stream_resumes_total", "llmux_node_healthy",
+                 "llmux_node_time_to_first_token_seconds_bucket",
+                 "llmux_node_inter_token_latency_seconds_bucket",
+                 "llmux_node_prefix_cache_hits_total", "llmux_node_prefix_cache_queries_total"):
         assert want in names, want
     sel = selectors('sum(rate(llmux_requests_total{model=~"$model",status=~"5.."}[5m]))')
     assert sel == [("llmux_requests_total", [("model", "=~", ".*"), ("status", "=~", "5..")])]
