@@ -171,6 +171,11 @@ static void scrape_result(struct hnode *hn, struct hx *x)
         /* A counter that went back: the engine restarted, its cache is empty. */
         if (q < atomic_exchange(&n->scraped_prefix_queries, q))
             atomic_fetch_add(&n->cache_gen, 1);
+        atomic_store(&n->scraped_has_prefix_queries, true);
+    }
+    if (load.has_prefix_hits) {
+        atomic_store(&n->scraped_prefix_hits, (uint64_t)load.prefix_hits);
+        atomic_store(&n->scraped_has_prefix_hits, true);
     }
     atomic_store(&n->scraped_at_ms, lx_now_ms());
 }

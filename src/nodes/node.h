@@ -80,6 +80,9 @@ struct lx_node {
     atomic_uint_fast64_t scraped_cache_tokens; /* vllm:cache_config_info num_gpu_blocks x
                                                   block_size, 0 = unknown */
     atomic_uint_fast64_t scraped_prefix_queries; /* vllm:prefix_cache_queries_total (restarts) */
+    atomic_uint_fast64_t scraped_prefix_hits;    /* vllm:prefix_cache_hits_total (restarts) */
+    atomic_bool scraped_has_prefix_queries;      /* scraped_prefix_queries read at least once */
+    atomic_bool scraped_has_prefix_hits;         /* scraped_prefix_hits read at least once */
 };
 
 struct lx_pool {

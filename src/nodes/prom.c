@@ -1,6 +1,6 @@
 /*
- * prom.c - a line scanner for the Prometheus text format, for the vLLM
- * gauges only; see prom.h. Lines: `name{labels} value [timestamp]`, `#`
+ * prom.c - a line scanner for the Prometheus text format, for the few vLLM
+ * gauges and counters llmux reads; see prom.h. Lines: `name{labels} value [timestamp]`, `#`
  * comments. Anything unexpected on a line skips that line.
  */
 #include "prom.h"
@@ -12,8 +12,21 @@
 /* Sums of counts over a node's series stop here: far above any real engine,
  * and exact and convertible to uint64_t whatever a node sends. */
 #define PROM_SUM_MAX 1e15
+/* No real engine has a billion requests or sequences: a larger gauge or label
+ * number is garbage. The prefix-cache counters count tokens, which a busy
+ * engine passes a billion of within a day: they may go up to PROM_SUM_MAX. */
+#define PROM_VALUE_MAX 1e9
 
-enum metric { M_NONE, M_WAITING, M_RUNNING, M_KV_NEW, M_KV_OLD, M_CACHE_CONFIG, M_PREFIX_QUERIES };
+enum metric {
+    M_NONE,
+    M_WAITING,
+    M_RUNNING,
+    M_KV_NEW,
+    M_KV_OLD,
+    M_CACHE_CONFIG,
+    M_PREFIX_QUERIES,
+    M_PREFIX_HITS
+};
 
 static enum metric metric_of(const char *p, size_t n)
 {
@@ -27,6 +40,7 @@ static enum metric metric_of(const char *p, size_t n)
         {"vllm:gpu_cache_usage_perc", M_KV_OLD},
         {"vllm:cache_config_info", M_CACHE_CONFIG},
         {"vllm:prefix_cache_queries_total", M_PREFIX_QUERIES},
+        {"vllm:prefix_cache_hits_total", M_PREFIX_HITS},
     };
 
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
@@ -35,8 +49,9 @@ static enum metric metric_of(const char *p, size_t n)
     return M_NONE;
 }
 
-/* Parses a sample value (finite decimal, or +Inf/NaN which are rejected). */
-static bool parse_value(const char *p, const char *end, double *out)
+/* Parses a sample value: finite and at most <max> (+Inf, NaN and larger
+ * values are rejected). */
+static bool parse_value(const char *p, const char *end, double max, double *out)
 {
     char tmp[64];
     size_t n = 0;
@@ -51,9 +66,7 @@ static bool parse_value(const char *p, const char *end, double *out)
     memcpy(tmp, p, n);
     tmp[n] = '\0';
     *out = strtod(tmp, &stop);
-    /* No real engine has a billion requests or sequences: larger values are
-     * garbage, and would make the sums overflow. */
-    return *stop == '\0' && isfinite(*out) && *out <= 1e9;
+    return *stop == '\0' && isfinite(*out) && *out <= max;
 }
 
 /* The number in label <name>="N" of the label set [p, end), or -1. */
@@ -69,7 +82,7 @@ static double label_number(const char *p, const char *end, const char *name)
 
             while (q < end && *q != '"')
                 q++;
-            return q < end && parse_value(v0, q, &v) && v >= 0 ? v : -1;
+            return q < end && parse_value(v0, q, PROM_VALUE_MAX, &v) && v >= 0 ? v : -1;
         }
     }
     return -1;
@@ -86,6 +99,7 @@ int lx_prom_scan_vllm(const char *text, size_t len, struct lx_vllm_load *out)
         const char *eol = memchr(p, '\n', (size_t)(end - p));
         const char *line = p, *q, *labels = NULL;
         enum metric m;
+        bool counter;
         double v;
 
         if (!eol)
@@ -117,7 +131,8 @@ int lx_prom_scan_vllm(const char *text, size_t len, struct lx_vllm_load *out)
                 continue;
             q++;
         }
-        if (!parse_value(q, eol, &v) || v < 0)
+        counter = m == M_PREFIX_QUERIES || m == M_PREFIX_HITS;
+        if (!parse_value(q, eol, counter ? PROM_SUM_MAX : PROM_VALUE_MAX, &v) || v < 0)
             continue;
         switch (m) {
         case M_WAITING:
@@ -146,6 +161,10 @@ int lx_prom_scan_vllm(const char *text, size_t len, struct lx_vllm_load *out)
         case M_PREFIX_QUERIES:
             out->prefix_queries = fmin(out->prefix_queries + v, PROM_SUM_MAX);
             out->has_prefix_queries = true;
+            break;
+        case M_PREFIX_HITS:
+            out->prefix_hits = fmin(out->prefix_hits + v, PROM_SUM_MAX);
+            out->has_prefix_hits = true;
             break;
         default:
             break;

@@ -204,14 +204,12 @@ void lx_obs_model(const struct lx_obs_view *v, struct lx_http_req *req, const ch
     send_json(req, 200, m, rid);
 }
 
-/* One gauge sample per (pool, node): a node listed in two pools is two
- * series (labels pool and node), each with its own in-flight count and
- * state; <get> reads the figure, NaN = nothing known (no sample). */
-static void node_gauge(struct lx_buf *b, struct lx_registry *reg, const char *name,
-                       const char *help, double (*get)(const struct lx_node *, uint64_t),
-                       uint64_t now)
+/* One sample per (pool, node): a node listed in two pools is two series
+ * (labels pool and node), each with its own in-flight count and state;
+ * <get> reads the figure, NaN = nothing known (no sample). */
+static void node_samples(struct lx_buf *b, struct lx_registry *reg, const char *name,
+                         double (*get)(const struct lx_node *, uint64_t), uint64_t now)
 {
-    lx_metrics_gauge_head(b, name, help);
     for (size_t i = 0; i < reg->n_pools; i++) {
         for (size_t k = 0; k < reg->pools[i].n_nodes; k++) {
             const struct lx_node *n = reg->pools[i].nodes[k];
@@ -223,6 +221,24 @@ static void node_gauge(struct lx_buf *b, struct lx_registry *reg, const char *na
                                          NULL, NULL, v);
         }
     }
+}
+
+static void node_gauge(struct lx_buf *b, struct lx_registry *reg, const char *name,
+                       const char *help, double (*get)(const struct lx_node *, uint64_t),
+                       uint64_t now)
+{
+    lx_metrics_gauge_head(b, name, help);
+    node_samples(b, reg, name, get, now);
+}
+
+/* A counter the node keeps (scraped), mirrored: it falls when the node's
+ * engine restarts, which Prometheus's rate() takes as a reset. */
+static void node_counter(struct lx_buf *b, struct lx_registry *reg, const char *name,
+                         const char *help, double (*get)(const struct lx_node *, uint64_t),
+                         uint64_t now)
+{
+    lx_metrics_counter_head(b, name, help);
+    node_samples(b, reg, name, get, now);
 }
 
 static double get_active(const struct lx_node *n, uint64_t now)
@@ -265,6 +281,19 @@ static double get_waiting(const struct lx_node *n, uint64_t now)
     return atomic_load(&n->scraped_at_ms) ? atomic_load(&n->scraped_waiting) : NAN;
 }
 
+static double get_prefix_queries(const struct lx_node *n, uint64_t now)
+{
+    return atomic_load(&n->scraped_has_prefix_queries)
+               ? (double)atomic_load(&n->scraped_prefix_queries)
+               : NAN;
+}
+
+static double get_prefix_hits(const struct lx_node *n, uint64_t now)
+{
+    return atomic_load(&n->scraped_has_prefix_hits) ? (double)atomic_load(&n->scraped_prefix_hits)
+                                                     : NAN;
+}
+
 void lx_obs_metrics(const struct lx_obs_view *v, struct lx_http_req *req, const char *rid)
 {
     struct lx_admit *a = v->admit;
@@ -293,6 +322,14 @@ void lx_obs_metrics(const struct lx_obs_view *v, struct lx_http_req *req, const 
     node_gauge(&b, v->reg, "llmux_node_requests_waiting",
                "Requests waiting inside the node, scraped from its vLLM /metrics.", get_waiting,
                now);
+    node_counter(&b, v->reg, "llmux_node_prefix_cache_queries_total",
+                 "Prompt tokens the node looked up in its prefix cache: its vLLM "
+                 "vllm:prefix_cache_queries_total, as last scraped.",
+                 get_prefix_queries, now);
+    node_counter(&b, v->reg, "llmux_node_prefix_cache_hits_total",
+                 "Prompt tokens the node found in its prefix cache: its vLLM "
+                 "vllm:prefix_cache_hits_total, as last scraped.",
+                 get_prefix_hits, now);
     lx_metrics_gauge_head(&b, "llmux_uptime_seconds", "Seconds since llmux started.");
     lx_metrics_sample(&b, "llmux_uptime_seconds", NULL, NULL,
                       (double)(uv_hrtime() - v->start_hr_ns) / 1e9);

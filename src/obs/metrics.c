@@ -472,6 +472,11 @@ void lx_metrics_gauge_head(struct lx_buf *out, const char *name, const char *hel
     lx_buf_appendf(out, "# HELP %s %s\n# TYPE %s gauge\n", name, help, name);
 }
 
+void lx_metrics_counter_head(struct lx_buf *out, const char *name, const char *help)
+{
+    lx_buf_appendf(out, "# HELP %s %s\n# TYPE %s counter\n", name, help, name);
+}
+
 void lx_metrics_sample(struct lx_buf *out, const char *name, const char *label,
                        const char *value, double v)
 {

@@ -125,6 +125,9 @@ void lx_metrics_upstream_error(struct lx_metrics *m, const char *node, enum lx_f
 void lx_metrics_render(struct lx_buf *out, const struct lx_registry *reg);
 /* Appends one gauge family (HELP, TYPE, and the caller's samples follow). */
 void lx_metrics_gauge_head(struct lx_buf *out, const char *name, const char *help);
+/* As lx_metrics_gauge_head, for a counter the caller keeps (a node's own,
+ * mirrored). */
+void lx_metrics_counter_head(struct lx_buf *out, const char *name, const char *help);
 /* Appends `name{label="value"} v` with the value escaped. */
 void lx_metrics_sample(struct lx_buf *out, const char *name, const char *label,
                        const char *value, double v);

@@ -126,7 +126,10 @@ def test_dashboard_structure():
                             "Queue wait p50 / p95 / p99", "KV-cache use per node",
                             "Waiting requests per node", "Requests by endpoint",
                             "Errors by endpoint", "Retries refused by the budget",
-                            "Hedges by outcome", "Stream resumes by outcome"):
+                            "Hedges by outcome", "Stream resumes by outcome",
+                            "Node time to first token p50 / p95",
+                            "Node inter-token latency p50 / p95",
+                            "Prefix-cache hit rate by node"):
         assert t in titles, "panel %r missing" % t
 
     for p in panels:

@@ -16,7 +16,8 @@ GET /metrics on a fresh gateway and under hostile label values:
 - per node: time to first token and inter-token latency of streams, and the
   node latency split by stream="true|false";
 - a node listed in two pools is one series per pool in the gauges (labels pool
-  and node; healthy is 1 in each, never 2).
+  and node; healthy is 1 in each, never 2);
+- the nodes' prefix-cache counters, scraped, mirror the node's own.
 """
 import json
 import re
@@ -35,10 +36,13 @@ DASHBOARD = REPO / "deploy" / "grafana" / "llmux-dashboard.json"
 RULES = REPO / "deploy" / "prometheus" / "alerts.yml"
 CHAT = "/v1/chat/completions"
 
-# Gauges read from the nodes' own /metrics: unknown until the first scrape
-# of the node succeeded (METRICS_UPDATE_INTERVAL_SECONDS), and a 0 would be a
-# lie, so they have no sample before it. Checked once the nodes were scraped.
-SCRAPED_FROM_NODES = {"llmux_node_kv_cache_usage", "llmux_node_requests_waiting"}
+# Gauges and counters read from the nodes' own /metrics: unknown until the
+# first scrape of the node succeeded (METRICS_UPDATE_INTERVAL_SECONDS), and a
+# 0 would be a lie, so they have no sample before it. Checked once the nodes
+# were scraped.
+SCRAPED_FROM_NODES = {"llmux_node_kv_cache_usage", "llmux_node_requests_waiting",
+                      "llmux_node_prefix_cache_queries_total",
+                      "llmux_node_prefix_cache_hits_total"}
 
 # The endpoint label values: the table in src/http/api.h, and "other".
 ENDPOINTS = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank",
@@ -163,7 +167,10 @@ def test_selectors_are_read():
                  "llmux_tokens_per_second_bucket", "llmux_node_failures_total",
                  "llmux_upstream_errors_total", "llmux_requests_rejected_total",
                  "llmux_endpoint_requests_total", "llmux_retries_refused_total",
-                 "llmux_hedges_total", "llmux_stream_resumes_total", "llmux_node_healthy"):
+                 "llmux_hedges_total", "llmux_stream_resumes_total", "llmux_node_healthy",
+                 "llmux_node_time_to_first_token_seconds_bucket",
+                 "llmux_node_inter_token_latency_seconds_bucket",
+                 "llmux_node_prefix_cache_hits_total", "llmux_node_prefix_cache_queries_total"):
         assert want in names, want
     sel = selectors('sum(rate(llmux_requests_total{model=~"$model",status=~"5.."}[5m]))')
     assert sel == [("llmux_requests_total", [("model", "=~", ".*"), ("status", "=~", "5..")])]
@@ -411,3 +418,42 @@ def test_node_ttft_itl_and_latency_by_stream(procs, tmp_path):
     # A whole answer's head comes after its generation, a stream's before it.
     assert g[("llmux_node_latency_seconds_sum", "true")] < \
         g[("llmux_node_time_to_first_token_seconds_sum", None)]
+
+
+def test_node_prefix_cache_counters_mirror_the_node(procs, tmp_path):
+    """llmux_node_prefix_cache_{queries,hits}_total{pool,node}: counters, the
+    node's own vllm:prefix_cache_*_total as last scraped."""
+    sim = procs.sim(model=None)
+    cfg = write_config(tmp_path, {"m": {"servers": [{"url": sim.url, "name": "gpu0"}]}})
+    lx = procs.llmux(args=["--config", str(cfg), "--metrics-update-interval", "0.2"])
+    system = "You are a helpful assistant. " * 40
+    for i in range(4):
+        r = lx.client.post(CHAT, json={"model": "m", "max_tokens": 4, "messages": [
+            {"role": "system", "content": system}, {"role": "user", "content": "q %d" % i}]})
+        assert r.status_code == 200, r.text
+
+    def node_own():
+        want = {}
+        for n, l, v in parse(sim.client.get("/metrics").text):
+            if n in ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"):
+                want[n] = want.get(n, 0) + v
+        return want
+
+    want = node_own()
+    assert want["vllm:prefix_cache_queries_total"] > 0, want
+
+    def mirrored():
+        text = lx.client.get("/metrics").text
+        got = {(n, l["pool"], l["node"]): v for n, l, v in parse(text)
+               if n.startswith("llmux_node_prefix_cache_")}
+        return (text, got) if got == {
+            ("llmux_node_prefix_cache_queries_total", "m", "gpu0"):
+                want["vllm:prefix_cache_queries_total"],
+            ("llmux_node_prefix_cache_hits_total", "m", "gpu0"):
+                want["vllm:prefix_cache_hits_total"]} else None
+    text, _ = wait_for(mirrored, T(10), interval=0.1, what="the node's prefix-cache counters")
+    types = families(text)
+    assert types["llmux_node_prefix_cache_queries_total"] == "counter"
+    assert types["llmux_node_prefix_cache_hits_total"] == "counter"
+    # The same system prompt again: the node found part of it in its cache.
+    assert want["vllm:prefix_cache_hits_total"] > 0, want

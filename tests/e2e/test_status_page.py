@@ -322,7 +322,7 @@ def send_chats(lx, n, headers=None):
         assert r.status_code == 200, r.text
 
 
-def start_gateway(procs, tmp_path, names, env=None, dead_port=None):
+def start_gateway(procs, tmp_path, names, env=None, dead_port=None, args=()):
     """Starts one sim per name and llmux with a config naming them."""
     sims = [procs.sim(fast=True) for _ in names]
     servers = [{"url": s.url, "name": n} for s, n in zip(sims, names)]
@@ -331,7 +331,7 @@ def start_gateway(procs, tmp_path, names, env=None, dead_port=None):
     cfg = tmp_path / "llmux.json"
     cfg.write_text(json.dumps({"models": {"sim-model": {"servers": servers,
                                                         "strategy": "round_robin"}}}))
-    return sims, procs.llmux(args=["--config", str(cfg)], env=env)
+    return sims, procs.llmux(args=["--config", str(cfg)] + list(args), env=env)
 
 
 def stats(lx, headers=None):
@@ -449,6 +449,39 @@ def test_page_renders_every_node_with_its_state_and_updates(procs, tmp_path, chr
     assert sum(rows2[n][1] for n in names) >= sum(rows[n][1] for n in names) + 9
     for n in names:
         assert rows2[n][1] > rows[n][1], (n, rows[n], rows2[n])
+
+
+def test_drained_node_shows_as_drained_not_unhealthy(procs, tmp_path, chromium):
+    # /stats says healthy: false for a drained node (it takes no new
+    # requests); the page goes by its state, and by /stats' own status.
+    names = ["alpha", "beta"]
+    admin = {"Authorization": "Bearer " + TOKEN}
+    sims, lx = start_gateway(procs, tmp_path, names, args=["--admin-token", TOKEN])
+    r = lx.client.post("/admin/nodes/alpha/drain", headers=admin)
+    assert r.status_code == 200, r.text
+    s = stats(lx)
+    assert {n["name"]: n["state"] for n in s["nodes"]} == {"alpha": "drained", "beta": "healthy"}
+    assert s["status"] == "degraded"
+
+    dom = dump_dom(chromium, lx.url + "/status")
+    assert dom.body.attrs.get("data-view") == "dash", dom.source[-3000:]
+    assert {k: v[0] for k, v in dom.rows().items()} == {"alpha": "drained", "beta": "healthy"}
+    alpha = dom.find("tr", data_node="alpha")
+    assert alpha.find("td", **{"class": "state"}).find("span").text() == "drained"
+    assert dom.body.attrs.get("data-overall") == s["status"]
+    assert dom.by_id("overall").text() == s["status"]
+    sub = dom.by_id("c-nodes-sub").text()
+    assert "1 drained" in sub and "unhealthy" not in sub, sub
+    assert dom.by_id("c-nodes").text().replace(" ", "") == "1/2"
+
+    # Every node drained: the pool is down, as /stats and /health say.
+    r = lx.client.post("/admin/nodes/beta/drain", headers=admin)
+    assert r.status_code == 200, r.text
+    assert stats(lx)["status"] == "down"
+    dom = dump_dom(chromium, lx.url + "/status")
+    assert dom.by_id("overall").text() == "down"
+    sub = dom.by_id("c-nodes-sub").text()
+    assert "2 drained" in sub and "unhealthy" not in sub, sub
 
 
 def test_page_asks_for_the_token_when_stats_needs_one(procs, tmp_path, chromium):

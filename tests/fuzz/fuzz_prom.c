@@ -30,6 +30,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         load.prefix_queries < 0 || (!load.has_cache_tokens && load.cache_tokens != 0) ||
         (!load.has_prefix_queries && load.prefix_queries != 0))
         abort();
+    /* The counters are stored as uint64_t: at most 1e15, exact. */
+    if (!(load.prefix_hits >= 0 && load.prefix_hits <= 1e15) || load.prefix_queries > 1e15 ||
+        (!load.has_prefix_hits && load.prefix_hits != 0))
+        abort();
     free(text);
     return 0;
 }

@@ -75,6 +75,10 @@ static const char vllm_two_engines[] =
     "# TYPE vllm:prefix_cache_queries_total counter\n"
     "vllm:prefix_cache_queries_total{engine=\"0\",model_name=\"meta-llama/Llama-3.1-8B-Instruct\"} "
     "98765.0\n"
+    "# HELP vllm:prefix_cache_hits_total Prefix cache hits, in terms of number of cached tokens.\n"
+    "# TYPE vllm:prefix_cache_hits_total counter\n"
+    "vllm:prefix_cache_hits_total{engine=\"0\",model_name=\"meta-llama/Llama-3.1-8B-Instruct\"} "
+    "54321.0\n"
     "# HELP vllm:num_preemptions_total Cumulative number of preemption from the engine.\n"
     "# TYPE vllm:num_preemptions_total counter\n"
     "vllm:num_preemptions_total{engine=\"0\",model_name=\"meta-llama/Llama-3.1-8B-Instruct\"} 0.0\n"
@@ -462,6 +466,79 @@ static void test_prefix_cache_queries(void **state)
     assert_double(l.prefix_queries, 0);
 }
 
+/* vllm:prefix_cache_hits_total, as the queries: summed over engines, its
+ * _created sample and lookalikes left out, absent = not known. */
+static void test_prefix_cache_hits(void **state)
+{
+    struct lx_vllm_load l;
+
+    assert_int_equal(scan(vllm_two_engines, &l), 0);
+    assert_true(l.has_prefix_hits);
+    assert_double(l.prefix_hits, 54321);
+    assert_int_equal(
+        scan("vllm:num_requests_running 0\n"
+             "# TYPE vllm:prefix_cache_hits counter\n"
+             "vllm:prefix_cache_hits_total{engine=\"0\",model_name=\"m\"} 700.0\n"
+             "vllm:prefix_cache_hits_created{engine=\"0\",model_name=\"m\"} 1.7e+09\n"
+             "vllm:prefix_cache_hits_total{engine=\"1\",model_name=\"m\"} 300\n"
+             "vllm:prefix_cache_queries_total{engine=\"0\",model_name=\"m\"} 4000\n"
+             "vllm:prefix_cache_hits{engine=\"0\"} 5\n"
+             "vllm:prefix_cache_hits_total_x 5\n"
+             "xvllm:prefix_cache_hits_total 5\n"
+             "vllm:prefix_cache_hits_total{engine=\"2\"} -3\n"
+             "vllm:prefix_cache_hits_total{engine=\"2\"} NaN\n"
+             "vllm:prefix_cache_hits_total{engine=\"2\"} +Inf\n"
+             "vllm:prefix_cache_hits_total{engine=\"2\"} 12abc\n",
+             &l),
+        0);
+    assert_true(l.has_prefix_hits && l.has_prefix_queries);
+    assert_double(l.prefix_hits, 1000);
+    assert_double(l.prefix_queries, 4000);
+    /* Absent: not known, rather than zero hits. */
+    assert_int_equal(scan("vllm:num_requests_running 0\n"
+                          "vllm:prefix_cache_queries_total 5\n",
+                          &l),
+                     0);
+    assert_false(l.has_prefix_hits);
+    assert_double(l.prefix_hits, 0);
+    /* A fresh engine reports 0: present. */
+    assert_int_equal(scan("vllm:num_requests_running 0\nvllm:prefix_cache_hits_total 0\n", &l),
+                     0);
+    assert_true(l.has_prefix_hits);
+    assert_double(l.prefix_hits, 0);
+    /* Only the counters: no load figure, not a vLLM answer, but read. */
+    assert_int_equal(scan("vllm:prefix_cache_hits_total 2\n", &l), -1);
+    assert_true(l.has_prefix_hits);
+    assert_double(l.prefix_hits, 2);
+}
+
+/* The prefix-cache counters count tokens: past a billion (a busy engine's
+ * day) they are still read, as vLLM writes them, up to 1e15 a line; a gauge
+ * that large is garbage and skipped. */
+static void test_token_counters_past_a_billion(void **state)
+{
+    struct lx_vllm_load l;
+
+    assert_int_equal(scan("vllm:num_requests_running{engine=\"0\"} 1\n"
+                          "vllm:num_requests_running{engine=\"1\"} 2e9\n"
+                          "vllm:prefix_cache_queries_total{engine=\"0\"} 3.456789012e+10\n"
+                          "vllm:prefix_cache_queries_total{engine=\"1\"} 1000000001\n"
+                          "vllm:prefix_cache_hits_total{engine=\"0\"} 2.5e+10\n"
+                          "vllm:prefix_cache_hits_total{engine=\"1\"} 1e15\n"
+                          "vllm:prefix_cache_hits_total{engine=\"2\"} 1.5e15\n",
+                          &l),
+                     0);
+    assert_double(l.running, 1);
+    assert_double(l.prefix_queries, 34567890120.0 + 1000000001.0);
+    /* 2.5e10 + 1e15 reaches the cap; the 1.5e15 line alone is refused. */
+    assert_double(l.prefix_hits, 1e15);
+    assert_int_equal(scan("vllm:num_requests_running 0\n"
+                          "vllm:prefix_cache_hits_total 1.5e15\n",
+                          &l),
+                     0);
+    assert_false(l.has_prefix_hits);
+}
+
 /* A node that sends thousands of the largest series it may: the cache size
  * (1e18 a line) stops at 1e15, exact and convertible to uint64_t (the scrape
  * stores it so); the prefix queries, far below, are summed exactly. */
@@ -506,6 +583,8 @@ int main(void)
         cmocka_unit_test_teardown(test_truncated_escape_at_end, free_copy),
         cmocka_unit_test_teardown(test_cache_config_info, free_copy),
         cmocka_unit_test_teardown(test_prefix_cache_queries, free_copy),
+        cmocka_unit_test_teardown(test_prefix_cache_hits, free_copy),
+        cmocka_unit_test_teardown(test_token_counters_past_a_billion, free_copy),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
