@@ -43,22 +43,15 @@ static double rtm_score(const struct lx_pool *pool, const struct lx_cand *c, uin
     return score;
 }
 
+/* The higher the score, the lower the cost. */
+static double rtm_cost(const struct lx_pool *pool, const struct lx_cand *c, uint64_t now_ms)
+{
+    return -rtm_score(pool, c, now_ms);
+}
+
 static int rtm_pick(struct lx_pool *pool, void *state, const struct lx_pick *ctx)
 {
-    struct lx_cand c[LX_ROUTE_MAX_CANDIDATES];
-    size_t n = lx_router_candidates(pool, ctx, c), a, b;
-    double sa, sb;
-
-    if (n == 0)
-        return -1;
-    if (n == 1)
-        return c[0].idx;
-    lx_router_two(c, n, ctx->rand, &a, &b);
-    sa = rtm_score(pool, &c[a], ctx->now_ms);
-    sb = rtm_score(pool, &c[b], ctx->now_ms);
-    if (sa == sb)
-        return (ctx->rand >> 7) & 1 ? c[a].idx : c[b].idx;
-    return sa > sb ? c[a].idx : c[b].idx;
+    return lx_router_two_choices(pool, ctx, rtm_cost);
 }
 
 const struct lx_strategy_ops lx_strategy_real_time_metrics = {

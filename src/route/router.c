@@ -123,7 +123,9 @@ int lx_router_weighted(const struct lx_cand *c, size_t n, uint64_t rand)
     return n ? c[n - 1].idx : -1;
 }
 
-void lx_router_two(struct lx_cand *c, size_t n, uint64_t rand, size_t *a, size_t *b)
+/* Two distinct candidates drawn by weight: their positions in <c>
+ * (reordered), n >= 2. */
+static void router_two(struct lx_cand *c, size_t n, uint64_t rand, size_t *a, size_t *b)
 {
     uint64_t r2 = rand * 0x9E3779B97F4A7C15ULL + 0x632BE59BD9B4E019ULL;
     int first = lx_router_weighted(c, n, rand), second;
@@ -143,6 +145,27 @@ void lx_router_two(struct lx_cand *c, size_t n, uint64_t rand, size_t *a, size_t
     for (*b = 0; *b < n - 2 && c[*b].idx != second; (*b)++)
         ;
 }
+
+int lx_router_two_choices(struct lx_pool *pool, const struct lx_pick *ctx,
+                          double (*cost)(const struct lx_pool *, const struct lx_cand *,
+                                         uint64_t now_ms))
+{
+    struct lx_cand c[LX_ROUTE_MAX_CANDIDATES];
+    size_t n = lx_router_candidates(pool, ctx, c), a, b;
+    double ca, cb;
+
+    if (n == 0)
+        return -1;
+    if (n == 1)
+        return c[0].idx;
+    router_two(c, n, ctx->rand, &a, &b);
+    ca = cost(pool, &c[a], ctx->now_ms);
+    cb = cost(pool, &c[b], ctx->now_ms);
+    if (ca == cb)
+        return (ctx->rand >> 7) & 1 ? c[a].idx : c[b].idx;
+    return ca < cb ? c[a].idx : c[b].idx;
+}
+
 
 double lx_router_load(const struct lx_pool *pool, const struct lx_cand *c)
 {

@@ -80,9 +80,11 @@ struct lx_registry *lx_router_registry_new(const struct lx_conf *conf, struct lx
 size_t lx_router_candidates(struct lx_pool *pool, const struct lx_pick *ctx, struct lx_cand *out);
 /* A weighted random choice among <n> candidates; returns a pool index. */
 int lx_router_weighted(const struct lx_cand *c, size_t n, uint64_t rand);
-/* Two distinct candidates drawn by weight, for the power of two choices:
- * their positions in <c> (reordered), n >= 2. */
-void lx_router_two(struct lx_cand *c, size_t n, uint64_t rand, size_t *a, size_t *b);
+/* The power of two choices over the pool's candidates: two drawn by weight,
+ * the lower <cost> wins, a tie by the pick's random bits; -1 when none. */
+int lx_router_two_choices(struct lx_pool *pool, const struct lx_pick *ctx,
+                          double (*cost)(const struct lx_pool *, const struct lx_cand *,
+                                         uint64_t now_ms));
 /* Load of a node for comparisons: in-flight requests per unit of effective weight. */
 double lx_router_load(const struct lx_pool *pool, const struct lx_cand *c);
 /* cache_aware tuning (process-wide, set once at start): the load bound
