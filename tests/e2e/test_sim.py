@@ -105,24 +105,13 @@ def test_next_turn_hits_the_previous_prompt_and_answer(procs):
 
 
 def stream_chat(sim, msgs, max_tokens):
+    """A streamed chat turn: (text, usage, prefix-cache hit tokens it made)."""
     h0, q0 = counters(sim)
-    body = {"model": "sim-model", "messages": msgs, "max_tokens": max_tokens, "stream": True,
-            "stream_options": {"include_usage": True}}
-    parts, usage = [], None
-    with sim.client.stream("POST", CHAT, json=body) as r:
-        assert r.status_code == 200
-        for line in r.iter_lines():
-            line = line.strip()
-            if not line.startswith("data: {"):
-                continue
-            ev = json.loads(line[6:])
-            if ev["choices"]:
-                parts.append(ev["choices"][0]["delta"].get("content") or "")
-            if ev.get("usage"):
-                usage = ev["usage"]
+    text, usage, _ = ask_stream(sim, CHAT, {"model": "sim-model", "messages": msgs,
+                                           "max_tokens": max_tokens})
     h1, q1 = counters(sim)
     assert usage["prompt_tokens"] == q1 - q0
-    return "".join(parts), usage, h1 - h0
+    return text, usage, h1 - h0
 
 
 def test_running_sequences_and_cached_blocks_share_one_pool(procs):
